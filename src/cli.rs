@@ -1,0 +1,66 @@
+//! Command-line interface: clap structs only. Help text is the doc comment of each field.
+//! The work behind each verb lives in `commands/<verb>.rs`.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::exit::HELP_TABLE;
+
+/// Run AI coding agents in libkrun microVMs whose only way out is a sidecar bundle.
+#[derive(Debug, Parser)]
+#[command(name = "krbottle", version, after_help = HELP_TABLE, propagate_version = true)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Args)]
+pub struct GlobalArgs {
+    /// More output: -v shows debug logs, -vv trace logs.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// Only errors on stderr; no progress bars.
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    pub quiet: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Turn Docker images into root filesystems, and manage the cache of them.
+    #[command(subcommand)]
+    Image(ImageCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ImageCommand {
+    /// Unpack an image (a Docker image reference or a `docker save` tar file) into DEST.
+    Unpack(UnpackArgs),
+}
+
+/// Who owns the unpacked files, and how.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum OwnershipMode {
+    /// Real `lchown` to the image's uid/gid (needs root).
+    Root,
+    /// Unpack inside a user namespace mapped from /etc/subuid and /etc/subgid.
+    Userns,
+    /// Files owned by you; the image's uid:gid:mode in the `user.containers.override_stat` xattr.
+    Xattr,
+}
+
+#[derive(Debug, Args)]
+pub struct UnpackArgs {
+    /// A Docker image reference (read from the local engine) or the path of a `docker save` tar.
+    pub image: String,
+    /// Directory to create; must not exist yet.
+    pub dest: PathBuf,
+    /// Ownership mode. Default: `root` when run as root, `userns` otherwise.
+    #[arg(long, value_enum)]
+    pub ownership: Option<OwnershipMode>,
+    /// Print a JSON summary on stdout.
+    #[arg(long)]
+    pub json: bool,
+}

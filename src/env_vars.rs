@@ -1,0 +1,20 @@
+//! Every environment variable krbottle reads, declared once with what it does.
+
+/// Directory for the image cache (unpacked root filesystems keyed by image ID).
+/// Default: the user cache dir (`$XDG_CACHE_HOME/krbottle`, `~/Library/Caches/krbottle`).
+pub const KRBOTTLE_CACHE_DIR: &str = "KRBOTTLE_CACHE_DIR";
+
+/// Directory for per-bottle state (writable roots, metadata, locks).
+/// Default: the user data dir (`$XDG_DATA_HOME/krbottle`, `~/Library/Application Support/krbottle`).
+pub const KRBOTTLE_STATE_DIR: &str = "KRBOTTLE_STATE_DIR";
+
+/// Log filter for debug logs on stderr (tracing `EnvFilter` syntax, e.g. `krbottle=debug`).
+/// `-v`/`-vv` set a default; this variable overrides it.
+pub const KRBOTTLE_LOG: &str = "KRBOTTLE_LOG";
+
+/// Docker endpoint. Read by bollard's defaults: `unix:///var/run/docker.sock` when unset.
+pub const DOCKER_HOST: &str = "DOCKER_HOST";
+
+/// Set by CI. Tests that need a capability this machine is expected to have (Docker) fail
+/// instead of skipping when it is set.
+pub const CI: &str = "CI";

@@ -1,0 +1,18 @@
+//! Process exit codes, defined once and documented in `--help`.
+//!
+//! Codes below 100 that a guest command returns are passed through unchanged by `krbottle run`;
+//! krbottle's own failures use the distinct high codes below so a script can tell them apart.
+
+/// Success.
+pub const OK: u8 = 0;
+/// krbottle itself failed (bad input, Docker error, unpack error…); the message says why.
+pub const FAILURE: u8 = 1;
+/// The command line could not be parsed (clap's convention).
+pub const USAGE: u8 = 2;
+
+/// The exit-code table printed at the end of `krbottle --help`.
+pub const HELP_TABLE: &str = "\
+Exit codes:
+  0    success
+  1    krbottle failed; the message says what to do next
+  2    the command line could not be parsed";
