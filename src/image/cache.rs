@@ -1,0 +1,535 @@
+//! The image cache: one unpacked root filesystem per (image ID, ownership mode).
+//!
+//! Layout under the cache root (`KRBOTTLE_CACHE_DIR`, default the user cache dir + `krbottle`):
+//! ```text
+//! images/<id-hex>.<mode>/rootfs/      the unpacked tree (never written after creation)
+//! images/<id-hex>.<mode>/meta.json    what it is (image ID, tags, summary)
+//! images/.tmp-…                       entries being filled; renamed into place when complete
+//! locks/<id-hex>.<mode>.lock          flock held while an entry is filled or removed
+//! ```
+//! Invariants: an entry directory exists only when complete (filled under a temp name, then
+//! renamed), so a hit is a single `stat` + small read; two processes filling the same entry
+//! serialise on the lock, and the second one finds the first one's result.
+
+use std::fs::{self, File};
+use std::io;
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use rustix::fs::{FlockOperation, flock};
+use serde::{Deserialize, Serialize};
+
+use crate::env_vars;
+
+const IMAGES_DIR: &str = "images";
+const LOCKS_DIR: &str = "locks";
+const TMP_PREFIX: &str = ".tmp-";
+const META_FILE: &str = "meta.json";
+const ROOTFS_DIR: &str = "rootfs";
+
+#[derive(Debug, thiserror::Error)]
+pub enum CacheError {
+    #[error("No cache directory: set {var} or HOME", var = env_vars::KRBOTTLE_CACHE_DIR)]
+    NoCacheDir,
+    #[error("Cannot create the cache directory {path}")]
+    CreateDir {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("Cannot lock {path}")]
+    Lock {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("Cannot read cache entry {path}; remove it with `krbottle image prune --all`")]
+    ReadMeta {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("Cannot write cache entry {path}")]
+    WriteEntry {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("Cannot remove cache entry {path}")]
+    Remove {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("Filling cache entry {key} failed")]
+    Fill {
+        key: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+/// Which entry: an image ID and the ownership mode its files were written with.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CacheKey {
+    id_hex: String,
+    mode: String,
+}
+
+impl CacheKey {
+    /// `image_id` is `sha256:<hex>` or bare hex; `mode` is the ownership mode's name.
+    /// Anything but lowercase hex in the ID is refused (it becomes a directory name).
+    pub fn new(image_id: &str, mode: &str) -> Option<Self> {
+        let hex = image_id.strip_prefix("sha256:").unwrap_or(image_id);
+        let hex_ok = hex.len() == 64
+            && hex
+                .bytes()
+                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase());
+        let mode_ok = !mode.is_empty() && mode.bytes().all(|b| b.is_ascii_lowercase());
+        (hex_ok && mode_ok).then(|| CacheKey {
+            id_hex: hex.to_string(),
+            mode: mode.to_string(),
+        })
+    }
+
+    fn name(&self) -> String {
+        format!("{}.{}", self.id_hex, self.mode)
+    }
+}
+
+impl std::fmt::Display for CacheKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "sha256:{} ({})", &self.id_hex[..12], self.mode)
+    }
+}
+
+/// What `meta.json` records about an entry.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct EntryMeta {
+    pub image_id: String,
+    pub ownership: String,
+    pub tags: Vec<String>,
+    /// Seconds since the epoch.
+    pub created: u64,
+    /// The unpacker's summary (entries, bytes, layers…).
+    pub summary: serde_json::Value,
+}
+
+/// A complete cache entry.
+#[derive(Clone, Debug, Serialize)]
+pub struct Entry {
+    pub dir: PathBuf,
+    pub rootfs: PathBuf,
+    pub meta: EntryMeta,
+}
+
+/// The cache at one root directory.
+#[derive(Clone, Debug)]
+pub struct Cache {
+    root: PathBuf,
+}
+
+impl Cache {
+    /// The cache at `KRBOTTLE_CACHE_DIR`, else `<user cache dir>/krbottle`.
+    pub fn open_default() -> Result<Self, CacheError> {
+        let root = match std::env::var_os(env_vars::KRBOTTLE_CACHE_DIR) {
+            Some(dir) if !dir.is_empty() => PathBuf::from(dir),
+            _ => dirs::cache_dir()
+                .ok_or(CacheError::NoCacheDir)?
+                .join("krbottle"),
+        };
+        Ok(Cache::at(root))
+    }
+
+    pub fn at(root: impl Into<PathBuf>) -> Self {
+        Cache { root: root.into() }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The entry for `key`, if complete. Costs one small file read.
+    pub fn lookup(&self, key: &CacheKey) -> Result<Option<Entry>, CacheError> {
+        let dir = self.root.join(IMAGES_DIR).join(key.name());
+        read_entry(&dir)
+    }
+
+    /// The entry for `key`, filling it first if needed. `fill` gets a path that does not exist
+    /// yet and must create the root filesystem there; it returns the tags and the summary to
+    /// record. Returns the entry and whether it was already there.
+    pub fn get_or_fill<E>(
+        &self,
+        key: &CacheKey,
+        fill: impl FnOnce(&Path) -> Result<(Vec<String>, serde_json::Value), E>,
+    ) -> Result<(Entry, bool), CacheError>
+    where
+        E: std::error::Error + Send + Sync + 'static,
+    {
+        if let Some(entry) = self.lookup(key)? {
+            return Ok((entry, true));
+        }
+        let images = self.ensure_dir(IMAGES_DIR)?;
+        let _lock = self.lock(key)?;
+        // Someone else may have filled it while we waited for the lock.
+        if let Some(entry) = self.lookup(key)? {
+            return Ok((entry, true));
+        }
+        let tmp = tempfile::Builder::new()
+            .prefix(&format!("{TMP_PREFIX}{}-", key.name()))
+            .tempdir_in(&images)
+            .map_err(|source| CacheError::WriteEntry {
+                path: images.clone(),
+                source,
+            })?;
+        let (tags, summary) = fill(&tmp.path().join(ROOTFS_DIR)).map_err(|e| CacheError::Fill {
+            key: key.to_string(),
+            source: Box::new(e),
+        })?;
+        let meta = EntryMeta {
+            image_id: format!("sha256:{}", key.id_hex),
+            ownership: key.mode.clone(),
+            tags,
+            created: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
+            summary,
+        };
+        let meta_path = tmp.path().join(META_FILE);
+        let write_err = |source| CacheError::WriteEntry {
+            path: meta_path.clone(),
+            source,
+        };
+        let text = serde_json::to_vec_pretty(&meta).map_err(|e| write_err(io::Error::other(e)))?;
+        fs::write(&meta_path, text).map_err(write_err)?;
+        let final_dir = images.join(key.name());
+        let tmp_path = tmp.keep();
+        fs::rename(&tmp_path, &final_dir).map_err(|source| {
+            let _ = fs::remove_dir_all(&tmp_path);
+            CacheError::WriteEntry {
+                path: final_dir.clone(),
+                source,
+            }
+        })?;
+        Ok((
+            Entry {
+                rootfs: final_dir.join(ROOTFS_DIR),
+                dir: final_dir,
+                meta,
+            },
+            false,
+        ))
+    }
+
+    /// Every complete entry, newest first.
+    pub fn list(&self) -> Result<Vec<Entry>, CacheError> {
+        let images = self.root.join(IMAGES_DIR);
+        let rd = match fs::read_dir(&images) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(source) => {
+                return Err(CacheError::ReadMeta {
+                    path: images,
+                    source,
+                });
+            }
+        };
+        let mut entries = Vec::new();
+        for item in rd {
+            let item = item.map_err(|source| CacheError::ReadMeta {
+                path: images.clone(),
+                source,
+            })?;
+            if item.file_name().to_string_lossy().starts_with(TMP_PREFIX) {
+                continue;
+            }
+            if let Some(entry) = read_entry(&item.path())? {
+                entries.push(entry);
+            }
+        }
+        entries.sort_by(|a, b| b.meta.created.cmp(&a.meta.created));
+        Ok(entries)
+    }
+
+    /// Removes an entry (under its lock, so a concurrent fill is not cut short). The directory is
+    /// first renamed out of the way, so it disappears at once even if deleting takes a while.
+    pub fn remove(&self, key: &CacheKey) -> Result<bool, CacheError> {
+        let _lock = self.lock(key)?;
+        let dir = self.root.join(IMAGES_DIR).join(key.name());
+        if !dir.exists() {
+            return Ok(false);
+        }
+        let doomed = self
+            .root
+            .join(IMAGES_DIR)
+            .join(format!("{TMP_PREFIX}{}-removing", key.name()));
+        fs::rename(&dir, &doomed).map_err(|source| CacheError::Remove {
+            path: dir.clone(),
+            source,
+        })?;
+        remove_tree(&doomed).map_err(|source| CacheError::Remove { path: dir, source })?;
+        Ok(true)
+    }
+
+    /// Removes leftovers of interrupted fills (temp dirs whose lock nobody holds).
+    pub fn remove_leftovers(&self) -> Result<usize, CacheError> {
+        let images = self.root.join(IMAGES_DIR);
+        let Ok(rd) = fs::read_dir(&images) else {
+            return Ok(0);
+        };
+        let mut removed = 0;
+        for item in rd.flatten() {
+            let name = item.file_name().to_string_lossy().into_owned();
+            let Some(rest) = name.strip_prefix(TMP_PREFIX) else {
+                continue;
+            };
+            let Some(key_name) = rest.rsplit_once('-').map(|(k, _)| k) else {
+                continue;
+            };
+            let Some((hex, mode)) = key_name.split_once('.') else {
+                continue;
+            };
+            let Some(key) = CacheKey::new(hex, mode) else {
+                continue;
+            };
+            let Ok(_lock) = self.try_lock(&key) else {
+                continue;
+            };
+            remove_tree(&item.path()).map_err(|source| CacheError::Remove {
+                path: item.path(),
+                source,
+            })?;
+            removed += 1;
+        }
+        Ok(removed)
+    }
+
+    pub fn key_of(&self, entry: &Entry) -> Option<CacheKey> {
+        CacheKey::new(&entry.meta.image_id, &entry.meta.ownership)
+    }
+
+    fn ensure_dir(&self, name: &str) -> Result<PathBuf, CacheError> {
+        let path = self.root.join(name);
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&path)
+            .map_err(|source| CacheError::CreateDir {
+                path: path.clone(),
+                source,
+            })?;
+        Ok(path)
+    }
+
+    fn lock(&self, key: &CacheKey) -> Result<File, CacheError> {
+        self.lock_with(key, FlockOperation::LockExclusive)
+    }
+
+    fn try_lock(&self, key: &CacheKey) -> Result<File, CacheError> {
+        self.lock_with(key, FlockOperation::NonBlockingLockExclusive)
+    }
+
+    fn lock_with(&self, key: &CacheKey, op: FlockOperation) -> Result<File, CacheError> {
+        let locks = self.ensure_dir(LOCKS_DIR)?;
+        let path = locks.join(format!("{}.lock", key.name()));
+        let lock_err = |source| CacheError::Lock {
+            path: path.clone(),
+            source,
+        };
+        let file = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(lock_err)?;
+        flock(&file, op).map_err(|e| lock_err(e.into()))?;
+        Ok(file)
+    }
+}
+
+fn read_entry(dir: &Path) -> Result<Option<Entry>, CacheError> {
+    let meta_path = dir.join(META_FILE);
+    let text = match fs::read(&meta_path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => {
+            return Err(CacheError::ReadMeta {
+                path: meta_path,
+                source,
+            });
+        }
+    };
+    let meta: EntryMeta = serde_json::from_slice(&text).map_err(|e| CacheError::ReadMeta {
+        path: meta_path.clone(),
+        source: io::Error::new(io::ErrorKind::InvalidData, e),
+    })?;
+    Ok(Some(Entry {
+        dir: dir.to_path_buf(),
+        rootfs: dir.join(ROOTFS_DIR),
+        meta,
+    }))
+}
+
+/// `remove_dir_all` that first makes directories writable: an image may hold `0555` dirs, which
+/// stop a non-root owner from deleting their contents.
+pub(crate) fn remove_tree(path: &Path) -> io::Result<()> {
+    match fs::remove_dir_all(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(first) => {
+            make_dirs_writable(path);
+            fs::remove_dir_all(path).map_err(|_| first)
+        }
+    }
+}
+
+fn make_dirs_writable(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let Ok(meta) = fs::symlink_metadata(path) else {
+        return;
+    };
+    if !meta.is_dir() {
+        return;
+    }
+    let _ = fs::set_permissions(
+        path,
+        fs::Permissions::from_mode(meta.permissions().mode() | 0o700),
+    );
+    if let Ok(rd) = fs::read_dir(path) {
+        for item in rd.flatten() {
+            make_dirs_writable(&item.path());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Barrier};
+
+    const ID: &str = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+    fn fill_ok(dest: &Path) -> Result<(Vec<String>, serde_json::Value), io::Error> {
+        fs::create_dir(dest)?;
+        fs::write(dest.join("hello"), "world")?;
+        Ok((vec!["t:1".into()], serde_json::json!({"entries": 1})))
+    }
+
+    #[test]
+    fn keys_accept_only_hex_ids_and_plain_modes() {
+        assert!(CacheKey::new(ID, "root").is_some());
+        assert!(CacheKey::new(&ID[7..], "xattr").is_some());
+        assert!(CacheKey::new("sha256:../../etc", "root").is_none());
+        assert!(CacheKey::new(&ID.to_uppercase()[7..], "root").is_none());
+        assert!(CacheKey::new(ID, "ro/ot").is_none());
+        assert!(CacheKey::new(ID, "").is_none());
+    }
+
+    #[test]
+    fn miss_fills_then_hit_returns_the_same_entry() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::at(dir.path());
+        let key = CacheKey::new(ID, "root").unwrap();
+        assert!(cache.lookup(&key).unwrap().is_none());
+        let (entry, hit) = cache.get_or_fill(&key, fill_ok).unwrap();
+        assert!(!hit);
+        assert_eq!(
+            fs::read_to_string(entry.rootfs.join("hello")).unwrap(),
+            "world"
+        );
+        assert_eq!(entry.meta.tags, ["t:1"]);
+        let (again, hit) = cache
+            .get_or_fill(&key, |_| -> Result<_, io::Error> {
+                panic!("must not refill")
+            })
+            .unwrap();
+        assert!(hit);
+        assert_eq!(again.rootfs, entry.rootfs);
+        assert_eq!(cache.list().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn a_failed_fill_leaves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::at(dir.path());
+        let key = CacheKey::new(ID, "root").unwrap();
+        let err = cache
+            .get_or_fill(&key, |dest| -> Result<_, io::Error> {
+                fs::create_dir(dest)?;
+                fs::write(dest.join("partial"), "x")?;
+                Err(io::Error::other("corrupt layer"))
+            })
+            .unwrap_err();
+        assert!(matches!(err, CacheError::Fill { .. }), "{err}");
+        assert!(cache.lookup(&key).unwrap().is_none());
+        let left: Vec<_> = fs::read_dir(dir.path().join(IMAGES_DIR)).unwrap().collect();
+        assert!(left.is_empty(), "left behind: {left:?}");
+    }
+
+    #[test]
+    fn concurrent_fills_of_one_key_fill_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::at(dir.path());
+        let key = CacheKey::new(ID, "root").unwrap();
+        let fills = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let barrier = Arc::new(Barrier::new(4));
+        let handles: Vec<_> = (0..4)
+            .map(|_| {
+                let (cache, key, fills, barrier) =
+                    (cache.clone(), key.clone(), fills.clone(), barrier.clone());
+                std::thread::spawn(move || {
+                    barrier.wait();
+                    cache
+                        .get_or_fill(&key, |dest| {
+                            fills.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                            std::thread::sleep(std::time::Duration::from_millis(50));
+                            fill_ok(dest)
+                        })
+                        .unwrap()
+                        .0
+                        .rootfs
+                })
+            })
+            .collect();
+        let roots: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+        assert_eq!(fills.load(std::sync::atomic::Ordering::SeqCst), 1);
+        assert!(roots.windows(2).all(|w| w[0] == w[1]));
+    }
+
+    #[test]
+    fn remove_deletes_even_read_only_trees() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::at(dir.path());
+        let key = CacheKey::new(ID, "xattr").unwrap();
+        let (entry, _) = cache
+            .get_or_fill(&key, |dest| {
+                fill_ok(dest)?;
+                fs::create_dir(dest.join("ro"))?;
+                fs::write(dest.join("ro/f"), "x")?;
+                fs::set_permissions(dest.join("ro"), fs::Permissions::from_mode(0o555))?;
+                Ok::<_, io::Error>((vec![], serde_json::Value::Null))
+            })
+            .unwrap();
+        assert!(cache.remove(&key).unwrap());
+        assert!(!entry.dir.exists());
+        assert!(!cache.remove(&key).unwrap());
+        assert!(cache.list().unwrap().is_empty());
+    }
+
+    #[test]
+    fn leftovers_of_interrupted_fills_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::at(dir.path());
+        let key = CacheKey::new(ID, "root").unwrap();
+        let stale = dir
+            .path()
+            .join(IMAGES_DIR)
+            .join(format!("{TMP_PREFIX}{}-abc123", key.name()));
+        fs::create_dir_all(stale.join("rootfs/etc")).unwrap();
+        assert_eq!(cache.remove_leftovers().unwrap(), 1);
+        assert!(!stale.exists());
+    }
+}
