@@ -249,7 +249,7 @@ impl Cache {
                 entries.push(entry);
             }
         }
-        entries.sort_by(|a, b| b.meta.created.cmp(&a.meta.created));
+        entries.sort_by_key(|e| std::cmp::Reverse(e.meta.created));
         Ok(entries)
     }
 

@@ -466,7 +466,7 @@ mod tests {
         std::os::unix::fs::symlink("/etc/passwd", src.join("escape")).unwrap();
         rustix::fs::mknodat(
             CWD,
-            &src.join("fifo"),
+            src.join("fifo"),
             rustix::fs::FileType::Fifo,
             Mode::from_raw_mode(0o640),
             0,
@@ -478,7 +478,7 @@ mod tests {
         if can_chown() {
             rustix::fs::chownat(
                 CWD,
-                &src.join("usr/bin/su2"),
+                src.join("usr/bin/su2"),
                 Some(rustix::fs::Uid::from_raw(0)),
                 Some(rustix::fs::Gid::from_raw(0)),
                 AtFlags::empty(),
@@ -487,7 +487,7 @@ mod tests {
             fs::write(src.join("owned"), "by 1000").unwrap();
             rustix::fs::chownat(
                 CWD,
-                &src.join("owned"),
+                src.join("owned"),
                 Some(rustix::fs::Uid::from_raw(1000)),
                 Some(rustix::fs::Gid::from_raw(1001)),
                 AtFlags::empty(),
@@ -495,7 +495,7 @@ mod tests {
             .unwrap();
         }
         rustix::fs::lsetxattr(
-            &src.join("usr/bin/su"),
+            src.join("usr/bin/su"),
             "user.krbottle.test",
             b"v",
             XattrFlags::empty(),
@@ -511,7 +511,7 @@ mod tests {
         assert_eq!(a.ino(), b.ino(), "hard link preserved");
         let mut v = [0u8; 8];
         let n =
-            rustix::fs::lgetxattr(&dst.join("usr/bin/su"), "user.krbottle.test", &mut v).unwrap();
+            rustix::fs::lgetxattr(dst.join("usr/bin/su"), "user.krbottle.test", &mut v).unwrap();
         assert_eq!(&v[..n], b"v");
         // The copy's symlink was not followed: /etc/passwd is untouched and the link is a link.
         assert!(
