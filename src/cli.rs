@@ -36,12 +36,65 @@ pub enum Command {
 
 #[derive(Debug, Subcommand)]
 pub enum ImageCommand {
+    /// Build an image from a directory with a Dockerfile, through the Docker API.
+    Build(BuildArgs),
     /// Unpack an image (a Docker image reference or a `docker save` tar file) into DEST.
     Unpack(UnpackArgs),
+    /// Make sure the cache holds IMAGE's root filesystem; print its path.
+    Prepare(PrepareArgs),
+    /// List cached root filesystems.
+    Ls(LsArgs),
+    /// Remove cached root filesystems whose image is gone from Docker (or all of them).
+    Prune(PruneArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BuildArgs {
+    /// Build context: a directory holding the Dockerfile.
+    pub context: PathBuf,
+    /// Tag for the built image.
+    #[arg(short, long)]
+    pub tag: String,
+    /// Dockerfile name, relative to the context.
+    #[arg(short = 'f', long)]
+    pub file: Option<String>,
+    /// Print the image ID as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct PrepareArgs {
+    /// A Docker image reference in the local engine.
+    pub image: String,
+    /// Ownership mode. Default: `root` when run as root, `userns` otherwise.
+    #[arg(long, value_enum)]
+    pub ownership: Option<OwnershipMode>,
+    /// Print the cache entry as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct LsArgs {
+    /// Print JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct PruneArgs {
+    /// Remove every cached root filesystem, not only those of images Docker no longer has.
+    #[arg(long)]
+    pub all: bool,
+    /// Print what was removed as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Who owns the unpacked files, and how.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum OwnershipMode {
     /// Real `lchown` to the image's uid/gid (needs root).
     Root,
