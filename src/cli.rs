@@ -32,6 +32,30 @@ pub enum Command {
     /// Turn Docker images into root filesystems, and manage the cache of them.
     #[command(subcommand)]
     Image(ImageCommand),
+    /// Measure performance against named peers in the same run (ratios, not absolute claims).
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Unpack throughput vs GNU tar and vs docker export; cache hit; bottle copy vs cp -a.
+    Unpack(BenchUnpackArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BenchUnpackArgs {
+    /// A Docker image reference in the local engine.
+    pub image: String,
+    /// Timed runs per contender (the median is reported).
+    #[arg(long, default_value_t = 3)]
+    pub runs: usize,
+    /// Where to write scratch trees (default: the temp dir). Use the filesystem the cache is on.
+    #[arg(long)]
+    pub scratch: Option<PathBuf>,
+    /// Print JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Subcommand)]
