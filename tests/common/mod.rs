@@ -22,11 +22,39 @@ pub fn require_docker(test: &str) -> bool {
             String::from_utf8_lossy(&o.stderr).trim()
         ),
     };
+    skip_or_fail(test, &why)
+}
+
+/// Under CI: panics (CI has every capability these tests need). Elsewhere: records the skip in
+/// `KRBOTTLE_SKIP_LOG` (listed by scripts/test.sh at the end) and on stderr, and returns false.
+pub fn skip_or_fail(test: &str, why: &str) -> bool {
     if std::env::var_os("CI").is_some() {
-        panic!("{test}: CI must run Docker tests, but {why}");
+        panic!("{test}: CI must run this test, but {why}");
     }
     eprintln!("SKIP {test}: {why}");
+    if let Some(log) = std::env::var_os("KRBOTTLE_SKIP_LOG") {
+        use std::io::Write;
+        if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(log) {
+            let _ = writeln!(f, "{test}: {why}");
+        }
+    }
     false
+}
+
+/// The unprivileged user for rootless tests (scripts/test-user.sh creates it) and its uid.
+pub fn require_test_user(test: &str) -> Option<(String, u32)> {
+    let user = std::env::var("KRBOTTLE_TEST_USER").unwrap_or_else(|_| "krbottle-test".into());
+    if !rustix::process::geteuid().is_root() {
+        skip_or_fail(test, "rootless tests switch to the test user and need root to do so");
+        return None;
+    }
+    let out = Command::new("id").args(["-u", &user]).output().ok()?;
+    if !out.status.success() {
+        skip_or_fail(test, &format!("no user {user}: run scripts/test-user.sh"));
+        return None;
+    }
+    let uid = String::from_utf8_lossy(&out.stdout).trim().parse().ok()?;
+    Some((user, uid))
 }
 
 /// Builds an image from an inline Dockerfile (context: the given files) and returns its tag.

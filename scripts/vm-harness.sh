@@ -1,0 +1,108 @@
+#!/usr/bin/env bash
+# Boots real libkrun guests in CI: a QEMU software-emulated x86 machine with an AMD SVM CPU runs
+# Debian's kernel with kvm_amd loaded, which gives a /dev/kvm the stock libkrunfw guest kernel
+# boots on (this machine's own /dev/kvm is a paravirtual PVM that cannot). Everything comes from
+# Debian packages by name; nothing inside the emulated machine needs a network.
+#
+# The emulated machine's /init (tests/vm/init.sh) loads the kvm modules and runs the cases in
+# tests/vm/cases.sh, which print "KRB-RESULT <case> pass|fail"; this script turns them into a
+# pass/fail per case, keeps the whole console log, and fails when any case failed or the run
+# did not complete. One emulated boot runs every case.
+#
+# usage: scripts/vm-harness.sh            env: KRBOTTLE_HARNESS_WORK (default target/vm-harness)
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+repo=$(dirname "$here")
+. "$here/lib.sh"
+cd "$repo"
+W=${KRBOTTLE_HARNESS_WORK:-$repo/target/vm-harness}
+mkdir -p "$W/debs"
+
+need_pkgs qemu-system-x86_64 qemu-system-x86
+need_pkgs cpio cpio
+bash "$here/install-libkrunfw.sh" >/dev/null
+
+# Kernel and busybox as .deb files (downloaded, not installed). The kernel package name changes
+# with Debian point releases: resolve it from the metapackage every time.
+if [ -z "${KRBOTTLE_APT_UPDATED:-}" ] && ! apt-cache show linux-image-amd64 >/dev/null 2>&1; then
+    apt-get update -q >/dev/null
+fi
+kpkg=$(apt-cache depends linux-image-amd64 | awk '/Depends: linux-image-/{print $2; exit}')
+[ -n "$kpkg" ] || die "cannot resolve the kernel package behind linux-image-amd64"
+(cd "$W/debs" && for p in "$kpkg" busybox-static; do
+    ls "${p}"_*.deb >/dev/null 2>&1 || apt-get download -q "$p" >/dev/null 2>&1 || die "apt-get download $p failed"
+done)
+rm -rf "$W/kern" "$W/bbx"
+dpkg-deb -x "$W"/debs/"${kpkg}"_*.deb "$W/kern"
+dpkg-deb -x "$W"/debs/busybox-static_*.deb "$W/bbx"
+kv=$(ls "$W/kern/lib/modules" | head -1)
+mods=$W/kern/lib/modules/$kv/kernel
+
+say "building krbottle (release)"
+cargo build --release --locked -q
+bin=$repo/target/release/krbottle
+
+# Guest root filesystems, from the project's own pipeline: images built from the local base
+# (and a tiny busybox one) unpacked with `krbottle image unpack`.
+bash "$here/build-base-image.sh" >/dev/null
+bbctx=$W/busybox-image
+rm -rf "$bbctx"; mkdir -p "$bbctx"
+cp "$W/bbx/bin/busybox" "$bbctx/busybox"
+cat >"$bbctx/Dockerfile" <<'DOCKERFILE'
+FROM scratch
+COPY busybox /bin/busybox
+RUN ["/bin/busybox", "--install", "-s", "/bin"]
+RUN ["/bin/busybox", "sh", "-c", "mkdir -p /tmp /etc /home/u && chmod 1777 /tmp && chown 1000:1000 /home/u && echo 'root:x:0:0::/root:/bin/sh' > /etc/passwd && echo 'u:x:1000:1000::/home/u:/bin/sh' >> /etc/passwd"]
+CMD ["/bin/sh"]
+DOCKERFILE
+"$bin" -q image build "$bbctx" --tag krbottle-harness/busybox:latest
+"$bin" -q image build examples/agent --tag krbottle-harness/agent:latest
+
+ird=$W/initramfs
+rm -rf "$ird"
+mkdir -p "$ird"/{bin,sbin,proc,sys,dev,tmp,mods,rootfs,opt/krbottle/bin,opt/krbottle/lib,lib64,lib/x86_64-linux-gnu,usr/lib/x86_64-linux-gnu}
+cp "$W/bbx/bin/busybox" "$ird/bin/busybox"
+for a in $("$ird/bin/busybox" --list); do [ "$a" = busybox ] || ln -sf busybox "$ird/bin/$a"; done
+for m in virt/lib/irqbypass.ko arch/x86/kvm/kvm.ko drivers/crypto/ccp/ccp.ko arch/x86/kvm/kvm-amd.ko; do
+    f=$mods/$m
+    [ -f "$f" ] || f=$(ls "$f".xz 2>/dev/null) || die "kernel $kv lacks $m"
+    case "$f" in *.xz) xz -dc "$f" >"$ird/mods/$(basename "$m")";; *) cp "$f" "$ird/mods/";; esac
+done
+# The binary and its shared libraries; libkrunfw next to it, where its RUNPATH looks.
+cp "$bin" "$ird/opt/krbottle/bin/krbottle"
+ln -sf /opt/krbottle/bin/krbottle "$ird/bin/krbottle"
+cp -L lib/libkrunfw.so.5 "$ird/opt/krbottle/lib/libkrunfw.so.5"
+for l in $(ldd "$bin" | awk '/=>/{print $3} /ld-linux/{print $1}'); do
+    cp -L "$l" "$ird$l" 2>/dev/null || { mkdir -p "$ird$(dirname "$l")"; cp -L "$l" "$ird$l"; }
+done
+"$bin" -q image unpack krbottle-harness/busybox:latest "$ird/rootfs/busybox" --ownership root
+"$bin" -q image unpack krbottle-harness/agent:latest "$ird/rootfs/agent" --ownership root
+cp tests/vm/init.sh "$ird/init"; chmod +x "$ird/init"
+cp tests/vm/cases.sh "$ird/cases.sh"
+say "packing the initramfs ($(du -sh "$ird" | cut -f1))"
+(cd "$ird" && find . | cpio -o -H newc --quiet) >"$W/initrd.cpio"
+
+log=$W/console.log
+say "booting the emulated machine (TCG, AMD SVM; about a minute)"
+set +e
+timeout "${KRBOTTLE_HARNESS_TIMEOUT:-600}" qemu-system-x86_64 -machine q35 -accel tcg,thread=multi \
+    -cpu qemu64,+svm,+npt -smp 1 -m 3072 -nographic -no-reboot \
+    -kernel "$W/kern/boot/vmlinuz-$kv" -initrd "$W/initrd.cpio" \
+    -append "console=ttyS0 quiet loglevel=3 panic=-1 rdinit=/init" </dev/null 2>&1 \
+    | tr -d '\r' | grep --line-buffered -v "TCG doesn't support" >"$log"
+qemu_rc=${PIPESTATUS[0]}
+set -e
+
+pass=$(grep -c '^KRB-RESULT .* pass' "$log" || true)
+fail=$(grep -c '^KRB-RESULT .* fail' "$log" || true)
+grep '^KRB-RESULT' "$log" | sed 's/^KRB-RESULT /  /' >&2 || true
+if ! grep -q '^KRB-HARNESS-DONE' "$log"; then
+    tail -40 "$log" >&2
+    die "the emulated run did not complete (qemu exit $qemu_rc); full log: $log"
+fi
+if [ "$fail" != 0 ]; then
+    # Each failed case's output is between its KRB-CASE and KRB-RESULT lines.
+    awk '/^KRB-CASE /{buf=""; keep=1} keep{buf=buf"\n"$0} /^KRB-RESULT .* fail/{print buf; keep=0} /^KRB-RESULT .* pass/{keep=0}' "$log" >&2
+fi
+echo "vm-harness: $pass passed, $fail failed"
+[ "$fail" = 0 ] && [ "$pass" -gt 0 ]

@@ -1,0 +1,11 @@
+#!/bin/sh
+# /init of the emulated machine: load KVM for the emulated AMD SVM CPU, run the cases, power off.
+export PATH=/bin:/sbin:/opt/krbottle/bin
+mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev
+mkdir -p /dev/pts && mount -t devpts devpts /dev/pts
+ip link set lo up
+for m in irqbypass kvm ccp kvm-amd; do insmod /mods/$m.ko 2>/dev/null; done
+echo "KRB-HARNESS-START $(cut -d' ' -f1 /proc/uptime)"
+sh /cases.sh
+echo "KRB-HARNESS-DONE $(cut -d' ' -f1 /proc/uptime)"
+poweroff -f
