@@ -9,3 +9,4 @@ pub mod env_vars;
 pub mod exit;
 pub mod image;
 pub mod output;
+pub mod vm;
