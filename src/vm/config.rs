@@ -381,7 +381,11 @@ mod tests {
 
     #[test]
     fn env_entries() {
-        let table: &[(&str, Result<(&str, &str), ConfigError>)] = &[
+        type Case = (
+            &'static str,
+            Result<(&'static str, &'static str), ConfigError>,
+        );
+        let table: &[Case] = &[
             ("A=1", Ok(("A", "1"))),
             ("A=", Ok(("A", ""))),
             ("A=b=c", Ok(("A", "b=c"))),
@@ -438,8 +442,8 @@ mod tests {
         assert_eq!(json["Cmd"], serde_json::json!(p.argv));
         let env = json["Env"].as_array().unwrap();
         assert_eq!(env.len(), 101, "100 variables and the default PATH");
-        for i in 0..100 {
-            assert_eq!(env[i], format!("VAR_{i}=v='{i}' \"q\" a=b"));
+        for (i, entry) in env.iter().take(100).enumerate() {
+            assert_eq!(entry, &format!("VAR_{i}=v='{i}' \"q\" a=b"));
         }
         assert_eq!(env[100], format!("PATH={DEFAULT_GUEST_PATH}"));
         assert_eq!(json["WorkingDir"], "/home/agent/work dir");
@@ -464,7 +468,8 @@ mod tests {
 
     #[test]
     fn invalid_processes_are_rejected() {
-        let cases: Vec<(fn(&mut GuestProcess), ConfigError)> = vec![
+        type Case = (fn(&mut GuestProcess), ConfigError);
+        let cases: Vec<Case> = vec![
             (|p| p.argv.clear(), ConfigError::NoCommand),
             (|p| p.argv = vec![String::new()], ConfigError::NoCommand),
             (|p| p.argv.push("a\0".into()), ConfigError::Argument(3)),
