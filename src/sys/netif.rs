@@ -87,11 +87,18 @@ fn parse_ipv4_routes(text: &str) -> Vec<Route> {
         .collect()
 }
 
+/// `RTF_REJECT` from `<linux/route.h>`.
+const RTF_REJECT: u32 = 0x0200;
+
 fn parse_ipv6_routes(text: &str) -> Vec<Route> {
     text.lines()
         .filter_map(|l| {
             let f: Vec<&str> = l.split_whitespace().collect();
-            let (dest, prefix, dev) = (f.first()?, f.get(1)?, f.get(9)?);
+            let (dest, prefix, flags, dev) = (f.first()?, f.get(1)?, f.get(8)?, f.get(9)?);
+            // The kernel lists an "unreachable" entry per table: it is the absence of a route.
+            if u32::from_str_radix(flags, 16).ok()? & RTF_REJECT != 0 {
+                return None;
+            }
             let addr = u128::from_str_radix(dest, 16).ok()?;
             let prefix = u8::from_str_radix(prefix, 16).ok()?;
             let addr = std::net::Ipv6Addr::from(addr);
@@ -135,7 +142,8 @@ mod tests {
 
     #[test]
     fn ipv6_routes() {
-        let text = "00000000000000000000000000000001 80 00000000000000000000000000000000 00 00000000000000000000000000000000 00000000 00000001 00000000 80200001       lo\n";
+        let text = "00000000000000000000000000000001 80 00000000000000000000000000000000 00 00000000000000000000000000000000 00000000 00000001 00000000 80200001       lo\n\
+                    00000000000000000000000000000000 00 00000000000000000000000000000000 00 00000000000000000000000000000000 ffffffff 00000001 00000000 00200200       lo\n";
         assert_eq!(
             parse_ipv6_routes(text),
             vec![Route {

@@ -258,14 +258,6 @@ impl KrunConfigFile {
     }
 }
 
-/// A per-bottle root: an overlay of a read-only lower dir and a writable upper dir, mounted by
-/// the child in its own mount namespace.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Overlay {
-    pub lower: PathBuf,
-    pub upper: PathBuf,
-}
-
 /// What the child does once confined.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ChildMode {
@@ -281,7 +273,6 @@ pub struct VmConfig {
     pub cpus: u8,
     pub memory_mib: u32,
     pub root: PathBuf,
-    pub overlay: Option<Overlay>,
     pub shares: Vec<Share>,
     pub process: GuestProcess,
     pub endpoints: Vec<ResolvedEndpoint>,
@@ -503,10 +494,6 @@ mod tests {
             cpus: 2,
             memory_mib: 512,
             root: "/r".into(),
-            overlay: Some(Overlay {
-                lower: "/l".into(),
-                upper: "/u".into(),
-            }),
             shares: vec![Share::parse("/a:/b:ro").unwrap()],
             process: process(),
             endpoints: vec![ResolvedEndpoint {

@@ -1,0 +1,123 @@
+//! `krbottle run`: boot a root filesystem in a confined microVM and run one command in it.
+
+use anyhow::Context;
+
+use crate::cli::{RunArgs, VmArgs};
+use crate::exit;
+use crate::output::Reporter;
+use crate::sys::userns::IdMapping;
+use crate::vm::config::{
+    self, ChildMode, Endpoint, GuestProcess, ResolvedEndpoint, Share, VmConfig,
+};
+use crate::vm::doctor::{self, BootVerdict};
+use crate::vm::launch::{self, Outcome};
+use crate::vm::{guest_command, relay};
+
+pub fn run(args: RunArgs, reporter: &Reporter) -> anyhow::Result<u8> {
+    let (uid, gid) = config::parse_user(&args.user)?;
+    let mut env = Vec::new();
+    if let Some(file) = &args.env_file {
+        let text = std::fs::read_to_string(file)
+            .with_context(|| format!("Could not read env file {}", file.display()))?;
+        env.extend(config::parse_env_file(&text)?);
+    }
+    for entry in &args.env {
+        env.push(config::parse_env_entry(entry)?);
+    }
+    let process = GuestProcess {
+        argv: args.command,
+        env,
+        workdir: args.workdir,
+        uid,
+        gid,
+    };
+    process.validate()?;
+    guest_command::find(
+        &args.rootfs,
+        &process.argv[0],
+        &process.guest_path_var(),
+        &process.workdir,
+    )?;
+    let root = args
+        .rootfs
+        .canonicalize()
+        .with_context(|| format!("Could not resolve {}", args.rootfs.display()))?;
+    let shares = args
+        .shares
+        .iter()
+        .map(|s| {
+            let mut share = Share::parse(s)?;
+            share.host = share.host.canonicalize().with_context(|| {
+                format!(
+                    "Shared directory {} does not exist; create it or fix --share",
+                    share.host.display()
+                )
+            })?;
+            Ok(share)
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let endpoints = resolve(&args.vm)?;
+    preflight(reporter)?;
+
+    let config = VmConfig {
+        cpus: args.cpus,
+        memory_mib: args.memory,
+        root,
+        shares,
+        process,
+        endpoints,
+        libkrunfw: doctor::libkrunfw_override(),
+        mode: ChildMode::Boot,
+    };
+    let mapping = IdMapping::for_current_user()?;
+    match launch::launch(&config, &mapping)? {
+        Outcome::Exited(code) => Ok(u8::try_from(code).unwrap_or(exit::FAILURE)),
+        Outcome::VmmFailed(why) => {
+            eprintln!("error: VMM failed: {why}");
+            Ok(exit::VMM_FAILED)
+        }
+    }
+}
+
+/// Parses, de-duplicates, resolves and checks the endpoints.
+pub fn resolve(vm: &VmArgs) -> anyhow::Result<Vec<ResolvedEndpoint>> {
+    let endpoints = vm
+        .endpoints
+        .iter()
+        .map(|s| Endpoint::parse(s))
+        .collect::<Result<Vec<_>, _>>()?;
+    config::check_unique_guest_ports(&endpoints)?;
+    Ok(relay::resolve_endpoints(&endpoints)?)
+}
+
+/// The checks doctor makes that a boot cannot do without: a missing libkrunfw or an unusable
+/// `/dev/kvm` stop here; a hypervisor known not to boot the kernel is a warning, since
+/// everything up to the boot still runs.
+fn preflight(reporter: &Reporter) -> anyhow::Result<()> {
+    let (libkrunfw, source) = doctor::libkrunfw_fact();
+    if let Err(e) = libkrunfw {
+        anyhow::bail!(
+            "libkrunfw not found at {source} ({e}); {}",
+            doctor::LIBKRUNFW_HINT
+        );
+    }
+    let (kvm, modules) = doctor::kvm_facts();
+    if let Err(e) = &kvm {
+        anyhow::bail!(
+            "Cannot use /dev/kvm ({e}); enable KVM, or add yourself to the `kvm` group and log in again"
+        );
+    }
+    let facts = doctor::Facts {
+        kvm,
+        kvm_modules: modules,
+        libkrunfw,
+        libkrunfw_source: source,
+        user_namespaces: Ok(()),
+        id_mapping: Ok(String::new()),
+        docker: Ok(()),
+    };
+    if let BootVerdict::CannotBoot(why) = doctor::verdict(&facts) {
+        reporter.status(format!("warning: the guest will probably not boot: {why}"));
+    }
+    Ok(())
+}
