@@ -14,6 +14,8 @@ use crate::vm::launch::{self, Outcome};
 use crate::vm::{guest_command, relay};
 
 pub fn run(args: RunArgs, reporter: &Reporter) -> anyhow::Result<u8> {
+    // Syntax first, then the filesystem, then the network.
+    let endpoints = parse_endpoints(&args.vm)?;
     let (uid, gid) = config::parse_user(&args.user)?;
     let mut env = Vec::new();
     if let Some(file) = &args.env_file {
@@ -32,16 +34,6 @@ pub fn run(args: RunArgs, reporter: &Reporter) -> anyhow::Result<u8> {
         gid,
     };
     process.validate()?;
-    guest_command::find(
-        &args.rootfs,
-        &process.argv[0],
-        &process.guest_path_var(),
-        &process.workdir,
-    )?;
-    let root = args
-        .rootfs
-        .canonicalize()
-        .with_context(|| format!("Could not resolve {}", args.rootfs.display()))?;
     let shares = args
         .shares
         .iter()
@@ -56,7 +48,17 @@ pub fn run(args: RunArgs, reporter: &Reporter) -> anyhow::Result<u8> {
             Ok(share)
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let endpoints = resolve(&args.vm)?;
+    guest_command::find(
+        &args.rootfs,
+        &process.argv[0],
+        &process.guest_path_var(),
+        &process.workdir,
+    )?;
+    let root = args
+        .rootfs
+        .canonicalize()
+        .with_context(|| format!("Could not resolve {}", args.rootfs.display()))?;
+    let endpoints = relay::resolve_endpoints(&endpoints)?;
     preflight(reporter)?;
 
     let config = VmConfig {
@@ -79,15 +81,20 @@ pub fn run(args: RunArgs, reporter: &Reporter) -> anyhow::Result<u8> {
     }
 }
 
-/// Parses, de-duplicates, resolves and checks the endpoints.
-pub fn resolve(vm: &VmArgs) -> anyhow::Result<Vec<ResolvedEndpoint>> {
+/// Parses the endpoints and rejects a guest port given twice.
+fn parse_endpoints(vm: &VmArgs) -> anyhow::Result<Vec<Endpoint>> {
     let endpoints = vm
         .endpoints
         .iter()
         .map(|s| Endpoint::parse(s))
         .collect::<Result<Vec<_>, _>>()?;
     config::check_unique_guest_ports(&endpoints)?;
-    Ok(relay::resolve_endpoints(&endpoints)?)
+    Ok(endpoints)
+}
+
+/// Parses, resolves and checks the endpoints.
+pub fn resolve(vm: &VmArgs) -> anyhow::Result<Vec<ResolvedEndpoint>> {
+    Ok(relay::resolve_endpoints(&parse_endpoints(vm)?)?)
 }
 
 /// The checks doctor makes that a boot cannot do without: a missing libkrunfw or an unusable
