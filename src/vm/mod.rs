@@ -6,7 +6,8 @@
 //! - `relay`: the endpoint relays, run by the parent in the host's network namespace;
 //! - `probe`: `krbottle debug net-probe`, run by the child instead of booting;
 //! - `doctor`: can this machine boot a guest, and why not;
-//! - `guest_command`: finding the command in the rootfs before booting.
+//! - `guest_command`: finding the command in the rootfs before booting;
+//! - `seatbelt`: the macOS confinement profile (generated and tested everywhere, applied on macOS).
 
 #[cfg(target_os = "linux")]
 pub mod child;
@@ -20,3 +21,4 @@ pub mod krun;
 pub mod launch;
 pub mod probe;
 pub mod relay;
+pub mod seatbelt;
