@@ -76,6 +76,11 @@ pub struct RunArgs {
     /// Share a host directory with the guest as virtio-fs tag GUESTDIR. Repeatable.
     #[arg(long = "share", value_name = "HOSTDIR:GUESTDIR[:ro]")]
     pub shares: Vec<String>,
+    /// Boot an overlay of LOWER (read-only, e.g. the cached rootfs) and the writable state dir
+    /// UPPER (`diff/` and `work/` in it), mounted on ROOTFS in the VMM's own mount namespace.
+    /// LOWER is never written; ROOTFS must be an existing directory.
+    #[arg(long, value_name = "LOWER:UPPER")]
+    pub overlay: Option<String>,
     #[command(flatten)]
     pub vm: VmArgs,
     /// Root filesystem directory to boot (e.g. from `krbottle image unpack`).

@@ -151,3 +151,86 @@ fn configuration_reaches_krun_start_enter_and_boots_where_possible() {
         }
     }
 }
+
+/// Names, sizes and mtimes of everything under `dir`, to show it was not written.
+fn snapshot(dir: &std::path::Path) -> Vec<(String, u64, i64)> {
+    use std::os::unix::fs::MetadataExt;
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let e = e.unwrap();
+            let m = std::fs::symlink_metadata(e.path()).unwrap();
+            if m.is_dir() {
+                todo.push(e.path());
+            }
+            out.push((
+                e.path().display().to_string(),
+                m.len(),
+                m.mtime_nsec() + m.mtime() * 1_000_000_000,
+            ));
+        }
+    }
+    out.sort();
+    out
+}
+
+/// `--overlay`: the child mounts lower+upper on the root inside its own mount namespace (a
+/// failed mount is a setup error, exit 1), the host never sees the mount, and the lower dir is
+/// not written. Where the guest boots, its writes land in the upper dir.
+#[test]
+fn overlay_is_mounted_privately_and_lower_stays_untouched() {
+    if !should_run(namespaces_unavailable()) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (lower, upper, merged) = (
+        dir.path().join("lower"),
+        dir.path().join("bottle"),
+        dir.path().join("merged"),
+    );
+    std::fs::create_dir(&lower).unwrap();
+    std::fs::create_dir(&merged).unwrap();
+    busybox_rootfs(&lower).expect("a static busybox on this machine");
+    let before = snapshot(&lower);
+    let overlay = format!("{}:{}", lower.display(), upper.display());
+    let (out, stdout, stderr) = run(krbottle().args([
+        "run",
+        "--cpus",
+        "1",
+        "--memory",
+        "256",
+        "--overlay",
+        &overlay,
+        merged.to_str().unwrap(),
+        "--",
+        "sh",
+        "-c",
+        "echo new > /written-by-guest && rm /bin/sh",
+    ]));
+    assert!(!stderr.contains("Could not mount the overlay"), "{stderr}");
+    match cannot_boot_reason() {
+        Some(why) => {
+            eprintln!("boot part skipped, doctor says this machine cannot boot: {why}");
+            assert_eq!(
+                out.status.code(),
+                Some(125),
+                "stdout: {stdout}\nstderr: {stderr}"
+            );
+        }
+        None => {
+            assert_eq!(out.status.code(), Some(0), "{stderr}");
+            assert_eq!(
+                std::fs::read_to_string(upper.join("diff/written-by-guest")).unwrap(),
+                "new\n"
+            );
+        }
+    }
+    assert_eq!(snapshot(&lower), before, "the lower dir was written");
+    assert!(upper.join("diff").is_dir() && upper.join("work").is_dir());
+    assert_eq!(
+        std::fs::read_dir(&merged).unwrap().count(),
+        0,
+        "the mount leaked to the host"
+    );
+}

@@ -16,6 +16,7 @@ pub fn run(cmd: DebugCommand, _reporter: &Reporter) -> anyhow::Result<u8> {
                 cpus: 1,
                 memory_mib: 64,
                 root: "/".into(),
+                overlay: None,
                 shares: Vec::new(),
                 process: GuestProcess {
                     argv: vec!["true".into()],

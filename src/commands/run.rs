@@ -48,12 +48,30 @@ pub fn run(args: RunArgs, reporter: &Reporter) -> anyhow::Result<u8> {
             Ok(share)
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
-    guest_command::find(
-        &args.rootfs,
-        &process.argv[0],
-        &process.guest_path_var(),
-        &process.workdir,
-    )?;
+    let overlay = args
+        .overlay
+        .as_deref()
+        .map(config::Overlay::parse)
+        .transpose()?;
+    let overlay = match overlay {
+        Some(o) => Some(prepare_overlay(o, &args.rootfs)?),
+        None => None,
+    };
+    // With an overlay the command comes from the lower (image) or the upper (bottle) layer.
+    let lookup_roots = match &overlay {
+        Some(o) => vec![o.diff_dir(), o.lower.clone()],
+        None => vec![args.rootfs.clone()],
+    };
+    let path_var = process.guest_path_var();
+    let mut found = Ok(String::new());
+    for r in &lookup_roots {
+        // The last layer's error is reported: the image, which is what the user would fix.
+        found = guest_command::find(r, &process.argv[0], &path_var, &process.workdir);
+        if found.is_ok() {
+            break;
+        }
+    }
+    found?;
     let root = args
         .rootfs
         .canonicalize()
@@ -65,6 +83,7 @@ pub fn run(args: RunArgs, reporter: &Reporter) -> anyhow::Result<u8> {
         cpus: args.cpus,
         memory_mib: args.memory,
         root,
+        overlay,
         shares,
         process,
         endpoints,
@@ -79,6 +98,36 @@ pub fn run(args: RunArgs, reporter: &Reporter) -> anyhow::Result<u8> {
             Ok(exit::VMM_FAILED)
         }
     }
+}
+
+/// Checks the overlay's directories and creates the upper layer's `diff/` and `work/`.
+fn prepare_overlay(
+    o: config::Overlay,
+    mount_point: &std::path::Path,
+) -> anyhow::Result<config::Overlay> {
+    anyhow::ensure!(
+        mount_point.is_dir(),
+        "Overlay mount point {} is not a directory; create it first",
+        mount_point.display()
+    );
+    let lower = o.lower.canonicalize().with_context(|| {
+        format!(
+            "Overlay lower dir {} does not exist; unpack the image first",
+            o.lower.display()
+        )
+    })?;
+    std::fs::create_dir_all(&o.upper).with_context(|| {
+        format!(
+            "Could not create the overlay upper dir {}",
+            o.upper.display()
+        )
+    })?;
+    let upper = o.upper.canonicalize()?;
+    let o = config::Overlay::parse(&format!("{}:{}", lower.display(), upper.display()))?;
+    for d in [o.diff_dir(), o.work_dir()] {
+        std::fs::create_dir_all(&d).with_context(|| format!("Could not create {}", d.display()))?;
+    }
+    Ok(o)
 }
 
 /// Parses the endpoints and rejects a guest port given twice.

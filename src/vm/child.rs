@@ -13,7 +13,7 @@ use std::os::unix::net::UnixStream;
 
 use crate::env_vars;
 use crate::sys::{fdpass, netif, userns};
-use crate::vm::config::{ChildMode, KRUN_CONFIG_MODE, KRUN_CONFIG_PATH, VmConfig};
+use crate::vm::config::{ChildMode, KRUN_CONFIG_MODE, KRUN_CONFIG_PATH, Overlay, VmConfig};
 use crate::vm::krun::{self, KrunContext, Libkrunfw};
 use crate::vm::{control, probe};
 
@@ -28,6 +28,17 @@ pub enum ChildError {
     Namespaces(#[from] userns::UsernsError),
     #[error("Could not read the VM config from the parent")]
     ReadConfig(#[source] std::io::Error),
+    #[error("The VMM child has no mount namespace of its own; refusing to mount the overlay")]
+    NoMountNamespace,
+    #[error(
+        "Could not mount the overlay of {lower} on {target}; overlayfs in a user namespace needs Linux 5.11 or later"
+    )]
+    MountOverlay {
+        lower: String,
+        target: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("Could not bring up loopback in the VMM's network namespace")]
     LoopbackUp(#[source] std::io::Error),
     #[error("Could not listen on guest port {0} in the VMM's network namespace")]
@@ -56,12 +67,11 @@ pub fn main() -> u8 {
             return crate::exit::FAILURE;
         }
     };
-    let _ = ns;
     let Some(mut control) = control_socket() else {
         eprintln!("error: {}", ChildError::NotSpawnedByKrbottle);
         return crate::exit::FAILURE;
     };
-    match setup_and_run(&mut control) {
+    match setup_and_run(&mut control, ns) {
         Ok(code) => code,
         Err(err) => {
             // The parent turns this into the user's one-line error.
@@ -91,10 +101,17 @@ fn error_chain(err: &dyn std::error::Error) -> String {
     msg
 }
 
-fn setup_and_run(control: &mut UnixStream) -> Result<u8, ChildError> {
+fn setup_and_run(control: &mut UnixStream, ns: userns::Namespaces) -> Result<u8, ChildError> {
     let frame = control::read_frame(&mut *control).map_err(ChildError::ReadConfig)?;
     let config: VmConfig = serde_json::from_slice(&frame)
         .map_err(|e| ChildError::ReadConfig(std::io::Error::other(e)))?;
+
+    if let Some(overlay) = &config.overlay {
+        if !ns.mount {
+            return Err(ChildError::NoMountNamespace);
+        }
+        mount_overlay(overlay, &config.root)?;
+    }
 
     netif::loopback_up().map_err(ChildError::LoopbackUp)?;
     let listeners = config
@@ -131,6 +148,31 @@ fn setup_and_run(control: &mut UnixStream) -> Result<u8, ChildError> {
             Ok(crate::exit::FAILURE)
         }
     }
+}
+
+/// Mounts `overlay` on `target`, visible only in this process's mount namespace.
+fn mount_overlay(overlay: &Overlay, target: &std::path::Path) -> Result<(), ChildError> {
+    let err = |source: rustix::io::Errno| ChildError::MountOverlay {
+        lower: overlay.lower.display().to_string(),
+        target: target.display().to_string(),
+        source: source.into(),
+    };
+    // Nothing mounted here may propagate back to the host's mount namespace.
+    rustix::mount::mount_change(
+        "/",
+        rustix::mount::MountPropagationFlags::PRIVATE | rustix::mount::MountPropagationFlags::REC,
+    )
+    .map_err(err)?;
+    let options = std::ffi::CString::new(overlay.mount_options())
+        .map_err(|_| err(rustix::io::Errno::INVAL))?;
+    rustix::mount::mount(
+        "overlay",
+        target,
+        "overlay",
+        rustix::mount::MountFlags::empty(),
+        options.as_c_str(),
+    )
+    .map_err(err)
 }
 
 /// Makes every libkrun configuration call for `config`, in the order libkrun expects.

@@ -42,6 +42,8 @@ pub enum ConfigError {
     NoCommand,
     #[error("Working directory `{0}` must be an absolute path without NUL bytes")]
     Workdir(String),
+    #[error("Bad --overlay `{0}`: expected LOWER:UPPER, paths without `,` or `:`")]
+    ParseOverlay(String),
     #[error("Guest port {0} is given to two --endpoint options; use each guest port once")]
     DuplicateGuestPort(u16),
 }
@@ -258,6 +260,49 @@ impl KrunConfigFile {
     }
 }
 
+/// A per-bottle root without copying: the read-only `lower` (the cached rootfs) under the
+/// bottle's writable `upper` state dir, mounted by the child in its own mount namespace on the
+/// root directory. overlayfs keeps the upper layer in `upper/diff` and needs the scratch dir
+/// `upper/work` on the same filesystem; `lower` is never written.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Overlay {
+    pub lower: PathBuf,
+    pub upper: PathBuf,
+}
+
+impl Overlay {
+    /// Parses `LOWER:UPPER`. overlayfs options cannot carry `,` or `:` in paths.
+    pub fn parse(s: &str) -> Result<Self, ConfigError> {
+        let err = || ConfigError::ParseOverlay(s.to_owned());
+        let (lower, upper) = s.split_once(':').ok_or_else(err)?;
+        if lower.is_empty() || upper.is_empty() || upper.contains(':') || s.contains(',') {
+            return Err(err());
+        }
+        Ok(Self {
+            lower: lower.into(),
+            upper: upper.into(),
+        })
+    }
+
+    pub fn diff_dir(&self) -> PathBuf {
+        self.upper.join("diff")
+    }
+
+    pub fn work_dir(&self) -> PathBuf {
+        self.upper.join("work")
+    }
+
+    /// The overlayfs mount options.
+    pub fn mount_options(&self) -> String {
+        format!(
+            "lowerdir={},upperdir={},workdir={}",
+            self.lower.display(),
+            self.diff_dir().display(),
+            self.work_dir().display()
+        )
+    }
+}
+
 /// What the child does once confined.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ChildMode {
@@ -273,6 +318,8 @@ pub struct VmConfig {
     pub cpus: u8,
     pub memory_mib: u32,
     pub root: PathBuf,
+    /// When set, `root` is the mount point of this overlay (mounted by the child).
+    pub overlay: Option<Overlay>,
     pub shares: Vec<Share>,
     pub process: GuestProcess,
     pub endpoints: Vec<ResolvedEndpoint>,
@@ -359,6 +406,22 @@ mod tests {
         );
         for bad in ["", "/a", "/a:b", ":/b", "/a:/b:/c", "/a:/b:rw"] {
             assert!(Share::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn overlays() {
+        let o = Overlay::parse("/cache/abc:/bottles/b1").unwrap();
+        assert_eq!(
+            o.mount_options(),
+            "lowerdir=/cache/abc,upperdir=/bottles/b1/diff,workdir=/bottles/b1/work"
+        );
+        for bad in ["", "/a", ":/b", "/a:", "/a:/b:/c", "/a,b:/c", "/a:/b,c"] {
+            assert_eq!(
+                Overlay::parse(bad),
+                Err(ConfigError::ParseOverlay(bad.into())),
+                "{bad}"
+            );
         }
     }
 
@@ -494,6 +557,7 @@ mod tests {
             cpus: 2,
             memory_mib: 512,
             root: "/r".into(),
+            overlay: Some(Overlay::parse("/l:/u").unwrap()),
             shares: vec![Share::parse("/a:/b:ro").unwrap()],
             process: process(),
             endpoints: vec![ResolvedEndpoint {
