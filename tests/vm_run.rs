@@ -234,3 +234,44 @@ fn overlay_is_mounted_privately_and_lower_stays_untouched() {
         "the mount leaked to the host"
     );
 }
+
+/// With a terminal (a pty from util-linux `script`), the parent puts it in raw mode for the
+/// guest and restores it even when the VMM fails.
+#[test]
+fn terminal_settings_are_restored_after_the_run() {
+    if !should_run(namespaces_unavailable()) {
+        return;
+    }
+    let has_script = std::process::Command::new("script")
+        .arg("--version")
+        .output()
+        .is_ok();
+    if !should_run((!has_script).then(|| "util-linux `script` is not installed".to_owned())) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let rootfs = dir.path().join("rootfs");
+    busybox_rootfs(&rootfs).expect("a static busybox on this machine");
+    let (before, after) = (dir.path().join("before"), dir.path().join("after"));
+    let inner = format!(
+        "stty -g > {b}; {bin} run --cpus 1 --memory 256 {r} -- sh -c 'exit 3'; stty -g > {a}",
+        b = before.display(),
+        a = after.display(),
+        bin = env!("CARGO_BIN_EXE_krbottle"),
+        r = rootfs.display(),
+    );
+    let out = std::process::Command::new("script")
+        .args(["-qec", &inner, "/dev/null"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let before = std::fs::read_to_string(&before).unwrap();
+    let after = std::fs::read_to_string(&after).unwrap();
+    assert!(!before.is_empty());
+    assert_eq!(
+        before,
+        after,
+        "terminal not restored: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
