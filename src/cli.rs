@@ -35,6 +35,16 @@ pub enum Command {
     /// Measure performance against named peers in the same run (ratios, not absolute claims).
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Boot ROOTFS in a confined microVM and run CMD in it; exits with CMD's exit code.
+    Run(RunArgs),
+    /// Check that this machine can boot a guest: KVM, libkrunfw, user namespaces, Docker.
+    Doctor(DoctorArgs),
+    /// Diagnostics.
+    #[command(subcommand)]
+    Debug(DebugCommand),
+    /// Internal: the VMM child that `run` starts. Not for direct use.
+    #[command(name = "__vmm", hide = true)]
+    Vmm,
 }
 
 #[derive(Debug, Subcommand)]
@@ -56,6 +66,75 @@ pub struct BenchUnpackArgs {
     /// Print JSON on stdout.
     #[arg(long)]
     pub json: bool,
+}
+
+/// The guest's resources, process and network, shared by `run` and `debug net-probe`.
+#[derive(Debug, Args)]
+pub struct VmArgs {
+    /// Guest-facing endpoint: a listener on 127.0.0.1:GUESTPORT, the only address the guest can
+    /// reach, relayed to HOST:PORT. Repeatable.
+    #[arg(long = "endpoint", value_name = "GUESTPORT=HOST:PORT")]
+    pub endpoints: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Number of virtual CPUs.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u8).range(1..))]
+    pub cpus: u8,
+    /// Guest RAM in MiB.
+    #[arg(long, default_value_t = 2048, value_parser = clap::value_parser!(u32).range(64..))]
+    pub memory: u32,
+    /// Environment variable for CMD, NAME=VALUE. Repeatable; wins over --env-file.
+    #[arg(short, long = "env", value_name = "NAME=VALUE")]
+    pub env: Vec<String>,
+    /// File of NAME=VALUE lines (blank lines and # comments skipped).
+    #[arg(long)]
+    pub env_file: Option<PathBuf>,
+    /// Working directory of CMD in the guest.
+    #[arg(short, long, default_value = "/")]
+    pub workdir: String,
+    /// Numeric UID:GID CMD runs as in the guest.
+    #[arg(short, long, default_value = "0:0")]
+    pub user: String,
+    /// Share a host directory with the guest as virtio-fs tag GUESTDIR. Repeatable.
+    #[arg(long = "share", value_name = "HOSTDIR:GUESTDIR[:ro]")]
+    pub shares: Vec<String>,
+    /// Boot an overlay of LOWER (read-only, e.g. the cached rootfs) and the writable state dir
+    /// UPPER (`diff/` and `work/` in it), mounted on ROOTFS in the VMM's own mount namespace.
+    /// LOWER is never written; ROOTFS must be an existing directory.
+    #[arg(long, value_name = "LOWER:UPPER")]
+    pub overlay: Option<String>,
+    #[command(flatten)]
+    pub vm: VmArgs,
+    /// Root filesystem directory to boot (e.g. from `krbottle image unpack`).
+    pub rootfs: PathBuf,
+    /// The command to run in the guest, after `--`.
+    #[arg(last = true, required = true, value_name = "CMD")]
+    pub command: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct DoctorArgs {
+    /// Print the facts and the verdict as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DebugCommand {
+    /// From inside the same confinement as `run`'s VMM, try TCP connections and print one JSON
+    /// line per attempt, plus the interfaces and routes visible there.
+    NetProbe(NetProbeArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct NetProbeArgs {
+    #[command(flatten)]
+    pub vm: VmArgs,
+    /// Address to try to connect to, IP:PORT. Repeatable.
+    #[arg(long = "try", value_name = "ADDR:PORT", required = true)]
+    pub targets: Vec<std::net::SocketAddr>,
 }
 
 #[derive(Debug, Subcommand)]

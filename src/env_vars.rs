@@ -18,3 +18,15 @@ pub const DOCKER_HOST: &str = "DOCKER_HOST";
 /// Set by CI. Tests that need a capability this machine is expected to have (Docker) fail
 /// instead of skipping when it is set.
 pub const CI: &str = "CI";
+
+/// Path of the `libkrunfw` guest-kernel library to use instead of the one the loader finds
+/// (beside the binary via its RUNPATH, then the system library path).
+pub const KRBOTTLE_LIBKRUNFW: &str = "KRBOTTLE_LIBKRUNFW";
+
+/// Internal, set by krbottle for its own re-executed children: `FD:NAMESPACES`, the socket of
+/// the namespace handshake (`sys::userns`). Not for users.
+pub const KRBOTTLE_NS_HANDSHAKE: &str = "KRBOTTLE_NS_HANDSHAKE";
+
+/// Internal, set by krbottle for its `__vmm` child: the descriptor number of the control socket
+/// (config in, endpoint listeners and status out; `vm::launch`). Not for users.
+pub const KRBOTTLE_VMM_FD: &str = "KRBOTTLE_VMM_FD";

@@ -9,3 +9,5 @@ pub mod env_vars;
 pub mod exit;
 pub mod image;
 pub mod output;
+pub mod sys;
+pub mod vm;

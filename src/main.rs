@@ -8,7 +8,10 @@ use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.global.verbose);
+    // The VMM child leaves the process-wide logger to libkrun, which installs its own.
+    if !matches!(cli.command, krbottle::cli::Command::Vmm) {
+        init_logging(cli.global.verbose);
+    }
     match commands::dispatch(cli) {
         Ok(code) => ExitCode::from(code),
         Err(err) => {

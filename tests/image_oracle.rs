@@ -18,7 +18,15 @@ fn unpack_and_compare(image: &str, mode: &str) -> tempfile::TempDir {
     let dest = work.path().join("rootfs");
     let (code, stdout, stderr) = run_krbottle(
         &work.path().join("cache"),
-        &["image", "unpack", image, dest.to_str().unwrap(), "--ownership", mode, "--json"],
+        &[
+            "image",
+            "unpack",
+            image,
+            dest.to_str().unwrap(),
+            "--ownership",
+            mode,
+            "--json",
+        ],
     );
     assert_eq!(code, 0, "unpack {image} failed:\n{stderr}");
     let summary: serde_json::Value = serde_json::from_str(&stdout).expect("--json prints JSON");
@@ -32,7 +40,12 @@ fn unpack_and_compare(image: &str, mode: &str) -> tempfile::TempDir {
         diffs.is_empty(),
         "{} differences between docker export and krbottle unpack of {image}:\n{}",
         diffs.len(),
-        diffs.iter().take(40).cloned().collect::<Vec<_>>().join("\n")
+        diffs
+            .iter()
+            .take(40)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join("\n")
     );
     work
 }
@@ -111,7 +124,7 @@ fn layer_features_match_docker_in_root_mode() {
     assert!(!root.join("opt/a/x").exists() && root.join("opt/a/new").exists());
     assert!(!root.join("usr/bin/which").exists());
     let mut buf = [0u8; 64];
-    let n = rustix::fs::lgetxattr(&root.join("opt/cap-bin"), "security.capability", &mut buf)
+    let n = rustix::fs::lgetxattr(root.join("opt/cap-bin"), "security.capability", &mut buf)
         .expect("security.capability kept");
     assert_eq!(n, 20);
 }
@@ -132,15 +145,33 @@ fn example_agent_image_matches_docker_and_uid_1000_can_work() {
     // What the replaced system had to `chown -R` after boot: the agent user can write its home
     // and /tmp is root-owned 1777, straight from the unpacked tree.
     let out = Command::new("chroot")
-        .args(["--userspec=1000:1000", root.to_str().unwrap(), "/bin/sh", "-c"])
+        .args([
+            "--userspec=1000:1000",
+            root.to_str().unwrap(),
+            "/bin/sh",
+            "-c",
+        ])
         .arg("touch /home/agent/.claude.json && touch /tmp/x && stat -c '%a %u' /tmp && id -u")
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(String::from_utf8_lossy(&out.stdout), "1777 0\n1000\n");
     let denied = Command::new("chroot")
-        .args(["--userspec=1000:1000", root.to_str().unwrap(), "/bin/sh", "-c", "touch /etc/passwd"])
+        .args([
+            "--userspec=1000:1000",
+            root.to_str().unwrap(),
+            "/bin/sh",
+            "-c",
+            "touch /etc/passwd",
+        ])
         .output()
         .unwrap();
-    assert!(!denied.status.success(), "uid 1000 must not write root's files");
+    assert!(
+        !denied.status.success(),
+        "uid 1000 must not write root's files"
+    );
 }

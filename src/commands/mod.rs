@@ -1,6 +1,9 @@
 //! One module per verb; each turns parsed arguments into calls on the library.
 
+pub mod debug;
+pub mod doctor;
 pub mod image;
+pub mod run;
 
 use crate::cli::{Cli, Command};
 use crate::output::{Reporter, Verbosity};
@@ -10,5 +13,21 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<u8> {
     let reporter = Reporter::new(Verbosity::from_flags(cli.global.verbose, cli.global.quiet));
     match cli.command {
         Command::Image(cmd) => image::run(cmd, &reporter),
+        Command::Run(args) => run::run(args, &reporter),
+        Command::Doctor(args) => doctor::run(args),
+        Command::Debug(cmd) => debug::run(cmd, &reporter),
+        Command::Bench(_) => anyhow::bail!("bench is not available in this build yet"),
+        Command::Vmm => Ok(krbottle_vmm_child()),
     }
+}
+
+#[cfg(target_os = "linux")]
+fn krbottle_vmm_child() -> u8 {
+    crate::vm::child::main()
+}
+
+#[cfg(not(target_os = "linux"))]
+fn krbottle_vmm_child() -> u8 {
+    eprintln!("error: the VMM child is only implemented on Linux so far");
+    crate::exit::FAILURE
 }

@@ -1,12 +1,52 @@
-//! Shared helpers for the integration tests: capability gates that say why they skip, and that
-//! fail instead when CI (which always has the capability) is running.
+//! Shared helpers for the integration tests: run the built binary, and capability gates that
+//! say why they skip and fail instead under CI (which always has the capability).
 #![allow(dead_code)]
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+pub mod oracle;
+
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
 
 /// The local base image every test Dockerfile starts FROM (scripts/build-base-image.sh).
 pub const BASE_IMAGE: &str = "krbottle/debian-base:bookworm";
+
+pub fn krbottle() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_krbottle"));
+    cmd.stdin(Stdio::null())
+        .env_remove("KRBOTTLE_LIBKRUNFW")
+        .env_remove("KRBOTTLE_LOG");
+    cmd
+}
+
+pub fn run(cmd: &mut Command) -> (Output, String, String) {
+    let out = cmd.output().expect("run the krbottle binary");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    (out, stdout, stderr)
+}
+
+/// Runs the krbottle binary with a private cache dir; returns (status, stdout, stderr).
+pub fn run_krbottle(cache: &Path, args: &[&str]) -> (i32, String, String) {
+    let (out, stdout, stderr) = run(krbottle().args(args).env("KRBOTTLE_CACHE_DIR", cache));
+    (out.status.code().unwrap_or(-1), stdout, stderr)
+}
+
+/// Skips (returns false, with the reason recorded) when `reason` is Some, unless `CI` is set:
+/// there the capability is expected and its absence is a failure.
+pub fn should_run(reason: Option<String>) -> bool {
+    match reason {
+        None => true,
+        Some(why) => skip_or_fail(&current_test(), &why),
+    }
+}
+
+/// The running test's name (libtest names each test's thread after it).
+pub fn current_test() -> String {
+    std::thread::current()
+        .name()
+        .unwrap_or("unknown test")
+        .to_string()
+}
 
 /// Whether Docker tests can run. Without Docker: panics under CI, else prints why and returns
 /// false so the test returns early (reported by the harness as passed-with-skip message).
@@ -34,7 +74,11 @@ pub fn skip_or_fail(test: &str, why: &str) -> bool {
     eprintln!("SKIP {test}: {why}");
     if let Some(log) = std::env::var_os("KRBOTTLE_SKIP_LOG") {
         use std::io::Write;
-        if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(log) {
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+        {
             let _ = writeln!(f, "{test}: {why}");
         }
     }
@@ -45,7 +89,10 @@ pub fn skip_or_fail(test: &str, why: &str) -> bool {
 pub fn require_test_user(test: &str) -> Option<(String, u32)> {
     let user = std::env::var("KRBOTTLE_TEST_USER").unwrap_or_else(|_| "krbottle-test".into());
     if !rustix::process::geteuid().is_root() {
-        skip_or_fail(test, "rootless tests switch to the test user and need root to do so");
+        skip_or_fail(
+            test,
+            "rootless tests switch to the test user and need root to do so",
+        );
         return None;
     }
     let out = Command::new("id").args(["-u", &user]).output().ok()?;
@@ -80,20 +127,29 @@ pub fn docker_build(tag: &str, dockerfile: &str, files: &[(&str, &[u8])]) -> Str
     tag.to_string()
 }
 
-pub fn krbottle() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_krbottle"))
+/// Why confined children cannot be created here, if they cannot.
+pub fn namespaces_unavailable() -> Option<String> {
+    let (out, _, stderr) = run(krbottle().args(["debug", "net-probe", "--try", "127.0.0.1:1"]));
+    (!out.status.success()).then(|| format!("cannot create the VMM's namespaces here: {stderr}"))
 }
 
-/// Runs the krbottle binary with a private cache dir; returns (status, stdout, stderr).
-pub fn run_krbottle(cache: &Path, args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(krbottle())
-        .args(args)
-        .env("KRBOTTLE_CACHE_DIR", cache)
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+/// A root filesystem holding a static busybox as `/bin/sh`, `/bin/busybox`.
+pub fn busybox_rootfs(dir: &Path) -> Option<String> {
+    let busybox = ["/bin/busybox", "/usr/bin/busybox"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())?;
+    std::fs::create_dir_all(dir.join("bin")).unwrap();
+    std::fs::copy(busybox, dir.join("bin/busybox")).unwrap();
+    std::os::unix::fs::symlink("busybox", dir.join("bin/sh")).unwrap();
+    Some(busybox.to_owned())
+}
+
+/// The boot verdict of `krbottle doctor --json`: `None` when it can boot, else the reason.
+pub fn cannot_boot_reason() -> Option<String> {
+    let (_, stdout, _) = run(krbottle().args(["doctor", "--json"]));
+    let v: serde_json::Value = serde_json::from_str(&stdout).expect("doctor --json prints JSON");
+    match v["boot"]["verdict"].as_str() {
+        Some("can_boot") => None,
+        _ => Some(v["boot"]["reason"].as_str().unwrap_or("unknown").to_owned()),
+    }
 }

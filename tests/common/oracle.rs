@@ -58,7 +58,12 @@ pub fn from_export(reader: impl Read) -> BTreeMap<String, Node> {
     let mut links = Vec::new();
     for entry in archive.entries().unwrap() {
         let mut entry = entry.unwrap();
-        let path = entry.path().unwrap().to_string_lossy().trim_end_matches('/').to_string();
+        let path = entry
+            .path()
+            .unwrap()
+            .to_string_lossy()
+            .trim_end_matches('/')
+            .to_string();
         let path = path.trim_start_matches("./").to_string();
         if path.is_empty() || path == "." || INIT_LAYER.contains(&path.as_str()) {
             continue;
@@ -99,18 +104,34 @@ pub fn from_export(reader: impl Read) -> BTreeMap<String, Node> {
             gid: header.gid().unwrap(),
             mode: header.mode().unwrap() & 0o7777,
             size: data.len() as u64,
-            hash: if kind == 'f' { hash(&data) } else { String::new() },
-            link: if kind == 'l' { link.clone() } else { String::new() },
+            hash: if kind == 'f' {
+                hash(&data)
+            } else {
+                String::new()
+            },
+            link: if kind == 'l' {
+                link.clone()
+            } else {
+                String::new()
+            },
             xattrs,
         };
         if kind == 'h' {
-            links.push((path, link.trim_start_matches("./").trim_start_matches('/').to_string()));
+            links.push((
+                path,
+                link.trim_start_matches("./")
+                    .trim_start_matches('/')
+                    .to_string(),
+            ));
         } else {
             out.insert(path, node);
         }
     }
     for (path, target) in links {
-        let node = out.get(&target).unwrap_or_else(|| panic!("export: hard link {path} to missing {target}")).clone();
+        let node = out
+            .get(&target)
+            .unwrap_or_else(|| panic!("export: hard link {path} to missing {target}"))
+            .clone();
         out.insert(path, node);
     }
     out
@@ -125,7 +146,11 @@ pub fn from_dir(root: &Path, map_id: &dyn Fn(u64) -> u64) -> BTreeMap<String, No
         for item in std::fs::read_dir(&dir).unwrap() {
             let item = item.unwrap();
             let path = item.path();
-            let rel = path.strip_prefix(root).unwrap().to_string_lossy().to_string();
+            let rel = path
+                .strip_prefix(root)
+                .unwrap()
+                .to_string_lossy()
+                .to_string();
             let meta = std::fs::symlink_metadata(&path).unwrap();
             let ft = meta.file_type();
             let kind = if ft.is_dir() {
@@ -141,7 +166,11 @@ pub fn from_dir(root: &Path, map_id: &dyn Fn(u64) -> u64) -> BTreeMap<String, No
             } else {
                 'f'
             };
-            let data = if kind == 'f' { std::fs::read(&path).unwrap() } else { Vec::new() };
+            let data = if kind == 'f' {
+                std::fs::read(&path).unwrap()
+            } else {
+                Vec::new()
+            };
             let mut xattrs = BTreeMap::new();
             if let Ok(names) = xattr_names(&path) {
                 for name in names.into_iter().filter(|n| relevant_xattr(n)) {
@@ -161,9 +190,16 @@ pub fn from_dir(root: &Path, map_id: &dyn Fn(u64) -> u64) -> BTreeMap<String, No
                     gid: map_id(meta.gid() as u64),
                     mode: meta.mode() & 0o7777,
                     size: data.len() as u64,
-                    hash: if kind == 'f' { hash(&data) } else { String::new() },
+                    hash: if kind == 'f' {
+                        hash(&data)
+                    } else {
+                        String::new()
+                    },
                     link: if kind == 'l' {
-                        std::fs::read_link(&path).unwrap().to_string_lossy().to_string()
+                        std::fs::read_link(&path)
+                            .unwrap()
+                            .to_string_lossy()
+                            .to_string()
                     } else {
                         String::new()
                     },
@@ -196,10 +232,18 @@ pub fn diff(expected: &BTreeMap<String, Node>, actual: &BTreeMap<String, Node>) 
             None => out.push(format!("missing {path}: {e:?}")),
             Some(a) if a != e => {
                 // Symlink permission bits mean nothing on Linux; compare the rest.
-                if e.kind == 'l' && a.kind == 'l' && Node { mode: e.mode, ..a.clone() } == *e {
+                if e.kind == 'l'
+                    && a.kind == 'l'
+                    && (Node {
+                        mode: e.mode,
+                        ..a.clone()
+                    }) == *e
+                {
                     continue;
                 }
-                out.push(format!("differs {path}:\n  docker:   {e:?}\n  krbottle: {a:?}"))
+                out.push(format!(
+                    "differs {path}:\n  docker:   {e:?}\n  krbottle: {a:?}"
+                ))
             }
             Some(_) => {}
         }

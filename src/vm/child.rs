@@ -1,0 +1,215 @@
+//! The `__vmm` child: confine itself, then configure libkrun and hand over to the guest.
+//!
+//! Order matters and is the security argument: the first thing the child does is enter its
+//! own user and network namespaces (`sys::userns`), before reading any config; the network
+//! namespace has only `lo`, no route, and one listener per endpoint whose socket goes to the
+//! parent for relaying (`vm::relay`). Only then is libkrun configured; with TSI the VMM opens
+//! the guest's sockets in this namespace, so the guest reaches exactly the endpoints.
+
+use std::io::Write;
+use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+
+use crate::env_vars;
+use crate::sys::{fdpass, netif, userns};
+use crate::vm::config::{ChildMode, KRUN_CONFIG_MODE, KRUN_CONFIG_PATH, Overlay, VmConfig};
+use crate::vm::krun::{self, KrunContext, Libkrunfw};
+use crate::vm::{control, probe};
+
+/// The virtio-fs tag of the guest's root filesystem.
+const ROOT_FS_TAG: &str = "/dev/root";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ChildError {
+    #[error("This is krbottle's internal VMM child; run `krbottle run` instead")]
+    NotSpawnedByKrbottle,
+    #[error(transparent)]
+    Namespaces(#[from] userns::UsernsError),
+    #[error("Could not read the VM config from the parent")]
+    ReadConfig(#[source] std::io::Error),
+    #[error("The VMM child has no mount namespace of its own; refusing to mount the overlay")]
+    NoMountNamespace,
+    #[error(
+        "Could not mount the overlay of {lower} on {target}; overlayfs in a user namespace needs Linux 5.11 or later"
+    )]
+    MountOverlay {
+        lower: String,
+        target: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("Could not bring up loopback in the VMM's network namespace")]
+    LoopbackUp(#[source] std::io::Error),
+    #[error("Could not listen on guest port {0} in the VMM's network namespace")]
+    Listen(u16, #[source] std::io::Error),
+    #[error("Could not hand the endpoint listeners to the parent")]
+    SendListeners(#[source] std::io::Error),
+    #[error("Could not load libkrunfw from {0}; check {var} or install libkrunfw", var = env_vars::KRBOTTLE_LIBKRUNFW)]
+    LoadLibkrunfw(String, #[source] std::io::Error),
+    #[error("libkrun configuration failed")]
+    Configure(#[source] std::io::Error),
+    #[error("Network probe failed")]
+    Probe(#[source] std::io::Error),
+}
+
+/// Runs the child. Returns its exit code when it does not boot (probe, or a setup failure
+/// already reported to the parent); on a boot, libkrun exits the process with the guest's code.
+pub fn main() -> u8 {
+    let ns = match userns::enter_from_env() {
+        Ok(Some(ns)) if ns.net => ns,
+        Ok(_) => {
+            eprintln!("error: {}", ChildError::NotSpawnedByKrbottle);
+            return crate::exit::FAILURE;
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            return crate::exit::FAILURE;
+        }
+    };
+    let Some(mut control) = control_socket() else {
+        eprintln!("error: {}", ChildError::NotSpawnedByKrbottle);
+        return crate::exit::FAILURE;
+    };
+    match setup_and_run(&mut control, ns) {
+        Ok(code) => code,
+        Err(err) => {
+            // The parent turns this into the user's one-line error.
+            let _ = control.write_all(&[control::FAILED]);
+            let _ = control.write_all(error_chain(&err).as_bytes());
+            crate::exit::FAILURE
+        }
+    }
+}
+
+fn control_socket() -> Option<UnixStream> {
+    let fd: i32 = std::env::var(env_vars::KRBOTTLE_VMM_FD)
+        .ok()?
+        .parse()
+        .ok()?;
+    userns::take_inherited_fd(fd)
+}
+
+fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut msg = err.to_string();
+    let mut source = err.source();
+    while let Some(s) = source {
+        msg.push_str(": ");
+        msg.push_str(&s.to_string());
+        source = s.source();
+    }
+    msg
+}
+
+fn setup_and_run(control: &mut UnixStream, ns: userns::Namespaces) -> Result<u8, ChildError> {
+    let frame = control::read_frame(&mut *control).map_err(ChildError::ReadConfig)?;
+    let config: VmConfig = serde_json::from_slice(&frame)
+        .map_err(|e| ChildError::ReadConfig(std::io::Error::other(e)))?;
+
+    if let Some(overlay) = &config.overlay {
+        if !ns.mount {
+            return Err(ChildError::NoMountNamespace);
+        }
+        mount_overlay(overlay, &config.root)?;
+    }
+
+    netif::loopback_up().map_err(ChildError::LoopbackUp)?;
+    let listeners = config
+        .endpoints
+        .iter()
+        .map(|e| {
+            TcpListener::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, e.guest_port)))
+                .map_err(|err| ChildError::Listen(e.guest_port, err))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let fds: Vec<OwnedFd> = listeners.into_iter().map(OwnedFd::from).collect();
+    let borrowed: Vec<_> = fds.iter().map(|f| f.as_fd()).collect();
+    fdpass::send_fds(&*control, control::LISTENERS, &borrowed)
+        .map_err(ChildError::SendListeners)?;
+    // The parent owns the listeners now; our copies would only keep ports open after it stops.
+    drop(borrowed);
+    drop(fds);
+
+    match &config.mode {
+        ChildMode::NetProbe { targets } => {
+            probe::run(targets).map_err(ChildError::Probe)?;
+            Ok(crate::exit::OK)
+        }
+        ChildMode::Boot => {
+            let ctx = configure(&config)?;
+            let log = control.try_clone().map_err(ChildError::Configure)?;
+            krun::init_log(log.into(), krun::LogLevel::Warn).map_err(ChildError::Configure)?;
+            control
+                .write_all(&[control::ENTERING])
+                .map_err(ChildError::Configure)?;
+            let err = ctx.start_enter();
+            // libkrun's log goes to the same socket; this line joins it there.
+            let _ = writeln!(control, "[krbottle ERROR] {err}");
+            Ok(crate::exit::FAILURE)
+        }
+    }
+}
+
+/// Mounts `overlay` on `target`, visible only in this process's mount namespace.
+fn mount_overlay(overlay: &Overlay, target: &std::path::Path) -> Result<(), ChildError> {
+    let err = |source: rustix::io::Errno| ChildError::MountOverlay {
+        lower: overlay.lower.display().to_string(),
+        target: target.display().to_string(),
+        source: source.into(),
+    };
+    // Nothing mounted here may propagate back to the host's mount namespace.
+    rustix::mount::mount_change(
+        "/",
+        rustix::mount::MountPropagationFlags::PRIVATE | rustix::mount::MountPropagationFlags::REC,
+    )
+    .map_err(err)?;
+    let options = std::ffi::CString::new(overlay.mount_options())
+        .map_err(|_| err(rustix::io::Errno::INVAL))?;
+    rustix::mount::mount(
+        "overlay",
+        target,
+        "overlay",
+        rustix::mount::MountFlags::empty(),
+        options.as_c_str(),
+    )
+    .map_err(err)
+}
+
+/// Makes every libkrun configuration call for `config`, in the order libkrun expects.
+fn configure(config: &VmConfig) -> Result<KrunContext, ChildError> {
+    let _krunfw = match &config.libkrunfw {
+        Some(path) => Some(
+            Libkrunfw::load(Some(path))
+                .map_err(|e| ChildError::LoadLibkrunfw(path.display().to_string(), e))?,
+        ),
+        None => None,
+    };
+    let file = config
+        .process
+        .krun_config_file()
+        .map_err(|e| ChildError::Configure(std::io::Error::other(e)))?;
+    // libkrun serves these bytes to the guest for the VM's whole life.
+    let data: &'static [u8] = Vec::leak(file.to_json());
+
+    let c = ChildError::Configure;
+    let ctx = KrunContext::new().map_err(c)?;
+    ctx.set_vm_config(config.cpus, config.memory_mib)
+        .map_err(c)?;
+    ctx.set_root(&config.root).map_err(c)?;
+    for share in &config.shares {
+        ctx.add_virtiofs(share.tag(), &share.host, share.read_only)
+            .map_err(c)?;
+    }
+    // Explicit and empty: everything the guest needs is in the config file. NULL would copy
+    // this process's environment into the guest.
+    ctx.set_env(&[]).map_err(c)?;
+    ctx.add_overlay_file(ROOT_FS_TAG, KRUN_CONFIG_PATH, data, KRUN_CONFIG_MODE)
+        .map_err(c)?;
+    ctx.enable_tsi_inet_only().map_err(c)?;
+    let stdin = std::io::stdin();
+    let stdout = std::io::stdout();
+    let stderr = std::io::stderr();
+    ctx.set_console(stdin.as_fd(), stdout.as_fd(), stderr.as_fd())
+        .map_err(c)?;
+    Ok(ctx)
+}

@@ -1,0 +1,230 @@
+//! Parent side of a VM run: spawn the confined `__vmm` child, feed it, relay, wait, report.
+//!
+//! `krun_start_enter` never returns (libkrun `_exit`s with the guest's code), so the parent does
+//! everything around it: it re-executes this binary as `__vmm` in new namespaces, sends the
+//! config on the control socket (`vm::control`), relays the endpoint listeners the child hands
+//! back (`vm::relay`), forwards termination signals, keeps the terminal raw while the guest runs
+//! and restores it whatever happens, and turns the child's end into an [`Outcome`].
+
+use std::io::Read;
+use std::net::TcpListener;
+use std::os::fd::AsFd;
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::ExitStatusExt;
+use std::process::Command;
+
+use crate::env_vars;
+use crate::sys::{fdpass, signals, tty, userns};
+use crate::vm::config::{ChildMode, VmConfig};
+use crate::vm::{control, relay};
+
+/// The hidden subcommand the child runs as.
+pub const CHILD_SUBCOMMAND: &str = "__vmm";
+
+#[derive(Debug, thiserror::Error)]
+pub enum LaunchError {
+    #[error("Could not find this program's own binary to start the VMM child")]
+    CurrentExe(#[source] std::io::Error),
+    #[error("Could not create the control socket for the VMM child")]
+    Socket(#[source] std::io::Error),
+    #[error(transparent)]
+    Namespaces(#[from] userns::UsernsError),
+    #[error("Could not send the VM config to the VMM child")]
+    SendConfig(#[source] std::io::Error),
+    #[error("Could not receive the endpoint listeners from the VMM child")]
+    ReceiveListeners(#[source] std::io::Error),
+    #[error("The VMM child sent {got} endpoint listeners for {want} endpoints")]
+    ListenerCount { got: usize, want: usize },
+    #[error("{0}")]
+    ChildSetup(String),
+    #[error("The VMM child exited during setup ({0}) without saying why; rerun with -v")]
+    ChildDied(String),
+    #[error("Could not wait for the VMM child")]
+    Wait(#[source] std::io::Error),
+    #[error("Could not put the terminal in raw mode")]
+    RawMode(#[source] std::io::Error),
+    #[error("Could not install signal forwarding")]
+    Signals(#[source] std::io::Error),
+}
+
+/// How a run ended, once setup succeeded.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// The guest command (or, for a probe, the child) exited with this code.
+    Exited(i32),
+    /// The VMM itself failed after starting: the hypervisor refused the guest, libkrun
+    /// reported an error, or the VMM was killed. The string says what happened.
+    VmmFailed(String),
+}
+
+/// Runs `config` in a confined child mapped with `mapping` and waits for it.
+pub fn launch(config: &VmConfig, mapping: &userns::IdMapping) -> Result<Outcome, LaunchError> {
+    let exe = std::env::current_exe().map_err(LaunchError::CurrentExe)?;
+    let (mut ours, theirs) = UnixStream::pair().map_err(LaunchError::Socket)?;
+    let theirs: std::os::fd::OwnedFd = theirs.into();
+    rustix::io::fcntl_setfd(&theirs, rustix::io::FdFlags::empty())
+        .map_err(|e| LaunchError::Socket(e.into()))?;
+    let mut cmd = Command::new(exe);
+    cmd.arg(CHILD_SUBCOMMAND).env(
+        env_vars::KRBOTTLE_VMM_FD,
+        std::os::fd::AsRawFd::as_raw_fd(&theirs).to_string(),
+    );
+    let ns = userns::Namespaces {
+        net: true,
+        mount: true,
+    };
+    let mut child = userns::spawn(&mut cmd, ns, mapping)?;
+    drop(theirs);
+    let _forward = signals::ForwardGuard::install(child.id()).map_err(LaunchError::Signals)?;
+
+    let setup = (|| {
+        let json = serde_json::to_vec(config).expect("VmConfig always serialises");
+        control::write_frame(&mut ours, &json).map_err(LaunchError::SendConfig)?;
+        match fdpass::recv_fds(&ours).map_err(LaunchError::ReceiveListeners)? {
+            Some((control::LISTENERS, fds)) => {
+                if fds.len() != config.endpoints.len() {
+                    return Err(LaunchError::ListenerCount {
+                        got: fds.len(),
+                        want: config.endpoints.len(),
+                    });
+                }
+                for (fd, endpoint) in fds.into_iter().zip(&config.endpoints) {
+                    relay::serve(TcpListener::from(fd), endpoint.upstream);
+                }
+                Ok(())
+            }
+            Some((control::FAILED, _)) => Err(LaunchError::ChildSetup(read_rest(&mut ours))),
+            _ => Err(LaunchError::ChildDied(String::new())),
+        }
+    })();
+    if let Err(err) = setup {
+        let _ = child.kill();
+        let status = child.wait().map_err(LaunchError::Wait)?;
+        return Err(match err {
+            LaunchError::ChildDied(_) => LaunchError::ChildDied(status.to_string()),
+            other => other,
+        });
+    }
+
+    if let ChildMode::NetProbe { .. } = config.mode {
+        let status = child.wait().map_err(LaunchError::Wait)?;
+        return match read_status_byte(&mut ours) {
+            Some(control::FAILED) => Err(LaunchError::ChildSetup(read_rest(&mut ours))),
+            _ => Ok(Outcome::Exited(
+                status.code().unwrap_or(crate::exit::FAILURE.into()),
+            )),
+        };
+    }
+
+    // The terminal goes raw only once the guest is about to own it.
+    let stdin = std::io::stdin();
+    let raw = if tty::is_terminal(stdin.as_fd()) {
+        Some(tty::RawModeGuard::enter(stdin.as_fd()).map_err(LaunchError::RawMode)?)
+    } else {
+        None
+    };
+    let status_byte = read_status_byte(&mut ours);
+    let log = match status_byte {
+        Some(control::ENTERING) => Some(std::thread::spawn(move || forward_log(ours))),
+        Some(control::FAILED) => {
+            let msg = read_rest(&mut ours);
+            drop(raw);
+            let _ = child.wait();
+            return Err(LaunchError::ChildSetup(msg));
+        }
+        _ => None,
+    };
+    let status = child.wait().map_err(LaunchError::Wait)?;
+    drop(raw);
+    let errors = log.and_then(|h| h.join().ok()).unwrap_or_default();
+    if status_byte != Some(control::ENTERING) {
+        return Err(LaunchError::ChildDied(status.to_string()));
+    }
+    Ok(classify(status.code(), status.signal(), &errors))
+}
+
+fn read_status_byte(sock: &mut UnixStream) -> Option<u8> {
+    let mut b = [0u8; 1];
+    match sock.read(&mut b) {
+        Ok(1) => Some(b[0]),
+        _ => None,
+    }
+}
+
+fn read_rest(sock: &mut UnixStream) -> String {
+    let mut s = String::new();
+    let _ = sock.read_to_string(&mut s);
+    s.trim().to_owned()
+}
+
+/// Copies libkrun's log lines to stderr as they come and returns the error lines.
+fn forward_log(sock: UnixStream) -> Vec<String> {
+    use std::io::{BufRead, Write};
+    let mut errors = Vec::new();
+    for line in std::io::BufReader::new(sock).lines() {
+        let Ok(line) = line else { break };
+        // In raw mode a bare \n does not return the carriage.
+        let _ = write!(std::io::stderr(), "{line}\r\n");
+        if is_error_line(&line) {
+            errors.push(line);
+        }
+    }
+    errors
+}
+
+/// libkrun's log lines look like `[2026-01-01T00:00:00.000000Z ERROR krun_vmm::…] message`.
+fn is_error_line(line: &str) -> bool {
+    line.split(']')
+        .next()
+        .is_some_and(|head| head.split_whitespace().any(|w| w == "ERROR"))
+}
+
+/// What the child's end means. libkrun exits with the guest's code when the guest exits; when
+/// the VMM itself fails it exits with a generic code after logging an error, so an error in
+/// libkrun's log is what tells the two apart.
+fn classify(code: Option<i32>, signal: Option<i32>, errors: &[String]) -> Outcome {
+    match (code, signal) {
+        (_, Some(sig)) => Outcome::VmmFailed(format!("the VMM was killed by signal {sig}")),
+        (Some(code), _) if code != 0 && !errors.is_empty() => {
+            let first = errors[0]
+                .split_once("] ")
+                .map_or(errors[0].as_str(), |(_, m)| m);
+            Outcome::VmmFailed(first.to_owned())
+        }
+        (Some(code), _) => Outcome::Exited(code),
+        (None, None) => Outcome::VmmFailed("the VMM ended without an exit status".to_owned()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outcomes() {
+        let err = "[2026-01-01T00:00:00.000000Z ERROR krun_vmm::linux::vstate] Received KVM_EXIT_INTERNAL_ERROR signal".to_owned();
+        let warn = "[2026-01-01T00:00:00.000000Z WARN  devices] ERROR in text".to_owned();
+        assert!(is_error_line(&err));
+        assert!(!is_error_line(&warn));
+        let table = [
+            (Some(0), None, vec![], Outcome::Exited(0)),
+            (Some(3), None, vec![], Outcome::Exited(3)),
+            (Some(0), None, vec![err.clone()], Outcome::Exited(0)),
+            (
+                Some(1),
+                None,
+                vec![err.clone()],
+                Outcome::VmmFailed("Received KVM_EXIT_INTERNAL_ERROR signal".into()),
+            ),
+            (
+                None,
+                Some(9),
+                vec![],
+                Outcome::VmmFailed("the VMM was killed by signal 9".into()),
+            ),
+        ];
+        for (code, sig, errors, want) in table {
+            assert_eq!(classify(code, sig, &errors), want, "{code:?} {sig:?}");
+        }
+    }
+}

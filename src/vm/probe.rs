@@ -1,0 +1,94 @@
+//! `krbottle debug net-probe`: what the VMM could reach on the guest's behalf.
+//!
+//! Run inside the confined child (same code path as a boot, up to libkrun): each target is
+//! dialled as TSI would dial it for the guest, and the namespace's interfaces and routes are
+//! listed. One JSON line per fact on stdout.
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::time::Duration;
+
+use serde::Serialize;
+
+/// Bytes a probe sends on a connection that succeeds.
+pub const PROBE_PAYLOAD: &[u8] = b"krbottle-probe\n";
+/// How long one connection attempt, and the wait for a reply, may take.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// The outcome of one connection attempt.
+#[derive(Debug, Serialize)]
+pub struct Attempt {
+    pub target: SocketAddr,
+    pub connected: bool,
+    pub error: Option<String>,
+    /// What the peer answered to [`PROBE_PAYLOAD`] (lossy UTF-8), when connected.
+    pub received: Option<String>,
+}
+
+/// Dials `target`, sends the payload, half-closes and reads the answer.
+pub fn attempt(target: SocketAddr) -> Attempt {
+    match TcpStream::connect_timeout(&target, PROBE_TIMEOUT) {
+        Err(e) => Attempt {
+            target,
+            connected: false,
+            error: Some(e.to_string()),
+            received: None,
+        },
+        Ok(mut s) => {
+            let mut received = Vec::new();
+            let result = (|| {
+                s.set_read_timeout(Some(PROBE_TIMEOUT))?;
+                s.write_all(PROBE_PAYLOAD)?;
+                s.shutdown(Shutdown::Write)?;
+                s.read_to_end(&mut received)
+            })();
+            Attempt {
+                target,
+                connected: true,
+                error: result.err().map(|e| e.to_string()),
+                received: Some(String::from_utf8_lossy(&received).into_owned()),
+            }
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+struct Interfaces {
+    interfaces: Vec<String>,
+}
+
+#[derive(Debug, Serialize)]
+struct Routes {
+    routes: Vec<crate::sys::netif::Route>,
+}
+
+/// Prints the interfaces, the routes, then one line per target.
+pub fn run(targets: &[SocketAddr]) -> std::io::Result<()> {
+    let mut out = std::io::stdout().lock();
+    let mut line = |v: &dyn erased::Json| -> std::io::Result<()> {
+        writeln!(out, "{}", v.json())?;
+        out.flush()
+    };
+    line(&Interfaces {
+        interfaces: crate::sys::netif::interfaces()?,
+    })?;
+    line(&Routes {
+        routes: crate::sys::netif::routes()?,
+    })?;
+    for t in targets {
+        line(&attempt(*t))?;
+    }
+    Ok(())
+}
+
+mod erased {
+    /// Serialises any of the probe's line types.
+    pub trait Json {
+        fn json(&self) -> String;
+    }
+    impl<T: serde::Serialize> Json for T {
+        fn json(&self) -> String {
+            serde_json::to_string(self).expect("probe lines always serialise")
+        }
+    }
+}
