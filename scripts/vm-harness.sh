@@ -56,7 +56,20 @@ RUN ["/bin/busybox", "sh", "-c", "mkdir -p /tmp /etc /home/u && chmod 1777 /tmp 
 CMD ["/bin/sh"]
 DOCKERFILE
 "$bin" -q image build "$bbctx" --tag krbottle-harness/busybox:latest
-"$bin" -q image build examples/agent --tag krbottle-harness/agent:latest
+agentctx=$W/agent-image
+rm -rf "$agentctx"; cp -r tests/vm/agent "$agentctx"
+python3 - "$W/bbx/bin/busybox" "$agentctx/capbb.tar" <<'PY'
+import struct, sys, tarfile
+# VFS_CAP_REVISION_2 | effective; permitted = CAP_NET_RAW (13).
+cap = struct.pack("<5I", 0x02000001, 1 << 13, 0, 0, 0)
+with tarfile.open(sys.argv[2], "w", format=tarfile.PAX_FORMAT) as tar:
+    info = tar.gettarinfo(sys.argv[1], arcname="opt/capbb")
+    info.uid = info.gid = 0; info.uname = info.gname = "root"; info.mode = 0o755
+    info.pax_headers = {"SCHILY.xattr.security.capability": cap.decode("latin-1")}
+    with open(sys.argv[1], "rb") as f:
+        tar.addfile(info, f)
+PY
+"$bin" -q image build "$agentctx" --tag krbottle-harness/agent:latest
 
 ird=$W/initramfs
 rm -rf "$ird"
@@ -72,8 +85,11 @@ done
 cp "$bin" "$ird/opt/krbottle/bin/krbottle"
 ln -sf /opt/krbottle/bin/krbottle "$ird/bin/krbottle"
 cp -L lib/libkrunfw.so.5 "$ird/opt/krbottle/lib/libkrunfw.so.5"
-for l in $(ldd "$bin" | awk '/=>/{print $3} /ld-linux/{print $1}'); do
-    cp -L "$l" "$ird$l" 2>/dev/null || { mkdir -p "$ird$(dirname "$l")"; cp -L "$l" "$ird$l"; }
+# util-linux `script` drives the terminal case (busybox-static has no `script`).
+cp /usr/bin/script "$ird/bin/script" 2>/dev/null || need_pkgs script bsdutils
+cp -f /usr/bin/script "$ird/bin/script"
+for l in $(ldd "$bin" /usr/bin/script | awk '/=>/{print $3} /ld-linux/{print $1}' | sort -u); do
+    mkdir -p "$ird$(dirname "$l")"; cp -L "$l" "$ird$l"
 done
 "$bin" -q image unpack krbottle-harness/busybox:latest "$ird/rootfs/busybox" --ownership root
 "$bin" -q image unpack krbottle-harness/agent:latest "$ird/rootfs/agent" --ownership root

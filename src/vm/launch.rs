@@ -59,6 +59,7 @@ pub enum Outcome {
 
 /// Runs `config` in a confined child mapped with `mapping` and waits for it.
 pub fn launch(config: &VmConfig, mapping: &userns::IdMapping) -> Result<Outcome, LaunchError> {
+    let started = std::time::Instant::now();
     let exe = std::env::current_exe().map_err(LaunchError::CurrentExe)?;
     let (mut ours, theirs) = UnixStream::pair().map_err(LaunchError::Socket)?;
     let theirs: std::os::fd::OwnedFd = theirs.into();
@@ -74,6 +75,7 @@ pub fn launch(config: &VmConfig, mapping: &userns::IdMapping) -> Result<Outcome,
         mount: true,
     };
     let mut child = userns::spawn(&mut cmd, ns, mapping)?;
+    let spawned = started.elapsed();
     drop(theirs);
     let _forward = signals::ForwardGuard::install(child.id()).map_err(LaunchError::Signals)?;
 
@@ -123,7 +125,12 @@ pub fn launch(config: &VmConfig, mapping: &userns::IdMapping) -> Result<Outcome,
     } else {
         None
     };
+    let configured = started.elapsed();
     let status_byte = read_status_byte(&mut ours);
+    tracing::debug!(
+        "phases: child in its namespaces {spawned:.1?}, config sent and relays up {configured:.1?}, krun_start_enter {:.1?} (since launch)",
+        started.elapsed()
+    );
     let log = match status_byte {
         Some(control::ENTERING) => Some(std::thread::spawn(move || forward_log(ours))),
         Some(control::FAILED) => {
