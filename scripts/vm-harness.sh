@@ -63,7 +63,7 @@ import struct, sys, tarfile
 # VFS_CAP_REVISION_2 | effective; permitted = CAP_NET_RAW (13).
 cap = struct.pack("<5I", 0x02000001, 1 << 13, 0, 0, 0)
 with tarfile.open(sys.argv[2], "w", format=tarfile.PAX_FORMAT) as tar:
-    info = tar.gettarinfo(sys.argv[1], arcname="opt/capbb")
+    info = tar.gettarinfo(sys.argv[1], arcname="opt/cap/busybox")
     info.uid = info.gid = 0; info.uname = info.gname = "root"; info.mode = 0o755
     info.pax_headers = {"SCHILY.xattr.security.capability": cap.decode("latin-1")}
     with open(sys.argv[1], "rb") as f:

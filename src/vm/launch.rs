@@ -74,7 +74,10 @@ pub fn launch(config: &VmConfig, mapping: &userns::IdMapping) -> Result<Outcome,
         net: true,
         mount: true,
     };
+    let streams = StdStreams::detect();
+    streams.configure(&mut cmd);
     let mut child = userns::spawn(&mut cmd, ns, mapping)?;
+    let relays = streams.relay(&mut child);
     let spawned = started.elapsed();
     drop(theirs);
     let _forward = signals::ForwardGuard::install(child.id()).map_err(LaunchError::Signals)?;
@@ -120,7 +123,7 @@ pub fn launch(config: &VmConfig, mapping: &userns::IdMapping) -> Result<Outcome,
 
     // The terminal goes raw only once the guest is about to own it.
     let stdin = std::io::stdin();
-    let raw = if tty::is_terminal(stdin.as_fd()) {
+    let raw = if streams.interactive {
         Some(tty::RawModeGuard::enter(stdin.as_fd()).map_err(LaunchError::RawMode)?)
     } else {
         None
@@ -143,11 +146,82 @@ pub fn launch(config: &VmConfig, mapping: &userns::IdMapping) -> Result<Outcome,
     };
     let status = child.wait().map_err(LaunchError::Wait)?;
     drop(raw);
+    // The child is gone, so its pipe ends are closed: the relays drain what is left and end.
+    for relay in relays {
+        let _ = relay.join();
+    }
     let errors = log.and_then(|h| h.join().ok()).unwrap_or_default();
     if status_byte != Some(control::ENTERING) {
         return Err(LaunchError::ChildDied(status.to_string()));
     }
     Ok(classify(status.code(), status.signal(), &errors))
+}
+
+/// How the guest's standard streams are wired.
+///
+/// libkrun gives the guest a terminal console when any of the three descriptors it gets is a
+/// TTY, and then sends that stream through the console port; when the console's output is not a
+/// terminal, libkrun turns it into log lines. So a half-terminal session (say stdout to a file,
+/// stderr on the terminal) would lose stderr into libkrun's log. A session is interactive when
+/// stdin and stdout are both terminals: then the child inherits all three and the guest gets a
+/// real terminal. Otherwise every terminal among the three is replaced by a pipe that the parent
+/// relays, so the guest sees plain streams, kept apart. The parent relays (not a thread in the
+/// child) because libkrun `_exit`s the child right after the guest ends: only a process that
+/// outlives it can drain the last bytes.
+struct StdStreams {
+    interactive: bool,
+    tty: [bool; 3],
+}
+
+impl StdStreams {
+    fn detect() -> Self {
+        let tty = [
+            tty::is_terminal(std::io::stdin().as_fd()),
+            tty::is_terminal(std::io::stdout().as_fd()),
+            tty::is_terminal(std::io::stderr().as_fd()),
+        ];
+        StdStreams {
+            interactive: tty[0] && tty[1],
+            tty,
+        }
+    }
+
+    fn configure(&self, cmd: &mut Command) {
+        if self.interactive {
+            return;
+        }
+        if self.tty[0] {
+            cmd.stdin(std::process::Stdio::piped());
+        }
+        if self.tty[1] {
+            cmd.stdout(std::process::Stdio::piped());
+        }
+        if self.tty[2] {
+            cmd.stderr(std::process::Stdio::piped());
+        }
+    }
+
+    /// Starts the relays for the pipes `configure` asked for; returns the ones to join (output).
+    fn relay(&self, child: &mut std::process::Child) -> Vec<std::thread::JoinHandle<()>> {
+        if let Some(mut pipe) = child.stdin.take() {
+            // Never joined: reading the terminal may block until the user types.
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut std::io::stdin().lock(), &mut pipe);
+            });
+        }
+        let mut handles = Vec::new();
+        if let Some(mut pipe) = child.stdout.take() {
+            handles.push(std::thread::spawn(move || {
+                let _ = std::io::copy(&mut pipe, &mut std::io::stdout().lock());
+            }));
+        }
+        if let Some(mut pipe) = child.stderr.take() {
+            handles.push(std::thread::spawn(move || {
+                let _ = std::io::copy(&mut pipe, &mut std::io::stderr().lock());
+            }));
+        }
+        handles
+    }
 }
 
 fn read_status_byte(sock: &mut UnixStream) -> Option<u8> {
@@ -180,11 +254,17 @@ fn forward_log(sock: UnixStream) -> Vec<String> {
 }
 
 /// libkrun's log lines look like `[2026-01-01T00:00:00.000000Z ERROR krun_vmm::…] message`.
+/// Lines of the `init_or_kernel` target are the guest's console (kernel and init messages) that
+/// libkrun logs at ERROR level: they say nothing about the VMM.
 fn is_error_line(line: &str) -> bool {
-    line.split(']')
-        .next()
-        .is_some_and(|head| head.split_whitespace().any(|w| w == "ERROR"))
+    line.split(']').next().is_some_and(|head| {
+        let words: Vec<&str> = head.split_whitespace().collect();
+        words.contains(&"ERROR") && !words.contains(&GUEST_CONSOLE_TARGET)
+    })
 }
+
+/// The log target libkrun uses for the guest's console output.
+const GUEST_CONSOLE_TARGET: &str = "init_or_kernel";
 
 /// What the child's end means. libkrun exits with the guest's code when the guest exits; when
 /// the VMM itself fails it exits with a generic code after logging an error, so an error in
@@ -211,8 +291,11 @@ mod tests {
     fn outcomes() {
         let err = "[2026-01-01T00:00:00.000000Z ERROR krun_vmm::linux::vstate] Received KVM_EXIT_INTERNAL_ERROR signal".to_owned();
         let warn = "[2026-01-01T00:00:00.000000Z WARN  devices] ERROR in text".to_owned();
+        let guest =
+            "[2026-01-01T00:00:00.000000Z ERROR init_or_kernel] sh: x: not found".to_owned();
         assert!(is_error_line(&err));
         assert!(!is_error_line(&warn));
+        assert!(!is_error_line(&guest));
         let table = [
             (Some(0), None, vec![], Outcome::Exited(0)),
             (Some(3), None, vec![], Outcome::Exited(3)),

@@ -53,7 +53,7 @@ case_ownership_as_docker_sets_it() {
         stat -c "%a %U" /tmp
         stat -c "%A" /usr/bin/passwd
         touch /etc/passwd 2>/dev/null && echo etc-WRITABLE || echo etc-denied
-        /opt/capbb cat /proc/self/status | grep ^CapEff') || return 1
+        /opt/cap/busybox cat /proc/self/status | grep ^CapEff') || return 1
     echo "$out"
     expect home "$(echo "$out" | sed -n 1p)" home-writable &&
     expect tmp "$(echo "$out" | sed -n 2p)" tmp-writable &&
@@ -68,25 +68,32 @@ case_confinement_through_tsi() {
     (while true; do echo from-allowed | nc -l -p 7001; done) >/dev/null 2>&1 & a=$!
     (while true; do echo from-forbidden | nc -l -p 7002; done) >/dev/null 2>&1 & b=$!
     sleep 1
-    out=$($RUN --endpoint 8888=127.0.0.1:7001 $BB -- sh -c '
-        echo "endpoint=[$(nc -w 3 127.0.0.1 8888 </dev/null)]"
+    $RUN --endpoint 8888=127.0.0.1:7001 $BB -- sh -c '
+        echo "endpoint=[$(sleep 2 | nc -w 3 127.0.0.1 8888)]"
         nc -w 3 127.0.0.1 7001 </dev/null >/dev/null 2>&1 && echo direct-CONNECTED || echo direct-refused
         nc -w 3 127.0.0.1 7002 </dev/null >/dev/null 2>&1 && echo other-CONNECTED || echo other-refused
         nc -w 3 10.0.2.2 80 </dev/null >/dev/null 2>&1 && echo outside-CONNECTED || echo outside-refused
         nslookup example.com >/dev/null 2>&1 && echo dns-RESOLVED || echo dns-failed
         (nc -l -p 9999 >/dev/null 2>&1 &) ; sleep 2; echo listening
-        sleep 3') &
+        sleep 3' >/tmp/confined.out 2>&1 &
     guest=$!
-    sleep 12
-    nc -w 2 127.0.0.1 9999 </dev/null >/dev/null 2>&1 && host_saw=LISTENER-VISIBLE || host_saw=no-listener
+    # Probe for the guest's listener while it is up (it listens ~2 s after its output starts).
+    host_saw=no-listener
+    i=0; while [ $i -lt 40 ] && kill -0 $guest 2>/dev/null; do
+        grep -q listening /tmp/confined.out 2>/dev/null && {
+            nc -w 2 127.0.0.1 9999 </dev/null >/dev/null 2>&1 && host_saw=LISTENER-VISIBLE; break; }
+        sleep 0.5; i=$((i+1))
+    done
     wait $guest
     kill $a $b 2>/dev/null
+    out=$(cat /tmp/confined.out)
     echo "$out"
     expect endpoint "$(echo "$out" | grep endpoint=)" "endpoint=[from-allowed]" &&
     expect direct "$(echo "$out" | grep direct-)" direct-refused &&
     expect other "$(echo "$out" | grep other-)" other-refused &&
     expect outside "$(echo "$out" | grep outside-)" outside-refused &&
     expect dns "$(echo "$out" | grep dns-)" dns-failed &&
+    expect guest-listened "$(echo "$out" | grep -c '^listening$')" 1 &&
     expect listen "$host_saw" no-listener
 }
 
