@@ -91,8 +91,12 @@ cp -f /usr/bin/script "$ird/bin/script"
 for l in $(ldd "$bin" /usr/bin/script | awk '/=>/{print $3} /ld-linux/{print $1}' | sort -u); do
     mkdir -p "$ird$(dirname "$l")"; cp -L "$l" "$ird$l"
 done
-"$bin" -q image unpack krbottle-harness/busybox:latest "$ird/rootfs/busybox" --ownership root
-"$bin" -q image unpack krbottle-harness/agent:latest "$ird/rootfs/agent" --ownership root
+# The images travel as `docker save` tars and are unpacked by krbottle inside the emulated
+# machine (tests/vm/init.sh): cpio cannot carry xattrs such as security.capability, and this way
+# the guests boot exactly what the unpacker made.
+mkdir -p "$ird/images"
+docker save krbottle-harness/busybox:latest -o "$ird/images/busybox.tar"
+docker save krbottle-harness/agent:latest -o "$ird/images/agent.tar"
 cp tests/vm/init.sh "$ird/init"; chmod +x "$ird/init"
 cp tests/vm/cases.sh "$ird/cases.sh"
 say "packing the initramfs ($(du -sh "$ird" | cut -f1))"
@@ -102,7 +106,7 @@ log=$W/console.log
 say "booting the emulated machine (TCG, AMD SVM; about a minute)"
 set +e
 timeout "${KRBOTTLE_HARNESS_TIMEOUT:-600}" qemu-system-x86_64 -machine q35 -accel tcg,thread=multi \
-    -cpu qemu64,+svm,+npt -smp 1 -m 3072 -nographic -no-reboot \
+    -cpu qemu64,+svm,+npt -smp 1 -m 4096 -nographic -no-reboot \
     -kernel "$W/kern/boot/vmlinuz-$kv" -initrd "$W/initrd.cpio" \
     -append "console=ttyS0 quiet loglevel=3 panic=-1 rdinit=/init" </dev/null 2>&1 \
     | tr -d '\r' | grep --line-buffered -v "TCG doesn't support" >"$log"

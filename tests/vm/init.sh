@@ -6,6 +6,16 @@ mkdir -p /dev/pts && mount -t devpts devpts /dev/pts
 ip link set lo up
 for m in irqbypass kvm ccp kvm-amd; do insmod /mods/$m.ko 2>/dev/null; done
 echo "KRB-HARNESS-START $(cut -d' ' -f1 /proc/uptime)"
+# The guests' root filesystems, made by krbottle itself from the saved images.
+for img in /images/*.tar; do
+    name=$(basename "$img" .tar)
+    if krbottle -q image unpack "$img" "/rootfs/$name" --ownership root; then
+        echo "KRB-RESULT unpack_$name pass $(cut -d' ' -f1 /proc/uptime)"
+    else
+        echo "KRB-RESULT unpack_$name fail $(cut -d' ' -f1 /proc/uptime)"
+    fi
+    rm -f "$img"
+done
 sh /cases.sh
 echo "KRB-HARNESS-DONE $(cut -d' ' -f1 /proc/uptime)"
 poweroff -f
