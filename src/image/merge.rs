@@ -98,9 +98,29 @@ impl Merger {
             path: RelPath::root(),
             source: e.into(),
         })?;
+        self.take_dir_owner(root.as_fd(), &RelPath::root(), record)?;
         self.move_dir(layer, root.as_fd(), &RelPath::root(), record)?;
         for (path, meta) in &record.dirs {
             self.dirs.insert(path.clone(), meta.clone());
+        }
+        Ok(())
+    }
+
+    /// A directory kept from a lower layer takes the owner and xattrs of the upper layer's
+    /// explicit entry for it (its mode and mtime come in [`Merger::finish`]).
+    fn take_dir_owner(
+        &mut self,
+        lower: BorrowedFd<'_>,
+        path: &RelPath,
+        record: &LayerRecord,
+    ) -> Result<(), MergeError> {
+        if let Some(meta) = record.dirs.get(path) {
+            ownership::finish_dir_early(lower, meta, self.ownership, &mut self.skipped).map_err(
+                |e| MergeError::Move {
+                    path: path.clone(),
+                    source: e.into(),
+                },
+            )?;
         }
         Ok(())
     }
@@ -227,6 +247,7 @@ impl Merger {
                 (Some(FileType::Directory), Some(FileType::Directory)) => {
                     let u = tree::open_dir_at(upper, &name).map_err(err)?;
                     let l = tree::open_dir_at(lower, &name).map_err(err)?;
+                    self.take_dir_owner(l.as_fd(), &child, record)?;
                     self.move_dir(u.as_fd(), l.as_fd(), &child, record)?;
                 }
                 (Some(FileType::Directory), Some(_)) => {

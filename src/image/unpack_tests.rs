@@ -220,6 +220,27 @@ fn dir_over_dir_merges_and_takes_upper_metadata() {
 }
 
 #[test]
+fn dir_over_dir_takes_upper_owner_and_xattrs() {
+    let mut l1 = Layer::new();
+    l1.dir("d").file("d/x", b"x");
+    let mut l2 = Layer::new();
+    let attrs = Attrs {
+        uid: 1234,
+        gid: 42,
+        xattrs: vec![("user.k".into(), b"v".to_vec())],
+        ..Attrs::mode(0o700)
+    };
+    l2.dir_with("d", &attrs);
+    let r = unpack(&[&l1, &l2]);
+    let mut buf = [0u8; 8];
+    let n = rustix::fs::lgetxattr(r.path("d"), "user.k", &mut buf).unwrap();
+    assert_eq!(&buf[..n], b"v");
+    if is_root() {
+        assert_eq!((r.meta("d").uid(), r.meta("d").gid()), (1234, 42));
+    }
+}
+
+#[test]
 fn implicit_dir_keeps_lower_metadata() {
     let mut l1 = Layer::new();
     l1.dir_with("d", &Attrs::mode(0o700)).file("d/x", b"x");
