@@ -49,6 +49,12 @@ pub enum MergeError {
         #[source]
         source: io::Error,
     },
+    #[error("Cannot copy {path} of a layer that appears twice in the stack")]
+    Clone {
+        path: RelPath,
+        #[source]
+        source: io::Error,
+    },
     #[error("Cannot set the final mode and mtime of directory {path}")]
     FinishDir {
         path: RelPath,
@@ -272,6 +278,51 @@ impl Merger {
         }
         Ok(())
     }
+}
+
+/// Copies a layer directory by hard links (directories are recreated with the same owner,
+/// xattrs and mode), so a layer that appears twice in the stack can be applied twice: applying
+/// consumes the tree. Sharing inodes is sound because nothing modifies a file in place after
+/// the layer pass; later layers replace files by rename.
+pub fn clone_layer(
+    src: BorrowedFd<'_>,
+    dst: BorrowedFd<'_>,
+    path: &RelPath,
+    record: &LayerRecord,
+    ownership: Ownership,
+    skipped: &mut Skipped,
+) -> Result<(), MergeError> {
+    for name in tree::list_dir(src).map_err(|source| MergeError::Clone {
+        path: path.clone(),
+        source,
+    })? {
+        let child = path.join(&name);
+        let err = |source: io::Error| MergeError::Clone {
+            path: child.clone(),
+            source,
+        };
+        if tree::file_type_at(src, &name).map_err(err)? == Some(FileType::Directory) {
+            let s = tree::open_dir_at(src, &name).map_err(err)?;
+            let mode = rustix::fs::fstat(&s).map_err(|e| err(e.into()))?.st_mode & 0o7777;
+            rustix::fs::mkdirat(dst, &name, rustix::fs::Mode::from_raw_mode(0o700))
+                .map_err(|e| err(e.into()))?;
+            let d = tree::open_dir_at(dst, &name).map_err(err)?;
+            let implicit = EntryMeta {
+                mode: 0o755,
+                ..EntryMeta::default()
+            };
+            let meta = record.dirs.get(&child).unwrap_or(&implicit);
+            ownership::finish_dir_early(d.as_fd(), meta, ownership, skipped)
+                .map_err(|e| err(e.into()))?;
+            rustix::fs::fchmod(&d, rustix::fs::Mode::from_raw_mode(mode))
+                .map_err(|e| err(e.into()))?;
+            clone_layer(s.as_fd(), d.as_fd(), &child, record, ownership, skipped)?;
+        } else {
+            rustix::fs::linkat(src, &name, dst, &name, AtFlags::empty())
+                .map_err(|e| err(e.into()))?;
+        }
+    }
+    Ok(())
 }
 
 /// Some name inside directory `name` of `dirfd`, to name the entry that would be misplaced.

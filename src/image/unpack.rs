@@ -26,7 +26,7 @@ use sha2::{Digest, Sha256};
 
 use super::layer::{self, LayerError, LayerWriter, Op, WriterError, read_full};
 use super::layout::{self, LayoutError};
-use super::merge::{MergeError, Merger};
+use super::merge::{self, MergeError, Merger};
 pub use super::ownership::Ownership;
 use super::tree::{self, RelPath};
 
@@ -72,8 +72,6 @@ pub enum UnpackError {
         expected: String,
         actual: String,
     },
-    #[error("Layer {layer} appears twice in the stack; such images are not supported yet")]
-    DuplicateLayer { layer: String },
     #[error("Cannot stack layer {layer}")]
     Merge {
         layer: String,
@@ -244,14 +242,44 @@ pub fn unpack_save<R: Read + Send>(
         }
         let uses = used.entry(blob.index).or_insert(0u32);
         *uses += 1;
-        let record = records.entry(blob.index).or_default();
-        // The merge consumes a layer's tree; an empty layer can be applied any number of times.
-        if *uses > 1 && record.entries > 0 {
-            return Err(UnpackError::DuplicateLayer {
-                layer: l.name.clone(),
-            });
+        records.entry(blob.index).or_default();
+        // The merge consumes a layer's tree: a repeated layer gets its own copy.
+        let dir = if *uses == 1 {
+            blob.index.to_string()
+        } else {
+            format!("{}-{}", blob.index, uses)
+        };
+        stack.push((l.name.clone(), blob.index, dir));
+    }
+    let mut clone_skipped = super::ownership::Skipped::default();
+    for (name, index, dir) in &stack {
+        if *dir == index.to_string() {
+            continue;
         }
-        stack.push((l.name.clone(), blob.index));
+        let clone_err = |source| UnpackError::Merge {
+            layer: name.clone(),
+            source,
+        };
+        let io_err = |source| {
+            clone_err(MergeError::Clone {
+                path: RelPath::root(),
+                source,
+            })
+        };
+        let src =
+            tree::open_dir_at(layers_fd.as_fd(), OsStr::new(&index.to_string())).map_err(io_err)?;
+        rustix::fs::mkdirat(&layers_fd, dir.as_str(), Mode::from_raw_mode(0o700))
+            .map_err(|e| io_err(e.into()))?;
+        let dst = tree::open_dir_at(layers_fd.as_fd(), OsStr::new(dir)).map_err(io_err)?;
+        merge::clone_layer(
+            src.as_fd(),
+            dst.as_fd(),
+            &RelPath::root(),
+            &records[index],
+            opts.ownership,
+            &mut clone_skipped,
+        )
+        .map_err(clone_err)?;
     }
 
     let mut merger = Merger::new(rootfs_fd, opts.ownership);
@@ -265,26 +293,25 @@ pub fn unpack_save<R: Read + Send>(
         image_id: Some(plan.image_id.clone()),
         diff_ids: plan.layers.iter().map(|l| l.diff_id.clone()).collect(),
     };
-    for (name, index) in &stack {
+    for (name, index, dir) in &stack {
         let record = &records[index];
         let merge_err = |source| UnpackError::Merge {
             layer: name.clone(),
             source,
         };
-        let layer_fd = tree::open_dir_at(layers_fd.as_fd(), OsStr::new(&index.to_string()))
-            .map_err(|source| {
-                merge_err(MergeError::Move {
-                    path: RelPath::root(),
-                    source,
-                })
-            })?;
+        let layer_fd = tree::open_dir_at(layers_fd.as_fd(), OsStr::new(dir)).map_err(|source| {
+            merge_err(MergeError::Move {
+                path: RelPath::root(),
+                source,
+            })
+        })?;
         merger.apply(layer_fd.as_fd(), record).map_err(merge_err)?;
         summary.entries += record.entries;
         summary.bytes += record.bytes;
         summary.skipped_devices += record.skipped_devices;
         summary.skipped_xattrs += record.skipped.xattrs;
     }
-    summary.skipped_xattrs += merger.skipped.xattrs;
+    summary.skipped_xattrs += merger.skipped.xattrs + clone_skipped.xattrs;
     merger.finish().map_err(UnpackError::Finish)?;
 
     // Publish: the rename is the commit point.

@@ -509,6 +509,42 @@ fn xattr_mode_records_ownership() {
     assert_eq!(r.meta("d/mine").uid(), me);
 }
 
+/// Runs `xattr_mode_records_ownership` again as an unprivileged user (nobody), the situation
+/// xattr mode exists for: no `CAP_CHOWN`, no `CAP_MKNOD`, no `CAP_DAC_OVERRIDE`.
+#[test]
+fn xattr_mode_works_unprivileged() {
+    let test = "image::unpack_tests::xattr_mode_records_ownership";
+    if !is_root() {
+        eprintln!("skipping xattr_mode_works_unprivileged: already unprivileged, see {test}");
+        return;
+    }
+    if std::process::Command::new("setpriv")
+        .arg("--help")
+        .output()
+        .is_err()
+    {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "setpriv (util-linux) is needed in CI"
+        );
+        eprintln!("skipping xattr_mode_works_unprivileged: setpriv not found");
+        return;
+    }
+    let out = std::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(std::env::current_exe().unwrap())
+        .args(["--exact", test, "--test-threads=1"])
+        .env("TMPDIR", "/tmp")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("1 passed"),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 // ---- layouts ----
 
 fn two_layers() -> Vec<Vec<u8>> {
@@ -588,6 +624,28 @@ fn docker_legacy_symlinked_repeated_empty_layer() {
     let r = run_bytes(bytes, &UnpackOptions::default());
     assert_eq!(r.result.as_ref().map_err(|e| chain(e)).unwrap().layers, 3);
     assert_eq!(r.read("a"), "a");
+}
+
+#[test]
+fn repeated_layer_is_applied_twice() {
+    let mut same = Layer::new();
+    same.dir_with("d", &Attrs::mode(0o750))
+        .file("d/x", b"x")
+        .file("f", b"same");
+    let mut mid = Layer::new();
+    mid.file("d/x", b"changed")
+        .whiteout("", "f")
+        .file("g", b"g");
+    let tars = vec![same.tar(), mid.tar(), same.tar()];
+    for save in [docker_save(&tars), oci_save(&tars, Compression::Gzip)] {
+        let r = run_save(&save, &UnpackOptions::default());
+        let s = r.result.as_ref().map_err(|e| chain(e)).unwrap();
+        assert_eq!(s.layers, 3);
+        assert_eq!(r.read("d/x"), "x");
+        assert_eq!(r.read("f"), "same");
+        assert_eq!(r.read("g"), "g");
+        assert_eq!(r.meta("d").mode() & 0o7777, 0o750);
+    }
 }
 
 // ---- hostile input ----
