@@ -48,6 +48,8 @@ pub enum LayerError {
     BadWhiteout { path: String },
     #[error("Entry {path} ends after {read} of its {size} bytes; the archive is truncated")]
     Truncated { path: RelPath, read: u64, size: u64 },
+    #[error("A tar metadata header of {size} bytes exceeds the limit of {limit}")]
+    MetadataTooLarge { size: u64, limit: u64 },
     #[error("Entry {path} has unsupported tar type {kind}")]
     UnsupportedType { path: RelPath, kind: String },
     #[error("Entry {path} has a bad header field; the archive is corrupt")]
@@ -288,6 +290,182 @@ pub fn read_layer<R: Read>(
         }
     }
     Ok(())
+}
+
+/// Largest PAX or GNU long-name header accepted. The `tar` crate buffers these whole, so a
+/// hostile (and highly compressible) header could otherwise exhaust memory.
+pub const MAX_METADATA_HEADER_BYTES: u64 = 1 << 20;
+
+/// Watches the tar stream on its way to the `tar` parser and stops it (with an I/O error, and
+/// the size recorded in `tripped`) before the parser buffers an oversized metadata header.
+///
+/// It follows entry boundaries itself (header size fields, PAX `size` overrides); where it
+/// cannot (GNU sparse extension headers, unparsable sizes) it stops watching and leaves the
+/// stream to the parser, which then reports any corruption.
+pub struct HeaderGuard<'t, R> {
+    inner: R,
+    tripped: &'t std::cell::Cell<Option<u64>>,
+    state: GuardState,
+    header: Vec<u8>,
+    /// Bytes of the current PAX header kept to find a `size` record.
+    pax: Vec<u8>,
+    pax_size: Option<u64>,
+}
+
+enum GuardState {
+    Header,
+    Skip { remaining: u64 },
+    Pax { remaining: u64, padding: u64 },
+    Off,
+}
+
+fn padded(size: u64) -> u64 {
+    size.div_ceil(512) * 512
+}
+
+/// A tar numeric field: octal text, or base-256 when the high bit is set.
+fn tar_number(field: &[u8]) -> Option<u64> {
+    if field.first().is_some_and(|b| b & 0x80 != 0) {
+        let mut v: u64 = u64::from(field[0] & 0x7f);
+        for b in &field[1..] {
+            v = v.checked_mul(256)?.checked_add(u64::from(*b))?;
+        }
+        return Some(v);
+    }
+    let text: Vec<u8> = field
+        .iter()
+        .copied()
+        .take_while(|b| *b != 0)
+        .filter(|b| *b != b' ')
+        .collect();
+    if text.is_empty() {
+        return Some(0);
+    }
+    u64::from_str_radix(std::str::from_utf8(&text).ok()?, 8).ok()
+}
+
+/// The `size` record of PAX extension data, if any.
+fn pax_size(data: &[u8]) -> Option<u64> {
+    let mut rest = data;
+    let mut found = None;
+    while !rest.is_empty() {
+        let space = rest.iter().position(|b| *b == b' ')?;
+        let len: usize = std::str::from_utf8(&rest[..space]).ok()?.parse().ok()?;
+        if len <= space || len > rest.len() {
+            return None;
+        }
+        let record = &rest[space + 1..len];
+        if let Some(v) = record.strip_prefix(b"size=") {
+            let v = v.strip_suffix(b"\n").unwrap_or(v);
+            found = Some(std::str::from_utf8(v).ok()?.parse().ok()?);
+        }
+        rest = &rest[len..];
+    }
+    found
+}
+
+impl<'t, R> HeaderGuard<'t, R> {
+    pub fn new(inner: R, tripped: &'t std::cell::Cell<Option<u64>>) -> Self {
+        HeaderGuard {
+            inner,
+            tripped,
+            state: GuardState::Header,
+            header: Vec::with_capacity(512),
+            pax: Vec::new(),
+            pax_size: None,
+        }
+    }
+
+    fn observe(&mut self, mut data: &[u8]) -> io::Result<()> {
+        while !data.is_empty() {
+            match &mut self.state {
+                GuardState::Off => return Ok(()),
+                GuardState::Skip { remaining } => {
+                    let n = (*remaining).min(data.len() as u64);
+                    *remaining -= n;
+                    data = &data[n as usize..];
+                    if *remaining == 0 {
+                        self.state = GuardState::Header;
+                    }
+                }
+                GuardState::Pax { remaining, padding } => {
+                    let n = (*remaining).min(data.len() as u64) as usize;
+                    self.pax.extend_from_slice(&data[..n]);
+                    *remaining -= n as u64;
+                    data = &data[n..];
+                    if *remaining == 0 {
+                        self.pax_size = pax_size(&self.pax);
+                        self.pax.clear();
+                        self.state = if *padding == 0 {
+                            GuardState::Header
+                        } else {
+                            GuardState::Skip {
+                                remaining: *padding,
+                            }
+                        };
+                    }
+                }
+                GuardState::Header => {
+                    let n = (512 - self.header.len()).min(data.len());
+                    self.header.extend_from_slice(&data[..n]);
+                    data = &data[n..];
+                    if self.header.len() == 512 {
+                        self.state = self.next_state()?;
+                        self.header.clear();
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn next_state(&mut self) -> io::Result<GuardState> {
+        let h = &self.header;
+        if h.iter().all(|b| *b == 0) {
+            // End-of-archive marker (or padding before it): nothing more to watch.
+            return Ok(GuardState::Off);
+        }
+        let Some(size) = tar_number(&h[124..136]) else {
+            return Ok(GuardState::Off);
+        };
+        match h[156] {
+            b'x' | b'g' | b'L' | b'K' => {
+                if size > MAX_METADATA_HEADER_BYTES {
+                    self.tripped.set(Some(size));
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        "tar metadata header too large",
+                    ));
+                }
+                if h[156] == b'x' {
+                    return Ok(GuardState::Pax {
+                        remaining: size,
+                        padding: padded(size) - size,
+                    });
+                }
+                Ok(skip(padded(size)))
+            }
+            // GNU sparse with extension blocks: layout this guard does not follow.
+            b'S' if h[482] != 0 => Ok(GuardState::Off),
+            _ => Ok(skip(padded(self.pax_size.take().unwrap_or(size)))),
+        }
+    }
+}
+
+fn skip(n: u64) -> GuardState {
+    if n == 0 {
+        GuardState::Header
+    } else {
+        GuardState::Skip { remaining: n }
+    }
+}
+
+impl<R: Read> Read for HeaderGuard<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.observe(&buf[..n])?;
+        Ok(n)
+    }
 }
 
 /// Reads until `buf` is full or EOF.
@@ -754,4 +932,30 @@ pub fn find_in_layer(
         Err(e) => return Err(e),
     };
     Ok(tree::file_type_at(parent.as_fd(), name)?.map(|t| (parent, t)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tar_numbers() {
+        let table: [(&[u8], Option<u64>); 5] = [
+            (b"00000001750\0", Some(1000)),
+            (b"      1750 \0", Some(1000)),
+            (b"\0\0\0\0", Some(0)),
+            (&[0x80, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0], Some(1 << 32)),
+            (b"9999", None),
+        ];
+        for (field, want) in table {
+            assert_eq!(tar_number(field), want, "{field:?}");
+        }
+    }
+
+    #[test]
+    fn pax_size_records() {
+        assert_eq!(pax_size(b"12 size=123\n19 path=some/where\n"), Some(123));
+        assert_eq!(pax_size(b"19 path=some/where\n"), None);
+        assert_eq!(pax_size(b"99 size=1\n"), None);
+    }
 }

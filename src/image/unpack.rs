@@ -24,7 +24,7 @@ use rustix::fs::{Mode, OFlags, RenameFlags};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use super::layer::{self, LayerError, LayerWriter, Op, WriterError, read_full};
+use super::layer::{self, HeaderGuard, LayerError, LayerWriter, Op, WriterError, read_full};
 use super::layout::{self, LayoutError};
 use super::merge::{self, MergeError, Merger};
 pub use super::ownership::Ownership;
@@ -589,9 +589,17 @@ fn stream_layer<R: Read>(
             hasher: &mut diff_hasher,
         };
         {
-            let mut archive = tar::Archive::new(&mut diff);
+            let tripped = std::cell::Cell::new(None);
+            let mut archive = tar::Archive::new(HeaderGuard::new(&mut diff, &tripped));
             let mut sink = |op| tx.send(op).is_ok();
-            layer::read_layer(&mut archive, &mut sink, entries_left, entries_limit)?;
+            let read = layer::read_layer(&mut archive, &mut sink, entries_left, entries_limit);
+            if let Some(size) = tripped.get() {
+                return Err(LayerError::MetadataTooLarge {
+                    size,
+                    limit: layer::MAX_METADATA_HEADER_BYTES,
+                });
+            }
+            read?;
         }
         // The digests cover the whole streams, past the tar end marker.
         io::copy(&mut diff, &mut io::sink()).map_err(LayerError::ReadTar)?;

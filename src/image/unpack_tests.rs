@@ -956,6 +956,28 @@ fn expect_err(run: &Run, name: &str, check: impl Fn(&UnpackError) -> bool) {
 }
 
 #[test]
+fn oversized_metadata_headers_are_rejected() {
+    // A few KiB of gzip that would expand into a 4 MiB PAX header or GNU long name.
+    for ty in [b'x', b'L'] {
+        let mut h = tar::Header::new_ustar();
+        h.set_entry_type(tar::EntryType::new(ty));
+        h.as_old_mut().name[..1].copy_from_slice(b"p");
+        h.set_size(4 << 20);
+        h.set_cksum();
+        let mut tar = h.as_bytes().to_vec();
+        tar.extend(std::iter::repeat_n(b'a', 4 << 20));
+        tar.extend([0u8; 1024]);
+        let save = oci_save(&[tar], Compression::Gzip);
+        let run = run_save(&save, &UnpackOptions::default());
+        expect_err(
+            &run,
+            "metadata",
+            |e| matches!(layer_err(e), Some(LayerError::MetadataTooLarge { size, .. }) if *size == 4 << 20),
+        );
+    }
+}
+
+#[test]
 fn truncated_layer_is_rejected() {
     let mut l1 = Layer::new();
     l1.file("big", &vec![7u8; 100_000]);
