@@ -268,12 +268,17 @@ pub fn read_layer<R: Read>(
         send(Op::Entry { path, kind, meta })?;
         if is_file {
             loop {
-                let mut buf = vec![0u8; CHUNK_BYTES];
-                let n = read_full(&mut entry, &mut buf).map_err(LayerError::ReadTar)?;
+                // Sized to what is left: most files are small, and a chunk is allocated per send.
+                let want = size.map_or(CHUNK_BYTES as u64, |s| s.saturating_sub(read));
+                let want = want.clamp(1, CHUNK_BYTES as u64);
+                let mut buf = Vec::with_capacity(want as usize);
+                let n = (&mut entry)
+                    .take(want)
+                    .read_to_end(&mut buf)
+                    .map_err(LayerError::ReadTar)?;
                 if n == 0 {
                     break;
                 }
-                buf.truncate(n);
                 read += n as u64;
                 send(Op::Data(buf))?;
             }

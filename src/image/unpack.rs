@@ -465,10 +465,14 @@ fn read_save<R: Read>(
     let mut json_bytes = 0u64;
     let mut entries_left = opts.max_entries;
     let mut next_index = 0usize;
-    let mut archive = tar::Archive::new(Counting {
-        inner: reader,
-        progress,
-    });
+    // Buffered: the tar parser reads headers 512 bytes at a time.
+    let mut archive = tar::Archive::new(io::BufReader::with_capacity(
+        1 << 20,
+        Counting {
+            inner: reader,
+            progress,
+        },
+    ));
     for entry in archive.entries().map_err(UnpackError::ReadSave)? {
         let mut entry = entry.map_err(UnpackError::ReadSave)?;
         if entries_left == 0 {
@@ -615,6 +619,12 @@ fn stream_layer<R: Read>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn errors_cross_threads() {
+        fn assert_send_sync<T: Send + Sync + 'static>() {}
+        assert_send_sync::<UnpackError>();
+    }
 
     #[test]
     fn sniffing() {
