@@ -142,6 +142,8 @@ pub struct LayerRecord {
     pub entries: u64,
     pub bytes: u64,
     pub skipped_devices: u64,
+    /// Device nodes not created (no `CAP_MKNOD`): hard links to them are skipped too.
+    pub skipped_nodes: Vec<RelPath>,
     pub skipped: Skipped,
 }
 
@@ -815,6 +817,7 @@ impl LayerWriter {
                 let is_device = file_type != FileType::Fifo;
                 if is_device && !mknod_allowed.get() {
                     cur.record.skipped_devices += 1;
+                    cur.record.skipped_nodes.push(path);
                     return Ok(());
                 }
                 match rustix::fs::mknodat(
@@ -828,6 +831,7 @@ impl LayerWriter {
                     Err(Errno::PERM | Errno::ACCESS) if is_device => {
                         mknod_allowed.set(false);
                         cur.record.skipped_devices += 1;
+                        cur.record.skipped_nodes.push(path);
                         cur.parent_cache = Some((parent_path, parent_fd));
                         return Ok(());
                     }

@@ -11,7 +11,7 @@
 //! `a/b` without an `a/` entry) must meet a real directory in the result; meeting a symlink or a
 //! file there is an error, as writing through it would be.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
@@ -69,7 +69,11 @@ pub struct Merger {
     ownership: Ownership,
     /// Explicit directory entries of the topmost layer that provided each directory.
     dirs: BTreeMap<RelPath, EntryMeta>,
+    /// Device nodes of any layer so far that were not created for lack of `CAP_MKNOD`.
+    skipped_nodes: HashSet<RelPath>,
     pub skipped: Skipped,
+    /// Hard links not made because their target is such a device node.
+    pub skipped_device_links: u64,
 }
 
 impl Merger {
@@ -79,7 +83,9 @@ impl Merger {
             root,
             ownership,
             dirs: BTreeMap::new(),
+            skipped_nodes: HashSet::new(),
             skipped: Skipped::default(),
+            skipped_device_links: 0,
         }
     }
 
@@ -97,6 +103,8 @@ impl Merger {
                 source,
             })?;
         }
+        self.skipped_nodes
+            .extend(record.skipped_nodes.iter().cloned());
         for (link, target) in &record.deferred_links {
             self.link(link, target)?;
         }
@@ -190,12 +198,16 @@ impl Merger {
             link: link.clone(),
             source,
         };
-        let (tparent, ttype) = find_in_layer(root, target)
-            .map_err(io_err)?
-            .ok_or_else(|| MergeError::LinkTargetMissing {
+        let Some((tparent, ttype)) = find_in_layer(root, target).map_err(io_err)? else {
+            if self.skipped_nodes.contains(target) {
+                self.skipped_device_links += 1;
+                return Ok(());
+            }
+            return Err(MergeError::LinkTargetMissing {
                 link: link.clone(),
                 target: target.clone(),
-            })?;
+            });
+        };
         if ttype == FileType::Directory {
             return Err(MergeError::LinkToDirectory {
                 link: link.clone(),

@@ -312,6 +312,7 @@ pub fn unpack_save<R: Read + Send>(
         summary.skipped_xattrs += record.skipped.xattrs;
     }
     summary.skipped_xattrs += merger.skipped.xattrs + clone_skipped.xattrs;
+    summary.skipped_devices += merger.skipped_device_links;
     merger.finish().map_err(UnpackError::Finish)?;
 
     // Publish: the rename is the commit point.
