@@ -753,8 +753,7 @@ impl LayerWriter {
             }
             EntryKind::HardLink(target) => {
                 match find_in_layer(cur.root.as_fd(), &target).map_err(create_err(&path))? {
-                    Some((tparent, FileType::Directory)) => {
-                        let _ = tparent;
+                    Some((_, FileType::Directory)) => {
                         return Err(LayerError::HardLinkToDirectory { path, target });
                     }
                     Some((tparent, _)) => {
@@ -785,33 +784,10 @@ impl LayerWriter {
                     _ => unreachable!(),
                 };
                 if ownership == Ownership::Xattr {
-                    // See the ownership module docs: an empty file carrying the type bits.
                     let fd = create_file(parent, &name).map_err(create_err(&path))?;
-                    let value =
-                        ownership::override_stat_value(meta.uid, meta.gid, type_bits, meta.mode);
-                    let apply = || -> Result<(), Errno> {
-                        rustix::fs::fsetxattr(
-                            &fd,
-                            ownership::OVERRIDE_STAT_XATTR,
-                            value.as_bytes(),
-                            rustix::fs::XattrFlags::empty(),
-                        )?;
-                        rustix::fs::fchmod(&fd, Mode::from_raw_mode(0o600))?;
-                        rustix::fs::futimens(
-                            &fd,
-                            &rustix::fs::Timestamps {
-                                last_access: rustix::fs::Timespec {
-                                    tv_sec: meta.mtime,
-                                    tv_nsec: 0,
-                                },
-                                last_modification: rustix::fs::Timespec {
-                                    tv_sec: meta.mtime,
-                                    tv_nsec: 0,
-                                },
-                            },
-                        )
-                    };
-                    apply().map_err(meta_err(&path))?;
+                    ownership::finish_node_as_file(fd.as_fd(), &meta, type_bits)
+                        .map_err(meta_err(&path))?;
+                    cur.parent_cache = Some((parent_path, parent_fd));
                     return Ok(());
                 }
                 let is_device = file_type != FileType::Fifo;

@@ -168,6 +168,24 @@ pub fn finish_dir_late(
     rustix::fs::futimens(fd, &timestamps(meta.mtime))
 }
 
+/// Xattr mode's stand-in for a FIFO or device node: an empty regular file (already created as
+/// `fd`) whose [`OVERRIDE_STAT_XATTR`] carries the node's type bits, ids and mode.
+pub fn finish_node_as_file(
+    fd: BorrowedFd<'_>,
+    meta: &EntryMeta,
+    type_bits: u32,
+) -> Result<(), Errno> {
+    let value = override_stat_value(meta.uid, meta.gid, type_bits, meta.mode);
+    rustix::fs::fsetxattr(
+        fd,
+        OVERRIDE_STAT_XATTR,
+        value.as_bytes(),
+        XattrFlags::empty(),
+    )?;
+    rustix::fs::fchmod(fd, Mode::from_raw_mode(0o600))?;
+    rustix::fs::futimens(fd, &timestamps(meta.mtime))
+}
+
 /// Ownership, xattrs, mode and mtime for an entry that cannot be opened for writing (symlink,
 /// FIFO, device node): acted on by name in `dirfd`, never followed.
 pub fn finish_special(

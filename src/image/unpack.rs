@@ -98,6 +98,9 @@ pub struct UnpackOptions {
     pub max_json_bytes: u64,
     /// Ops buffered between the reading and the writing thread.
     pub channel_depth: usize,
+    /// `syncfs` the tree before it is renamed into place, so a crash cannot leave a published
+    /// tree with missing data (costs the time to write everything to disk).
+    pub sync: bool,
 }
 
 impl Default for UnpackOptions {
@@ -107,6 +110,7 @@ impl Default for UnpackOptions {
             max_entries: 10_000_000,
             max_json_bytes: 64 << 20,
             channel_depth: 64,
+            sync: false,
         }
     }
 }
@@ -322,6 +326,10 @@ pub fn unpack_save<R: Read + Send>(
     };
     drop(layers_fd);
     tree::remove_tree(&layers_path).map_err(publish_err)?;
+    if opts.sync {
+        let rootfs = open(&rootfs_path)?;
+        rustix::fs::syncfs(&rootfs).map_err(|e| publish_err(e.into()))?;
+    }
     let parent_fd = open(parent)?;
     let tmp_fd = open(&tmp)?;
     rustix::fs::renameat_with(&tmp_fd, "rootfs", &parent_fd, name, RenameFlags::NOREPLACE)

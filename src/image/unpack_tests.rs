@@ -1155,17 +1155,15 @@ fn existing_dest_is_refused_untouched() {
 }
 
 #[test]
-fn progress_counts_stream_bytes() {
+fn progress_counts_stream_bytes_with_sync() {
     let bytes = docker_save(&two_layers()).finish();
     let tmp = tempfile::tempdir().unwrap();
     let bar = indicatif::ProgressBar::hidden();
-    unpack_save(
-        bytes.as_slice(),
-        &tmp.path().join("r"),
-        &UnpackOptions::default(),
-        &bar,
-    )
-    .unwrap();
+    let opts = UnpackOptions {
+        sync: true,
+        ..UnpackOptions::default()
+    };
+    unpack_save(bytes.as_slice(), &tmp.path().join("r"), &opts, &bar).unwrap();
     assert!(bar.position() > 0 && bar.position() <= bytes.len() as u64);
 }
 
