@@ -207,8 +207,15 @@ pub fn finish_special(
     }
     if is_symlink {
         if ownership == Ownership::Xattr {
-            // Linux forbids user.* xattrs on symlinks (EPERM); see the module docs.
-            skipped.xattrs += 1;
+            // Linux refuses user.* xattrs on symlinks (EPERM, counted); macOS accepts them.
+            let value = override_stat_value(meta.uid, meta.gid, S_IFLNK, meta.mode);
+            let res = rustix::fs::lsetxattr(
+                &path,
+                OVERRIDE_STAT_XATTR,
+                value.as_bytes(),
+                XattrFlags::empty(),
+            );
+            xattr_result(res, skipped)?;
         }
     } else {
         // mknod applies the umask, so set the mode explicitly. Not a symlink: chmodat follows
