@@ -253,7 +253,8 @@ pub fn unpack_save<R: Read + Send>(
         } else {
             format!("{}-{}", blob.index, uses)
         };
-        stack.push((l.name.clone(), blob.index, dir));
+        // Past verification, a layer is named by its name in the stream and its diff_id.
+        stack.push((format!("{} ({})", l.name, l.diff_id), blob.index, dir));
     }
     let mut clone_skipped = super::ownership::Skipped::default();
     for (name, index, dir) in &stack {
