@@ -224,6 +224,7 @@ fn resolve_oci(json: &HashMap<String, Vec<u8>>, index: &[u8]) -> Result<ImagePla
                     .to_string()
                     .contains("docker.distribution.manifest")
             })
+            .filter(|d| !is_attestation(d))
             .collect();
         let native: Vec<_> = candidates
             .iter()
@@ -279,6 +280,19 @@ fn resolve_oci(json: &HashMap<String, Vec<u8>>, index: &[u8]) -> Result<ImagePla
     Err(LayoutError::NoImageManifest { name: index_name })
 }
 
+/// BuildKit lists provenance/SBOM attestations as manifests for platform `unknown/unknown`.
+fn is_attestation(d: &oci_spec::image::Descriptor) -> bool {
+    let annotated = d.annotations().as_ref().is_some_and(|a| {
+        a.get("vnd.docker.reference.type")
+            .is_some_and(|t| t == "attestation-manifest")
+    });
+    let unknown = d
+        .platform()
+        .as_ref()
+        .is_some_and(|p| p.os().to_string() == "unknown");
+    annotated || unknown
+}
+
 /// This machine's architecture as OCI names it.
 fn host_oci_arch() -> &'static str {
     match std::env::consts::ARCH {
@@ -310,6 +324,21 @@ mod tests {
     fn no_manifest_is_an_error() {
         let err = resolve(&HashMap::new()).unwrap_err();
         assert!(matches!(err, LayoutError::NoManifest), "{err}");
+    }
+
+    #[test]
+    fn attestations_are_not_images() {
+        let att = r#"{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa","size":1,"annotations":{"vnd.docker.reference.type":"attestation-manifest"},"platform":{"os":"unknown","architecture":"unknown"}}"#;
+        let img = r#"{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb","size":1}"#;
+        let index = format!(r#"{{"schemaVersion":2,"manifests":[{img},{att}]}}"#);
+        let index = ImageIndex::from_reader(index.as_bytes()).unwrap();
+        let chosen: Vec<_> = index
+            .manifests()
+            .iter()
+            .filter(|d| !is_attestation(d))
+            .collect();
+        assert_eq!(chosen.len(), 1);
+        assert!(chosen[0].digest().to_string().contains("bbbb"));
     }
 
     #[test]

@@ -600,6 +600,56 @@ fn oci_layout_all_compressions() {
     }
 }
 
+/// Docker ≥ 25 with the containerd store: `index.json` → multi-platform index → manifests, of
+/// which only this machine's platform has its blobs in the stream, next to an attestation.
+#[test]
+fn oci_nested_index_picks_this_platform() {
+    let tars = two_layers();
+    let mut save = oci_save(&tars, Compression::Gzip);
+    let index_pos = save
+        .files
+        .iter()
+        .position(|(n, _)| n == "index.json")
+        .unwrap();
+    let top: serde_json::Value = serde_json::from_slice(&save.files[index_pos].1).unwrap();
+    let mut native = top["manifests"][0].clone();
+    let arch = match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        other => other,
+    };
+    native["platform"] = serde_json::json!({"os": "linux", "architecture": arch});
+    let mut foreign = native.clone();
+    foreign["platform"]["architecture"] = "s390x".into();
+    foreign["digest"] = format!("sha256:{}", "c".repeat(64)).into();
+    let mut attestation = native.clone();
+    attestation["platform"] = serde_json::json!({"os": "unknown", "architecture": "unknown"});
+    attestation["digest"] = format!("sha256:{}", "d".repeat(64)).into();
+    let inner = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [foreign, native, attestation],
+    }))
+    .unwrap();
+    let inner_digest = sha256_digest(&inner);
+    let outer = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "manifests": [{
+            "mediaType": "application/vnd.oci.image.index.v1+json",
+            "digest": inner_digest,
+            "size": inner.len(),
+        }],
+    }))
+    .unwrap();
+    save.files[index_pos].1 = outer;
+    let name = format!(
+        "blobs/sha256/{}",
+        inner_digest.strip_prefix("sha256:").unwrap()
+    );
+    save.files.insert(0, (name, inner));
+    check_two_layers(&run_save(&save, &UnpackOptions::default()), &tars);
+}
+
 #[test]
 fn docker_legacy_symlinked_repeated_empty_layer() {
     // Docker links a repeated layer's layer.tar to the first copy.
