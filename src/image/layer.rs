@@ -566,7 +566,7 @@ struct Current {
     file: Option<(File, RelPath, EntryMeta)>,
 }
 
-/// Where the writer failed: the layer index and the error.
+/// A writer failure and the layer it happened in.
 #[derive(Debug)]
 pub struct WriterError {
     /// The layer's name in the save stream, when inside a layer.
