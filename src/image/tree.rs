@@ -18,6 +18,10 @@ use rustix::io::Errno;
 pub const MAX_PATH_BYTES: usize = 4096;
 /// Longest path component accepted, in bytes (Linux's `NAME_MAX`).
 pub const MAX_NAME_BYTES: usize = 255;
+/// Deepest path accepted, in components. The merge and the removal of trees hold one or two
+/// fds per level while they recurse; this keeps them far below the usual 1024-fd limit (so a
+/// hostile image cannot make them, or the cleanup after its failure, run out of fds).
+pub const MAX_DEPTH: usize = 256;
 
 /// Why a path from an archive was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,6 +31,7 @@ pub enum PathProblem {
     DotDot,
     TooLong,
     NameTooLong,
+    TooDeep,
 }
 
 impl std::fmt::Display for PathProblem {
@@ -37,6 +42,7 @@ impl std::fmt::Display for PathProblem {
             PathProblem::DotDot => "'..' component",
             PathProblem::TooLong => "path longer than 4096 bytes",
             PathProblem::NameTooLong => "path component longer than 255 bytes",
+            PathProblem::TooDeep => "path deeper than 256 components",
         })
     }
 }
@@ -68,6 +74,9 @@ impl RelPath {
                 b".." => return Err(PathProblem::DotDot),
                 c if c.len() > MAX_NAME_BYTES => return Err(PathProblem::NameTooLong),
                 c => parts.push(OsString::from_vec(c.to_vec())),
+            }
+            if parts.len() > MAX_DEPTH {
+                return Err(PathProblem::TooDeep);
             }
         }
         Ok(RelPath(parts))
@@ -293,12 +302,14 @@ mod tests {
         }
         let long_name = vec![b'x'; 256];
         let long_path = [b"a/".repeat(2100)].concat();
+        let deep_path = b"a/".repeat(MAX_DEPTH + 1);
         let bad: &[(&[u8], PathProblem)] = &[
             (b"a/../b", PathProblem::DotDot),
             (b"..", PathProblem::DotDot),
             (b"a/\0b", PathProblem::Nul),
             (&long_name, PathProblem::NameTooLong),
             (&long_path, PathProblem::TooLong),
+            (&deep_path, PathProblem::TooDeep),
         ];
         for (raw, want) in bad {
             assert_eq!(RelPath::parse(raw).unwrap_err(), *want);

@@ -435,6 +435,17 @@ fn long_pax_names() {
 }
 
 #[test]
+fn deepest_accepted_paths_merge() {
+    let deep = "d/".repeat(super::tree::MAX_DEPTH - 1);
+    let mut l1 = Layer::new();
+    l1.file(&format!("{deep}x"), b"x");
+    let mut l2 = Layer::new();
+    l2.file(&format!("{deep}y"), b"y");
+    let r = unpack(&[&l1, &l2]);
+    assert_eq!(r.names(&deep), ["x", "y"]);
+}
+
+#[test]
 fn dir_mtimes_and_modes_are_set_last() {
     let at = |mode, mtime| Attrs {
         mtime,
@@ -781,6 +792,19 @@ fn hostile_saves_are_rejected_and_leave_nothing() {
                 })
             )
         }),
+        (
+            "too deep",
+            one(|l| raw_file(l, "a/".repeat(300).as_bytes())),
+            |e| {
+                matches!(
+                    layer_err(e),
+                    Some(LayerError::BadPath {
+                        problem: PathProblem::TooDeep,
+                        ..
+                    })
+                )
+            },
+        ),
         (
             "path too long",
             one(|l| raw_file(l, "a/".repeat(2100).as_bytes())),
