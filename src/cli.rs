@@ -42,6 +42,9 @@ pub enum Command {
     /// Diagnostics.
     #[command(subcommand)]
     Debug(DebugCommand),
+    /// Internal: the unpacker child of `--ownership userns`. Not for direct use.
+    #[command(name = "__unpack", hide = true)]
+    UnpackChild { dest: PathBuf },
     /// Internal: the VMM child that `run` starts. Not for direct use.
     #[command(name = "__vmm", hide = true)]
     Vmm,

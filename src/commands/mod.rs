@@ -1,5 +1,6 @@
 //! One module per verb; each turns parsed arguments into calls on the library.
 
+pub mod bench;
 pub mod debug;
 pub mod doctor;
 pub mod image;
@@ -16,7 +17,8 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<u8> {
         Command::Run(args) => run::run(args, &reporter),
         Command::Doctor(args) => doctor::run(args),
         Command::Debug(cmd) => debug::run(cmd, &reporter),
-        Command::Bench(_) => anyhow::bail!("bench is not available in this build yet"),
+        Command::Bench(cmd) => bench::run(cmd, &reporter),
+        Command::UnpackChild { dest } => image::unpack_child(&dest),
         Command::Vmm => Ok(krbottle_vmm_child()),
     }
 }

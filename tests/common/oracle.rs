@@ -179,6 +179,11 @@ pub fn from_dir(root: &Path, map_id: &dyn Fn(u64) -> u64) -> BTreeMap<String, No
                     xattrs.insert(name, buf[..n].to_vec());
                 }
             }
+            if ft.is_dir() {
+                stack.push(path.clone());
+            }
+            // Docker's init-layer paths are left out, but directories among them are still
+            // walked: `dev/` holds the image's own device nodes.
             if INIT_LAYER.contains(&rel.as_str()) {
                 continue;
             }
@@ -206,9 +211,6 @@ pub fn from_dir(root: &Path, map_id: &dyn Fn(u64) -> u64) -> BTreeMap<String, No
                     xattrs,
                 },
             );
-            if ft.is_dir() {
-                stack.push(path);
-            }
         }
     }
     out

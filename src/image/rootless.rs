@@ -1,0 +1,77 @@
+//! The `userns` ownership mode: unpack as an unprivileged user with the image's ids.
+//!
+//! A non-root user cannot `chown` files to other ids, but inside a user namespace mapped from
+//! its `/etc/subuid` and `/etc/subgid` ranges (namespace id 0 = the user, 1..=N = the
+//! subordinate range) it can. So the unpacker runs in a re-executed child of this binary in such
+//! a namespace (`sys::userns`), with the `root` ownership mode: its `lchown`s to the image's ids
+//! land on the mapped host ids. The VMM later runs in the same mapping, so the guest sees the
+//! image's ids again. The parent streams the save archive into the child's stdin (from Docker or
+//! a file: the child needs no access to either) and reads the summary from its stdout.
+
+use std::io::{self, Read, Write};
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use indicatif::ProgressBar;
+
+use crate::image::unpack::UnpackSummary;
+use crate::sys::userns::{self, IdMapping, Namespaces, UsernsError};
+
+/// The hidden subcommand the child runs as.
+pub const CHILD_SUBCOMMAND: &str = "__unpack";
+
+#[derive(Debug, thiserror::Error)]
+pub enum RootlessError {
+    #[error("Cannot find this program's own binary to start the unpacker")]
+    CurrentExe(#[source] io::Error),
+    #[error(transparent)]
+    Namespaces(#[from] UsernsError),
+    #[error("Cannot feed the image to the unpacker")]
+    Feed(#[source] io::Error),
+    #[error("The unpacker in the user namespace failed ({status}); its error is above")]
+    ChildFailed { status: String },
+    #[error("The unpacker in the user namespace returned no summary")]
+    Summary(#[source] serde_json::Error),
+    #[error("Cannot wait for the unpacker")]
+    Wait(#[source] io::Error),
+}
+
+/// Unpacks the save stream `reader` into `dest` from a child in a user namespace with `mapping`.
+pub fn unpack_in_userns(
+    reader: impl Read,
+    dest: &Path,
+    mapping: &IdMapping,
+    progress: &ProgressBar,
+) -> Result<UnpackSummary, RootlessError> {
+    let exe = std::env::current_exe().map_err(RootlessError::CurrentExe)?;
+    let mut cmd = Command::new(exe);
+    cmd.arg(CHILD_SUBCOMMAND)
+        .arg(dest)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    let mut child = userns::spawn(&mut cmd, Namespaces::default(), mapping)?;
+    let mut stdin = child.stdin.take().expect("stdin is piped");
+    let mut stdout = child.stdout.take().expect("stdout is piped");
+    // Read the summary on a thread so a chatty child can never block on a full stdout pipe.
+    let summary = std::thread::spawn(move || {
+        let mut text = Vec::new();
+        stdout.read_to_end(&mut text).map(|_| text)
+    });
+    let fed = io::copy(&mut progress.wrap_read(reader), &mut stdin).and_then(|_| stdin.flush());
+    drop(stdin);
+    let status = child.wait().map_err(RootlessError::Wait)?;
+    let text = summary
+        .join()
+        .unwrap_or_else(|_| Ok(Vec::new()))
+        .map_err(RootlessError::Feed)?;
+    if !status.success() {
+        return Err(RootlessError::ChildFailed {
+            status: status.to_string(),
+        });
+    }
+    // A broken pipe with a successful child cannot happen (it read to the end); anything else
+    // while feeding is a real read error of the source.
+    fed.map_err(RootlessError::Feed)?;
+    serde_json::from_slice(&text).map_err(RootlessError::Summary)
+}
