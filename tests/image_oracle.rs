@@ -9,7 +9,7 @@ mod common;
 use std::process::Command;
 
 use common::oracle;
-use common::{BASE_IMAGE, docker_build, require_docker, run_krbottle};
+use common::{BASE_IMAGE, docker_build, require_docker, require_test_user, run_krbottle};
 use krbottle::image::docker::Engine;
 
 /// Unpacks `image` in `mode` and compares it with Docker's export; returns the unpacked dir.
@@ -34,7 +34,7 @@ fn unpack_and_compare(image: &str, mode: &str) -> tempfile::TempDir {
 
     let engine = Engine::connect().unwrap();
     let expected = oracle::from_export(engine.export_filesystem(image).unwrap());
-    let actual = oracle::from_dir(&dest, &|id| id);
+    let actual = oracle::from_dir(&dest, &|id| id, &|id| id);
     let diffs = oracle::diff(&expected, &actual);
     assert!(
         diffs.is_empty(),
@@ -172,6 +172,186 @@ fn example_agent_image_matches_docker_and_uid_1000_can_work() {
         .unwrap();
     assert!(
         !denied.status.success(),
+        "uid 1000 must not write root's files"
+    );
+}
+
+/// The first subordinate id of `user` in `file` (/etc/subuid or /etc/subgid).
+fn subid_start(file: &str, user: &str) -> u64 {
+    std::fs::read_to_string(file)
+        .unwrap()
+        .lines()
+        .find_map(|l| {
+            let mut f = l.split(':');
+            (f.next() == Some(user)).then(|| f.next().unwrap().parse().unwrap())
+        })
+        .unwrap_or_else(|| panic!("{user} has no range in {file}: run scripts/test-user.sh"))
+}
+
+#[test]
+fn rootless_userns_mode_matches_docker_and_uid_1000_can_work() {
+    let test = "rootless_userns_mode_matches_docker_and_uid_1000_can_work";
+    if !require_docker(test) {
+        return;
+    }
+    let Some((user, uid)) = require_test_user(test) else {
+        return;
+    };
+    let engine = Engine::connect().unwrap();
+    let ctx = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/agent");
+    let tag = "krbottle-test/example-agent:latest";
+    engine
+        .build(&ctx, None, tag, &indicatif::ProgressBar::hidden(), |_| {})
+        .unwrap();
+    // The unprivileged user gets a save file (it has no access to Docker) and a dir of its own.
+    let work = tempfile::tempdir().unwrap();
+    let save = work.path().join("image.tar");
+    let status = Command::new("docker")
+        .args(["save", "-o", save.to_str().unwrap(), tag])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let home = work.path().join("home");
+    std::fs::create_dir(&home).unwrap();
+    for p in [work.path(), &home, &save] {
+        let mode = if p.is_dir() { 0o755 } else { 0o644 };
+        std::os::unix::fs::PermissionsExt::set_mode(
+            &mut std::fs::metadata(p).unwrap().permissions(),
+            mode,
+        );
+        Command::new("chmod")
+            .arg(format!("{mode:o}"))
+            .arg(p)
+            .status()
+            .unwrap();
+    }
+    Command::new("chown")
+        .arg(&user)
+        .arg(&home)
+        .status()
+        .unwrap();
+    let dest = home.join("rootfs");
+    let out = Command::new("setpriv")
+        .args(["--reuid", &user, "--regid", &user, "--init-groups"])
+        .arg(common::krbottle().get_program())
+        .args([
+            "image",
+            "unpack",
+            save.to_str().unwrap(),
+            dest.to_str().unwrap(),
+            "--json",
+        ])
+        .env("KRBOTTLE_CACHE_DIR", home.join("cache"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "rootless unpack failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        summary["ownership"], "userns",
+        "the default for a user is userns"
+    );
+
+    // On disk: namespace id 0 is the user, k >= 1 is subordinate start + k - 1.
+    let gid: u64 = String::from_utf8_lossy(
+        &Command::new("id")
+            .args(["-g", &user])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .trim()
+    .parse()
+    .unwrap();
+    let (sub_u, sub_g) = (
+        subid_start("/etc/subuid", &user),
+        subid_start("/etc/subgid", &user),
+    );
+    let unmap = |own: u64, sub: u64| {
+        move |id: u64| {
+            if id == own {
+                0
+            } else if id >= sub && id < sub + 65536 {
+                id - sub + 1
+            } else {
+                u64::MAX // not in the mapping at all: always a difference
+            }
+        }
+    };
+    let mut expected = oracle::from_export(engine.export_filesystem(tag).unwrap());
+    // No device nodes can be made in a user namespace: they are skipped and counted (the guest's
+    // init mounts devtmpfs). Every one of them, and nothing else, must be accounted for.
+    // Docker's init layer masks some of the image's devices (dev/console) in the export, so they
+    // are counted in a root-mode unpack of the same file.
+    expected.retain(|_, n| n.kind != 'c' && n.kind != 'b');
+    let as_root = work.path().join("as-root");
+    let (code, _, stderr) = run_krbottle(
+        &work.path().join("cache"),
+        &[
+            "image",
+            "unpack",
+            save.to_str().unwrap(),
+            as_root.to_str().unwrap(),
+            "--ownership",
+            "root",
+        ],
+    );
+    assert_eq!(code, 0, "{stderr}");
+    let find = Command::new("find")
+        .arg(&as_root)
+        .args(["(", "-type", "c", "-o", "-type", "b", ")", "-print"])
+        .output()
+        .unwrap();
+    let devices = String::from_utf8_lossy(&find.stdout).lines().count();
+    assert!(
+        devices > 0,
+        "the base image has /dev nodes; the count must see them"
+    );
+    assert_eq!(summary["skipped_devices"], devices as u64, "{summary}");
+    let actual = oracle::from_dir(&dest, &unmap(uid as u64, sub_u), &unmap(gid, sub_g));
+    let diffs = oracle::diff(&expected, &actual);
+    assert!(
+        diffs.is_empty(),
+        "{} differences in userns mode:\n{}",
+        diffs.len(),
+        diffs
+            .iter()
+            .take(40)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+
+    // In the same mapping (made here by util-linux, not by krbottle), uid 1000 can work.
+    let run_as_1000 = |script: &str| {
+        Command::new("setpriv")
+            .args(["--reuid", &user, "--regid", &user, "--init-groups"])
+            .args(["unshare", "--map-auto", "--map-root-user", "--root"])
+            .arg(&dest)
+            .args([
+                "/usr/bin/setpriv",
+                "--reuid=1000",
+                "--regid=1000",
+                "--clear-groups",
+            ])
+            .args(["/bin/sh", "-c", script])
+            .output()
+            .unwrap()
+    };
+    let out = run_as_1000(
+        "touch /home/agent/.claude.json && touch /tmp/x && stat -c '%a %u' /tmp && id -u",
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "1777 0\n1000\n");
+    assert!(
+        !run_as_1000("touch /etc/passwd").status.success(),
         "uid 1000 must not write root's files"
     );
 }

@@ -89,7 +89,10 @@ fn unpack(args: BenchUnpackArgs, reporter: &Reporter) -> anyhow::Result<u8> {
         .context("cannot create the scratch dir (pick another with --scratch)")?;
     let save_path = work.path().join("save.tar");
     reporter.status(format!("saving {} (not timed)", args.image));
-    io::copy(&mut engine.save(&args.image), &mut File::create(&save_path)?)?;
+    io::copy(
+        &mut engine.save(&args.image),
+        &mut File::create(&save_path)?,
+    )?;
     let layer_files = extract_layer_files(&save_path, &work.path().join("layers"))?;
 
     let ownership = Ownership::Root;
@@ -153,7 +156,12 @@ fn unpack(args: BenchUnpackArgs, reporter: &Reporter) -> anyhow::Result<u8> {
     let key = CacheKey::new(&info.id, "root").context("image ID is not a sha256 digest")?;
     let (entry, _) = cache.get_or_fill(&key, |dest| {
         unpack_save(File::open(&save_path)?, dest, &opts, &ProgressBar::hidden())
-            .map(|s| (info.tags.clone(), serde_json::to_value(s).unwrap_or_default()))
+            .map(|s| {
+                (
+                    info.tags.clone(),
+                    serde_json::to_value(s).unwrap_or_default(),
+                )
+            })
             .map_err(io::Error::other)
     })?;
     let hits: Vec<Duration> = (0..101)
@@ -174,7 +182,11 @@ fn unpack(args: BenchUnpackArgs, reporter: &Reporter) -> anyhow::Result<u8> {
         Ok(())
     })?;
     let cp = time_runs(args.runs, &scratch, |dest| {
-        let status = Command::new("cp").arg("-a").arg(&entry.rootfs).arg(dest).status()?;
+        let status = Command::new("cp")
+            .arg("-a")
+            .arg(&entry.rootfs)
+            .arg(dest)
+            .status()?;
         if !status.success() {
             bail!("cp -a failed");
         }
@@ -188,11 +200,31 @@ fn unpack(args: BenchUnpackArgs, reporter: &Reporter) -> anyhow::Result<u8> {
         layer_bytes,
         runs: args.runs,
         timings: vec![
-            Timing { name: "krbottle unpack (verify + whiteouts + merge)", seconds: ours.as_secs_f64(), mb_per_s: mbps(ours) },
-            Timing { name: "GNU tar -x of the layers", seconds: gnu.as_secs_f64(), mb_per_s: mbps(gnu) },
-            Timing { name: "docker create + export + tar -x", seconds: export.as_secs_f64(), mb_per_s: mbps(export) },
-            Timing { name: "bottle copy (copy_tree)", seconds: copy.as_secs_f64(), mb_per_s: mbps(copy) },
-            Timing { name: "cp -a", seconds: cp.as_secs_f64(), mb_per_s: mbps(cp) },
+            Timing {
+                name: "krbottle unpack (verify + whiteouts + merge)",
+                seconds: ours.as_secs_f64(),
+                mb_per_s: mbps(ours),
+            },
+            Timing {
+                name: "GNU tar -x of the layers",
+                seconds: gnu.as_secs_f64(),
+                mb_per_s: mbps(gnu),
+            },
+            Timing {
+                name: "docker create + export + tar -x",
+                seconds: export.as_secs_f64(),
+                mb_per_s: mbps(export),
+            },
+            Timing {
+                name: "bottle copy (copy_tree)",
+                seconds: copy.as_secs_f64(),
+                mb_per_s: mbps(copy),
+            },
+            Timing {
+                name: "cp -a",
+                seconds: cp.as_secs_f64(),
+                mb_per_s: mbps(cp),
+            },
         ],
         ratio_vs_gnu_tar: gnu.as_secs_f64() / ours.as_secs_f64(),
         ratio_vs_export: export.as_secs_f64() / ours.as_secs_f64(),
@@ -210,12 +242,27 @@ fn unpack(args: BenchUnpackArgs, reporter: &Reporter) -> anyhow::Result<u8> {
             report.runs
         );
         for t in &report.timings {
-            println!("  {:<46} {:>8.3} s {:>8.1} MB/s", t.name, t.seconds, t.mb_per_s);
+            println!(
+                "  {:<46} {:>8.3} s {:>8.1} MB/s",
+                t.name, t.seconds, t.mb_per_s
+            );
         }
-        println!("  throughput vs GNU tar -x:        {:.2}x (target >= 1.0)", report.ratio_vs_gnu_tar);
-        println!("  throughput vs export + tar -x:   {:.2}x (target >= 2.0)", report.ratio_vs_export);
-        println!("  bottle copy time vs cp -a:       {:.2}x", report.copy_ratio_vs_cp);
-        println!("  cache hit:                       {:.0} µs", report.cache_hit_micros);
+        println!(
+            "  throughput vs GNU tar -x:        {:.2}x (target >= 1.0)",
+            report.ratio_vs_gnu_tar
+        );
+        println!(
+            "  throughput vs export + tar -x:   {:.2}x (target >= 2.0)",
+            report.ratio_vs_export
+        );
+        println!(
+            "  bottle copy time vs cp -a:       {:.2}x",
+            report.copy_ratio_vs_cp
+        );
+        println!(
+            "  cache hit:                       {:.0} µs",
+            report.cache_hit_micros
+        );
     }
     Ok(exit::OK)
 }

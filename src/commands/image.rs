@@ -104,7 +104,8 @@ fn unpack(args: UnpackArgs, reporter: &Reporter) -> anyhow::Result<u8> {
     let mode = args.ownership.unwrap_or_else(default_ownership);
     let summary = match Source::parse(&args.image) {
         Source::File(path) => {
-            let file = File::open(&path).with_context(|| format!("cannot open {}", path.display()))?;
+            let file =
+                File::open(&path).with_context(|| format!("cannot open {}", path.display()))?;
             let bar = reporter.bytes_bar("unpacking", file.metadata().ok().map(|m| m.len()));
             let summary = unpack_stream(file, &args.dest, mode, &bar);
             bar.finish_and_clear();
@@ -113,7 +114,8 @@ fn unpack(args: UnpackArgs, reporter: &Reporter) -> anyhow::Result<u8> {
         Source::Image(image) => {
             let engine = Engine::connect()?;
             let info = engine.inspect(&image)?;
-            let bar = reporter.bytes_bar("unpacking", info.size.and_then(|s| u64::try_from(s).ok()));
+            let bar =
+                reporter.bytes_bar("unpacking", info.size.and_then(|s| u64::try_from(s).ok()));
             let summary = unpack_stream(engine.save(&image), &args.dest, mode, &bar);
             bar.finish_and_clear();
             summary?
@@ -183,7 +185,10 @@ fn prepare(args: PrepareArgs, reporter: &Reporter) -> anyhow::Result<u8> {
         let summary = unpack_stream(engine.save(&args.image), dest, mode, &bar);
         bar.finish_and_clear();
         let summary = summary.map_err(|e| std::io::Error::other(format!("{e:#}")))?;
-        Ok::<_, std::io::Error>((info.tags.clone(), serde_json::to_value(summary).unwrap_or_default()))
+        Ok::<_, std::io::Error>((
+            info.tags.clone(),
+            serde_json::to_value(summary).unwrap_or_default(),
+        ))
     })?;
     if args.json {
         let mut value = serde_json::to_value(&entry)?;
@@ -202,11 +207,17 @@ fn build(args: BuildArgs, reporter: &Reporter) -> anyhow::Result<u8> {
     let engine = Engine::connect()?;
     let spinner = reporter.spinner(&format!("building {}", args.tag));
     let verbose = reporter.verbosity() >= Verbosity::Verbose(1);
-    let id = engine.build(&args.context, args.file.as_deref(), &args.tag, &spinner, |line| {
-        if verbose {
-            spinner.suspend(|| eprintln!("  {line}"));
-        }
-    });
+    let id = engine.build(
+        &args.context,
+        args.file.as_deref(),
+        &args.tag,
+        &spinner,
+        |line| {
+            if verbose {
+                spinner.suspend(|| eprintln!("  {line}"));
+            }
+        },
+    );
     spinner.finish_and_clear();
     let id = id?;
     if args.json {
@@ -231,7 +242,12 @@ fn ls(args: LsArgs) -> anyhow::Result<u8> {
     println!("{:<20} {:<8} {:>10}  TAGS", "IMAGE ID", "MODE", "SIZE");
     for e in entries {
         let id = e.meta.image_id.trim_start_matches("sha256:");
-        let bytes = e.meta.summary.get("bytes").and_then(|b| b.as_u64()).unwrap_or(0);
+        let bytes = e
+            .meta
+            .summary
+            .get("bytes")
+            .and_then(|b| b.as_u64())
+            .unwrap_or(0);
         println!(
             "{:<20} {:<8} {:>10}  {}",
             &id[..id.len().min(12)],
@@ -246,7 +262,11 @@ fn ls(args: LsArgs) -> anyhow::Result<u8> {
 fn prune(args: PruneArgs, reporter: &Reporter) -> anyhow::Result<u8> {
     let cache = Cache::open_default()?;
     let leftovers = cache.remove_leftovers()?;
-    let engine = if args.all { None } else { Some(Engine::connect()?) };
+    let engine = if args.all {
+        None
+    } else {
+        Some(Engine::connect()?)
+    };
     let mut removed = Vec::new();
     for entry in cache.list()? {
         let keep = match &engine {

@@ -137,9 +137,13 @@ pub fn from_export(reader: impl Read) -> BTreeMap<String, Node> {
     out
 }
 
-/// Reads an unpacked tree into path → node. `map_id` turns on-disk ids into image ids (identity
-/// for `root` mode; the inverse of the user namespace map for `userns`).
-pub fn from_dir(root: &Path, map_id: &dyn Fn(u64) -> u64) -> BTreeMap<String, Node> {
+/// Reads an unpacked tree into path → node. `map_uid`/`map_gid` turn on-disk ids into image ids
+/// (identity for `root` mode; the inverse of the user namespace map for `userns`).
+pub fn from_dir(
+    root: &Path,
+    map_uid: &dyn Fn(u64) -> u64,
+    map_gid: &dyn Fn(u64) -> u64,
+) -> BTreeMap<String, Node> {
     let mut out = BTreeMap::new();
     let mut stack = vec![root.to_path_buf()];
     while let Some(dir) = stack.pop() {
@@ -191,8 +195,8 @@ pub fn from_dir(root: &Path, map_id: &dyn Fn(u64) -> u64) -> BTreeMap<String, No
                 rel,
                 Node {
                     kind,
-                    uid: map_id(meta.uid() as u64),
-                    gid: map_id(meta.gid() as u64),
+                    uid: map_uid(meta.uid() as u64),
+                    gid: map_gid(meta.gid() as u64),
                     mode: meta.mode() & 0o7777,
                     size: data.len() as u64,
                     hash: if kind == 'f' {
