@@ -27,8 +27,8 @@ fn init_logging(verbose: u8) {
         1 => "krbottle=debug,info",
         _ => "krbottle=trace,debug",
     };
-    let filter = EnvFilter::try_from_env(env_vars::KRBOTTLE_LOG)
-        .unwrap_or_else(|_| EnvFilter::new(default));
+    let filter =
+        EnvFilter::try_from_env(env_vars::KRBOTTLE_LOG).unwrap_or_else(|_| EnvFilter::new(default));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -95,9 +95,8 @@ impl Reporter {
         if self.verbosity == Verbosity::Quiet || !self.interactive {
             return ProgressBar::hidden();
         }
-        let bar = ProgressBar::new_spinner().with_style(
-            ProgressStyle::with_template("{spinner} {msg}").expect("valid template"),
-        );
+        let bar = ProgressBar::new_spinner()
+            .with_style(ProgressStyle::with_template("{spinner} {msg}").expect("valid template"));
         bar.set_message(what.to_string());
         bar.enable_steady_tick(Duration::from_millis(120));
         bar
