@@ -32,6 +32,25 @@ pub enum Command {
     /// Turn Docker images into root filesystems, and manage the cache of them.
     #[command(subcommand)]
     Image(ImageCommand),
+    /// The sidecar bundle: the daemons that run inside its container.
+    #[command(subcommand)]
+    Bundle(BundleCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BundleCommand {
+    /// Run the gateway, the bottle's HTTP proxy (inside the bundle container).
+    ///
+    /// Prints one JSON line per decision on stdout. Route tokens are read from this process's
+    /// environment, under the names the config gives.
+    Gateway(GatewayArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct GatewayArgs {
+    /// The gateway's JSON config (written by `krbottle bundle up`).
+    #[arg(long)]
+    pub config: PathBuf,
 }
 
 #[derive(Debug, Subcommand)]

@@ -4,6 +4,7 @@
 //! finds and scrubs the bundle's tokens, `ca` mints the bottle's certificates, and `gateway` is
 //! the agent-facing HTTP proxy that runs inside the bundle container.
 
+pub mod ca;
 pub mod gateway;
 pub mod host;
 pub mod policy;

@@ -60,12 +60,21 @@ impl SecretSet {
     }
 
     /// The name of the first secret found in `data`, skipping the secret named `except`.
+    /// Percent-escapes are also decoded before searching, since any byte may be escaped.
     pub fn find_in(&self, data: &[u8], except: Option<&str>) -> Option<&str> {
-        self.secrets
-            .iter()
-            .filter(|s| Some(s.name.as_str()) != except)
-            .find(|s| s.patterns.iter().any(|p| contains(data, p)))
-            .map(|s| s.name.as_str())
+        let decoded = percent_decode(data);
+        let views = std::iter::once(data).chain(decoded.as_deref());
+        for view in views {
+            let found = self
+                .secrets
+                .iter()
+                .filter(|s| Some(s.name.as_str()) != except)
+                .find(|s| s.patterns.iter().any(|p| contains(view, p)));
+            if let Some(s) = found {
+                return Some(&s.name);
+            }
+        }
+        None
     }
 
     /// A streaming scrubber for all the secrets' patterns.
@@ -129,6 +138,32 @@ fn encodings(value: &[u8]) -> Vec<Vec<u8>> {
     out.sort();
     out.dedup();
     out
+}
+
+/// `data` with `%XX` escapes decoded and `+` as space (form encoding); `None` if it has none.
+fn percent_decode(data: &[u8]) -> Option<Vec<u8>> {
+    if !data.iter().any(|&b| b == b'%' || b == b'+') {
+        return None;
+    }
+    let hex = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
+    let mut out = Vec::with_capacity(data.len());
+    let mut i = 0;
+    while i < data.len() {
+        match data[i] {
+            b'%' if i + 2 < data.len() => match (hex(data[i + 1]), hex(data[i + 2])) {
+                (Some(h), Some(l)) => {
+                    out.push(h << 4 | l);
+                    i += 3;
+                    continue;
+                }
+                _ => out.push(b'%'),
+            },
+            b'+' => out.push(b' '),
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    Some(out)
 }
 
 fn percent_encode(value: &[u8], upper: bool) -> Vec<u8> {
@@ -250,6 +285,9 @@ mod tests {
             assert_eq!(s.find_in(&text, Some("API_TOKEN")), None);
         }
         assert_eq!(s.find_in(b"nothing secret here", None), None);
+        // Escaping bytes that need no escaping still decodes to the token.
+        let escaped: String = TOKEN.iter().map(|b| format!("%{b:02x}")).collect();
+        assert_eq!(s.find_in(escaped.as_bytes(), None), Some("API_TOKEN"));
     }
 
     #[test]

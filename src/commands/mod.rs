@@ -1,5 +1,6 @@
 //! One module per verb; each turns parsed arguments into calls on the library.
 
+pub mod bundle;
 pub mod image;
 
 use crate::cli::{Cli, Command};
@@ -10,5 +11,6 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<u8> {
     let reporter = Reporter::new(Verbosity::from_flags(cli.global.verbose, cli.global.quiet));
     match cli.command {
         Command::Image(cmd) => image::run(cmd, &reporter),
+        Command::Bundle(cmd) => bundle::run(cmd, &reporter),
     }
 }
