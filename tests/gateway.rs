@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::io::Write;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -130,7 +130,7 @@ async fn echo(seen: Seen, req: Request<hyper::body::Incoming>) -> Response<Full<
 }
 
 /// An HTTPS upstream (HTTP/2 or HTTP/1.1 by ALPN) for `names`, with its own CA.
-async fn spawn_upstream(dir: &Path, seen: Seen) -> (u16, String) {
+async fn spawn_upstream(seen: Seen, h1_only: bool) -> (u16, String) {
     let ca_key = KeyPair::generate().unwrap();
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
     ca_params.is_ca = IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
@@ -154,11 +154,14 @@ async fn spawn_upstream(dir: &Path, seen: Seen) -> (u16, String) {
         .with_no_client_auth()
         .with_single_cert(vec![leaf.der().clone()], key)
         .unwrap();
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    config.alpn_protocols = if h1_only {
+        vec![b"http/1.1".to_vec()]
+    } else {
+        vec![b"h2".to_vec(), b"http/1.1".to_vec()]
+    };
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
-    let _ = dir;
     tokio::spawn(async move {
         loop {
             let (tcp, _) = listener.accept().await.unwrap();
@@ -211,9 +214,13 @@ async fn spawn_plain_upstream(seen: Seen) -> u16 {
 }
 
 async fn world() -> World {
+    world_with(false, Limits::default()).await
+}
+
+async fn world_with(h1_only: bool, limits: Limits) -> World {
     let dir = tempfile::tempdir().unwrap();
     let seen: Seen = Arc::default();
-    let (upstream_port, upstream_ca) = spawn_upstream(dir.path(), seen.clone()).await;
+    let (upstream_port, upstream_ca) = spawn_upstream(seen.clone(), h1_only).await;
     let plain_port = spawn_plain_upstream(seen.clone()).await;
     let upstream_ca_file = dir.path().join("upstream-ca.pem");
     std::fs::write(&upstream_ca_file, &upstream_ca).unwrap();
@@ -261,7 +268,7 @@ async fn world() -> World {
         ca_key: Some(ca_key),
         upstream_ca_file: Some(upstream_ca_file),
         pinned,
-        limits: Limits::default(),
+        limits,
     };
     let env = |name: &str| match name {
         "TOKEN_A" => Some(TOKEN_A.to_string()),
@@ -611,4 +618,46 @@ async fn route_hosts_are_never_reached_over_plain_http() {
         .await;
     assert_eq!(r.status, 403, "{}", r.body);
     assert!(w.seen.lock().unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn route_over_an_http1_only_upstream() {
+    let w = world_with(true, Limits::default()).await;
+    let url = format!("https://route.test:{}/leak", w.upstream_port);
+    let r = w
+        .curl(
+            &url,
+            &["-H", &format!("Authorization: Bearer {CLIENT_FAKE}")],
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.stderr);
+    assert_no_token("the client's response", &r.body);
+    let seen = w.seen.lock().unwrap().clone();
+    let (headers, _) = seen.last().unwrap();
+    assert!(
+        headers.contains(&format!("authorization: Bearer {TOKEN_A}\n")),
+        "{headers}"
+    );
+    assert!(
+        headers.contains(&format!("host: route.test:{}\n", w.upstream_port)),
+        "{headers}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn oversized_request_heads_are_refused() {
+    let limits = Limits {
+        max_header_bytes: 16 * 1024,
+        ..Limits::default()
+    };
+    let w = world_with(false, limits).await;
+    let big = "a".repeat(64 * 1024);
+    let mut s = TcpStream::connect(w.gateway).await.unwrap();
+    let req = format!("CONNECT upstream.test:443 HTTP/1.1\r\nX-Big: {big}\r\n\r\n");
+    // The gateway may close while we still write; only its answer matters.
+    let _ = s.write_all(req.as_bytes()).await;
+    let mut got = Vec::new();
+    let _ = s.read_to_end(&mut got).await;
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 431"), "{text}");
 }
