@@ -661,3 +661,18 @@ async fn oversized_request_heads_are_refused() {
     let text = String::from_utf8_lossy(&got);
     assert!(text.starts_with("HTTP/1.1 431"), "{text}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn secrets_in_what_a_client_sends_never_reach_the_log() {
+    let w = world().await;
+    // A valid name made of the token's hex is denied (403) and logged with that name...
+    let host = format!("{}.evil.test:443", hex::encode(TOKEN_A));
+    let (status, _) = w.raw_connect(&host).await;
+    assert_eq!(status, 403);
+    // ...an unparsable authority (400) is logged as the client sent it.
+    let (status, _) = w.raw_connect(&format!("{TOKEN_B}@evil.test:443")).await;
+    assert_eq!(status, 400);
+    let text = w.log.text();
+    assert!(text.contains("[REDACTED].evil.test"), "{text}");
+    assert_no_token("the decision log", &text);
+}

@@ -1,6 +1,7 @@
 //! One JSON line per gateway decision. Lines carry names, addresses, counts and rule names;
 //! never header values, bodies or tokens (a secret found by the scanner is named by its
-//! environment variable).
+//! environment variable). Hosts and reasons can echo what a client sent, so each line is also
+//! scrubbed of the bundle's secrets before it is written.
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -8,6 +9,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
+
+use crate::bundle::secrets::SecretSet;
 
 /// What the gateway did with a connection or request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -56,6 +59,7 @@ struct Line<'a> {
 pub struct DecisionLog {
     bottle: Arc<str>,
     out: Arc<Mutex<Box<dyn Write + Send>>>,
+    secrets: Arc<SecretSet>,
 }
 
 impl DecisionLog {
@@ -63,6 +67,15 @@ impl DecisionLog {
         DecisionLog {
             bottle: bottle.into(),
             out: Arc::new(Mutex::new(out)),
+            secrets: Arc::default(),
+        }
+    }
+
+    /// This log, scrubbing `secrets` from every line.
+    pub fn scrubbing(self, secrets: SecretSet) -> DecisionLog {
+        DecisionLog {
+            secrets: Arc::new(secrets),
+            ..self
         }
     }
 
@@ -72,9 +85,10 @@ impl DecisionLog {
             bottle: &self.bottle,
             decision,
         };
-        let Ok(mut text) = serde_json::to_vec(&line) else {
+        let Ok(text) = serde_json::to_vec(&line) else {
             return;
         };
+        let mut text = self.secrets.scrub(&text);
         text.push(b'\n');
         // A poisoned lock only means another thread panicked mid-write; keep logging.
         let mut out = self.out.lock().unwrap_or_else(|e| e.into_inner());

@@ -187,11 +187,11 @@ impl Gateway {
                 policy,
                 routes,
                 pinned,
-                secrets,
                 resolver,
                 upstream_tls,
                 limits: config.limits.clone(),
-                log,
+                log: log.scrubbing(secrets.clone()),
+                secrets,
             }),
             listen: config.listen,
         })
