@@ -461,6 +461,76 @@ mod tests {
         }
     }
 
+    /// The fuzz targets' invariants (`fuzz/`), checked on generated inputs in every test run:
+    /// canonical forms are fixed points, and accepted authorities round-trip.
+    #[test]
+    fn canonical_forms_are_fixed_points() {
+        const ALPHABET: &[&str] = &[
+            "a",
+            "Z",
+            "0",
+            "1",
+            "7",
+            "9",
+            "x",
+            "0x",
+            ".",
+            "-",
+            "_",
+            "@",
+            ":",
+            "[",
+            "]",
+            "::",
+            "ffff",
+            "%",
+            "/",
+            "*",
+            "ü",
+            "ß",
+            "xn--",
+            "127",
+            "255",
+            "256",
+            "１",
+            "．",
+            "localhost",
+        ];
+        let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for _ in 0..20_000 {
+            let len = next() % 8;
+            let input: String = (0..len)
+                .map(|_| ALPHABET[(next() % ALPHABET.len() as u64) as usize])
+                .collect();
+            if let Ok(host) = Host::parse(&input) {
+                let printed = host.to_string();
+                assert_eq!(Host::parse(&printed), Ok(host.clone()), "input {input:?}");
+                if let Host::Domain(d) = &host {
+                    assert!(d.is_ascii() && !d.ends_with('.') && d.to_lowercase() == *d);
+                }
+                let authority = format!("{printed}:443");
+                assert_eq!(parse_authority(&authority, None), Ok((host, 443)));
+            }
+            if let Ok((host, port)) = parse_authority(&input, Some(80)) {
+                let again = parse_authority(&format!("{host}:{port}"), None);
+                assert_eq!(again, Ok((host, port)), "input {input:?}");
+            }
+            if let Ok(rule) = HostRule::parse(&input) {
+                assert_eq!(
+                    HostRule::parse(&rule.to_string()),
+                    Ok(rule),
+                    "input {input:?}"
+                );
+            }
+        }
+    }
+
     #[test]
     fn public_address_table() {
         let cases: &[(&str, bool)] = &[

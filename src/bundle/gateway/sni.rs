@@ -208,6 +208,24 @@ mod tests {
         );
     }
 
+    /// Corrupting any single byte of a valid ClientHello never panics, and a complete parse is
+    /// unchanged by trailing bytes (the `client_hello_sni` fuzz target's invariant).
+    #[test]
+    fn single_byte_corruptions() {
+        let h = hello(&[b"example.com"]);
+        for i in 0..h.len() {
+            for v in [0u8, 1, 0x7f, 0xff] {
+                let mut bad = h.clone();
+                bad[i] = v;
+                let first = parse_client_hello(&bad);
+                if let SniParse::Done(_) = first {
+                    bad.extend_from_slice(b"trailing");
+                    assert_eq!(parse_client_hello(&bad), first, "byte {i} = {v}");
+                }
+            }
+        }
+    }
+
     #[test]
     fn table() {
         let cases: &[(Vec<u8>, SniParse)] = &[
