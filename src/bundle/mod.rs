@@ -5,7 +5,11 @@
 //! the agent-facing HTTP proxy that runs inside the bundle container.
 
 pub mod ca;
+pub mod container;
 pub mod gateway;
 pub mod host;
+pub mod image;
+pub mod init;
+pub mod layout;
 pub mod policy;
 pub mod secrets;

@@ -1,47 +1,151 @@
-//! `krbottle bundle …`: the daemons of the sidecar bundle.
+//! `krbottle bundle …`: the sidecar bundle, from the host (up, down, logs, gc) and from inside
+//! its container (init, gateway).
 
 use std::sync::Arc;
 
 use anyhow::Context;
+use futures_util::StreamExt;
 
+use crate::bundle::container::{self, BundleRecord, Removed};
 use crate::bundle::gateway::Gateway;
 use crate::bundle::gateway::config::GatewayConfig;
 use crate::bundle::gateway::log::DecisionLog;
 use crate::bundle::gateway::resolve::SystemResolver;
-use crate::cli::{BundleCommand, GatewayArgs};
+use crate::bundle::layout::Daemon;
+use crate::bundle::{image, init};
+use crate::cli::{
+    BundleBottleArgs, BundleCommand, BundleGcArgs, BundleInitArgs, BundleLogsArgs, BundleUpArgs,
+    GatewayArgs,
+};
 use crate::exit;
-use crate::output::Reporter;
+use crate::manifest::Manifest;
+use crate::output::{Reporter, print_json};
 
-pub fn run(cmd: BundleCommand, _reporter: &Reporter) -> anyhow::Result<u8> {
-    match cmd {
-        BundleCommand::Gateway(args) => gateway(args),
-    }
-}
-
-fn gateway(args: GatewayArgs) -> anyhow::Result<u8> {
-    let config = GatewayConfig::load(&args.config)?;
+pub fn run(cmd: BundleCommand, reporter: &Reporter) -> anyhow::Result<u8> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(async {
-        let log = DecisionLog::new(&config.bottle, Box::new(std::io::stdout()));
-        let gateway = Gateway::new(
-            &config,
-            |name| std::env::var(name).ok(),
-            Arc::new(SystemResolver),
-            log,
-        )?;
-        let listener = gateway.bind().await?;
-        // Orchestration and tests read the bound address (the port may be 0 in the config).
-        eprintln!("krbottle gateway listening on {}", listener.local_addr()?);
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .context("cannot handle SIGTERM")?;
-        tokio::select! {
-            () = gateway.serve(listener) => {}
-            _ = term.recv() => {}
-            _ = tokio::signal::ctrl_c() => {}
+        match cmd {
+            BundleCommand::Gateway(args) => gateway(args).await,
+            BundleCommand::Up(args) => up(args, reporter).await,
+            BundleCommand::Down(args) => down(args, reporter).await,
+            BundleCommand::Logs(args) => logs(args).await,
+            BundleCommand::Gc(args) => gc(args, reporter).await,
+            BundleCommand::Init(args) => init_daemons(args).await,
         }
-        Ok(exit::OK)
     })
+}
+
+async fn gateway(args: GatewayArgs) -> anyhow::Result<u8> {
+    let config = GatewayConfig::load(&args.config)?;
+    let log = DecisionLog::new(&config.bottle, Box::new(std::io::stdout()));
+    let gateway = Gateway::new(
+        &config,
+        |name| std::env::var(name).ok(),
+        Arc::new(SystemResolver),
+        log,
+    )?;
+    let listener = gateway.bind().await?;
+    // Orchestration and tests read the bound address (the port may be 0 in the config).
+    eprintln!("krbottle gateway listening on {}", listener.local_addr()?);
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("cannot handle SIGTERM")?;
+    tokio::select! {
+        () = gateway.serve(listener) => {}
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    Ok(exit::OK)
+}
+
+async fn up(args: BundleUpArgs, reporter: &Reporter) -> anyhow::Result<u8> {
+    let manifest = Manifest::load(&args.manifest)?;
+    let bottle = manifest.bottles.get(&args.bottle).with_context(|| {
+        format!(
+            "no bottle {:?} in {} (it has: {:?})",
+            args.bottle,
+            args.manifest.display(),
+            manifest.bottles.keys().collect::<Vec<_>>()
+        )
+    })?;
+    let docker = container::connect().await?;
+    let binary = std::env::current_exe().context("cannot find the krbottle binary")?;
+    let spinner = reporter.spinner("building the bundle image");
+    let tag = image::ensure(&docker, &binary).await;
+    spinner.finish_and_clear();
+    let tag = tag?;
+    let record = container::up(&docker, bottle, &tag, &container::state_root(), |name| {
+        std::env::var(name).ok()
+    })
+    .await?;
+    print_record(&record, args.json, reporter)?;
+    Ok(exit::OK)
+}
+
+fn print_record(record: &BundleRecord, json: bool, reporter: &Reporter) -> anyhow::Result<()> {
+    if json {
+        print_json(record)?;
+    } else {
+        reporter.status(format!("bundle of bottle {} is up", record.bottle));
+        for (daemon, addr) in &record.endpoints {
+            println!("{daemon} {addr}");
+        }
+    }
+    Ok(())
+}
+
+fn print_removed(removed: &Removed, json: bool, reporter: &Reporter) -> anyhow::Result<()> {
+    if json {
+        print_json(removed)?;
+    } else {
+        reporter.status(format!(
+            "removed {} container(s) and {} network(s)",
+            removed.containers.len(),
+            removed.networks.len()
+        ));
+    }
+    Ok(())
+}
+
+async fn down(args: BundleBottleArgs, reporter: &Reporter) -> anyhow::Result<u8> {
+    let docker = container::connect().await?;
+    let removed = container::down(&docker, &container::state_root(), &args.bottle).await?;
+    print_removed(&removed, args.json, reporter)?;
+    Ok(exit::OK)
+}
+
+async fn gc(args: BundleGcArgs, reporter: &Reporter) -> anyhow::Result<u8> {
+    let docker = container::connect().await?;
+    let removed = container::gc(&docker, &container::state_root()).await?;
+    print_removed(&removed, args.json, reporter)?;
+    Ok(exit::OK)
+}
+
+async fn logs(args: BundleLogsArgs) -> anyhow::Result<u8> {
+    use std::io::Write;
+    let docker = container::connect().await?;
+    let mut stream = std::pin::pin!(container::logs(&docker, &args.bottle, args.follow));
+    while let Some(item) = stream.next().await {
+        match item? {
+            bollard::container::LogOutput::StdErr { message } => {
+                std::io::stderr().write_all(&message)?;
+            }
+            other => std::io::stdout().write_all(&other.into_bytes())?,
+        }
+    }
+    Ok(exit::OK)
+}
+
+async fn init_daemons(args: BundleInitArgs) -> anyhow::Result<u8> {
+    let daemons = args
+        .daemons
+        .iter()
+        .map(|name| {
+            Daemon::parse(name).with_context(|| format!("unknown daemon {name:?}; known: gateway"))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    init::run(&daemons, &args.config_dir).await?;
+    Ok(exit::OK)
 }

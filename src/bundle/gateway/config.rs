@@ -10,7 +10,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::manifest::Route;
+use crate::bundle::layout::{CA_CERT_FILE, CA_KEY_FILE, CONFIG_DIR, GATEWAY_PORT};
+use crate::manifest::{Bottle, Route};
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -93,6 +94,21 @@ pub enum ConfigError {
 }
 
 impl GatewayConfig {
+    /// The config of a bottle's gateway as it runs in the bundle container.
+    pub fn for_bottle(bottle: &Bottle) -> GatewayConfig {
+        GatewayConfig {
+            bottle: bottle.name.clone(),
+            listen: SocketAddr::from(([0, 0, 0, 0], GATEWAY_PORT)),
+            allow: bottle.allow.iter().map(ToString::to_string).collect(),
+            routes: bottle.routes.clone(),
+            ca_cert: Some(Path::new(CONFIG_DIR).join(CA_CERT_FILE)),
+            ca_key: Some(Path::new(CONFIG_DIR).join(CA_KEY_FILE)),
+            upstream_ca_file: None,
+            pinned: BTreeMap::new(),
+            limits: Limits::default(),
+        }
+    }
+
     pub fn load(path: &Path) -> Result<GatewayConfig, ConfigError> {
         let text = std::fs::read(path).map_err(|source| ConfigError::Read {
             path: path.to_path_buf(),
@@ -102,5 +118,29 @@ impl GatewayConfig {
             path: path.to_path_buf(),
             source,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest::Manifest;
+
+    #[test]
+    fn bottle_config_round_trips_through_json() {
+        let m = Manifest::parse(
+            Path::new("krbottle.toml"),
+            "[bottles.b]\nallow = [\"*.Example.com\", \"127.1\"]\n[[bottles.b.routes]]\nhost = \"api.example.com\"\nheader = \"authorization\"\nscheme = \"Bearer\"\ntoken_env = \"API_TOKEN\"\n",
+        )
+        .unwrap();
+        let config = GatewayConfig::for_bottle(&m.bottles["b"]);
+        assert_eq!(config.allow, vec!["*.example.com", "127.0.0.1"]);
+        assert_eq!(config.listen.port(), GATEWAY_PORT);
+        let text = serde_json::to_string(&config).unwrap();
+        assert!(!text.contains("token\":"), "names only: {text}");
+        assert_eq!(
+            serde_json::from_str::<GatewayConfig>(&text).unwrap(),
+            config
+        );
     }
 }
