@@ -153,7 +153,12 @@ fn up_serves_the_gateway_and_down_removes_everything() {
     let image = record["image"].as_str().unwrap();
     assert!(!docker(&["image", "inspect", image]).contains(TOKEN));
     assert!(!docker(&["history", "--no-trunc", image]).contains(TOKEN));
-    let top = docker(&["top", record["container"].as_str().unwrap(), "-eo", "pid,args"]);
+    let top = docker(&[
+        "top",
+        record["container"].as_str().unwrap(),
+        "-eo",
+        "pid,args",
+    ]);
     assert!(top.contains("gateway") && !top.contains(TOKEN), "{top}");
 
     let down = krbottle(&state, &["bundle", "down", &bottle], None);

@@ -124,6 +124,13 @@ async fn echo(seen: Seen, req: Request<hyper::body::Incoming>) -> Response<Full<
             .body(Full::new(Bytes::from(out)))
             .unwrap();
     }
+    if let Some(target) = parts.uri.query().and_then(|q| q.strip_prefix("redirect=")) {
+        return Response::builder()
+            .status(302)
+            .header("location", target)
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+    }
     let mut out = format!("{} {}\n{headers}\n", parts.method, parts.uri).into_bytes();
     out.extend(body);
     Response::new(Full::new(Bytes::from(out)))
@@ -675,4 +682,84 @@ async fn secrets_in_what_a_client_sends_never_reach_the_log() {
     let text = w.log.text();
     assert!(text.contains("[REDACTED].evil.test"), "{text}");
     assert_no_token("the decision log", &text);
+}
+
+/// A route's upstream redirecting to another host: the client follows with a new CONNECT,
+/// which is not the route, so the token does not follow.
+#[tokio::test(flavor = "multi_thread")]
+async fn token_does_not_follow_a_redirect_to_another_host() {
+    let w = world().await;
+    let p = w.upstream_port;
+    let url = format!("https://route.test:{p}/start?redirect=https://other.test:{p}/landed");
+    let r = w.curl(&url, &["-L"]).await;
+    assert_eq!(r.status, 200, "{}", r.stderr);
+    assert!(r.body.contains("/landed"), "{}", r.body);
+    let seen = w.seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 2);
+    assert!(
+        seen[0].0.contains(TOKEN_A),
+        "the route request carries the token"
+    );
+    assert!(
+        !seen[1].0.contains(TOKEN_A),
+        "the redirected request must not: {}",
+        seen[1].0
+    );
+    assert!(!seen[1].0.contains("authorization"), "{}", seen[1].0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn idle_tunnels_are_closed() {
+    let limits = Limits {
+        idle_timeout_secs: 1,
+        ..Limits::default()
+    };
+    let w = world_with(false, limits).await;
+    let mut s = TcpStream::connect(w.gateway).await.unwrap();
+    let authority = format!("upstream.test:{}", w.upstream_port);
+    s.write_all(format!("CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    // The gateway answers 200, then closes the silent tunnel; the bound only stops a hang.
+    let read =
+        tokio::time::timeout(std::time::Duration::from_secs(30), s.read_to_end(&mut got)).await;
+    assert!(read.is_ok(), "the idle tunnel was not closed");
+    assert!(String::from_utf8_lossy(&got).starts_with("HTTP/1.1 200"));
+    w.wait_for_line(|l| l["decision"] == "deny" && l["reason"] == "client closed before TLS")
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn connections_beyond_the_limit_wait_for_a_slot() {
+    let limits = Limits {
+        max_connections: 1,
+        ..Limits::default()
+    };
+    let w = world_with(false, limits).await;
+    // The listen backlog is FIFO: the first connection takes the only slot.
+    let first = TcpStream::connect(w.gateway).await.unwrap();
+    let gateway = w.gateway;
+    let second = tokio::spawn(async move {
+        let mut s = TcpStream::connect(gateway).await.unwrap();
+        s.write_all(b"CONNECT evil.test:443 HTTP/1.1\r\nHost: evil.test:443\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = vec![0u8; 1024];
+        let n = s.read(&mut buf).await.unwrap();
+        String::from_utf8_lossy(&buf[..n]).to_string()
+    });
+    let waited = tokio::time::timeout(std::time::Duration::from_millis(300), async {
+        while !second.is_finished() {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    assert!(
+        waited.is_err(),
+        "the second connection was served while the first held the slot"
+    );
+    drop(first);
+    let answer = second.await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 403"), "{answer}");
 }
