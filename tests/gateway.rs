@@ -81,6 +81,12 @@ struct World {
     seen: Seen,
 }
 
+fn gzip(data: &[u8]) -> Vec<u8> {
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    e.write_all(data).unwrap();
+    e.finish().unwrap()
+}
+
 fn every_encoding(token: &str) -> Vec<String> {
     let b = token.as_bytes();
     vec![
@@ -122,6 +128,13 @@ async fn echo(seen: Seen, req: Request<hyper::body::Incoming>) -> Response<Full<
             .header("x-leak", TOKEN_A)
             .header("set-cookie", format!("session={TOKEN_A}"))
             .body(Full::new(Bytes::from(out)))
+            .unwrap();
+    }
+    if parts.uri.path() == "/encoded" {
+        // Ignores accept-encoding: identity; the bytes could hide the token from a scrubber.
+        return Response::builder()
+            .header("content-encoding", "gzip")
+            .body(Full::new(Bytes::from(gzip(TOKEN_A.as_bytes()))))
             .unwrap();
     }
     if let Some(target) = parts.uri.query().and_then(|q| q.strip_prefix("redirect=")) {
@@ -762,4 +775,47 @@ async fn connections_beyond_the_limit_wait_for_a_slot() {
     drop(first);
     let answer = second.await.unwrap();
     assert!(answer.starts_with("HTTP/1.1 403"), "{answer}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn compressed_bodies_are_scanned_or_refused() {
+    let w = world().await;
+    let plain = format!("http://plain.test:{}/", w.plain_port);
+    let dir = tempfile::tempdir().unwrap();
+    let secret_gz = dir.path().join("secret.gz");
+    std::fs::write(&secret_gz, gzip(format!("key={TOKEN_B}").as_bytes())).unwrap();
+    let clean_gz = dir.path().join("clean.gz");
+    std::fs::write(&clean_gz, gzip(b"key=harmless")).unwrap();
+    let upload = |path: &std::path::Path, encoding: &str| {
+        vec![
+            "--data-binary".to_string(),
+            format!("@{}", path.display()),
+            "-H".to_string(),
+            format!("Content-Encoding: {encoding}"),
+        ]
+    };
+    let cases = [
+        (upload(&secret_gz, "gzip"), 403, "bundle secret TOKEN_B"),
+        (upload(&clean_gz, "br"), 415, "content-encoding"),
+        (upload(&clean_gz, "gzip"), 200, "POST /"),
+    ];
+    for (extra, status, needle) in &cases {
+        let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+        let r = w.curl(&plain, &extra).await;
+        assert_eq!(r.status, *status, "{extra:?}: {}", r.body);
+        assert!(r.body.contains(needle), "{extra:?}: {}", r.body);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn encoded_route_responses_are_refused() {
+    let w = world().await;
+    let r = w
+        .curl(
+            &format!("https://route.test:{}/encoded", w.upstream_port),
+            &[],
+        )
+        .await;
+    assert_eq!(r.status, 502, "{}", r.body);
+    assert!(r.body.contains("encoded body"), "{}", r.body);
 }

@@ -129,8 +129,9 @@ async fn forward(
             return shared.deny(peer, host, port, status, "request body too large or broken");
         }
     };
-    if let Some(secret) = shared.find_secret(&parts, &body, Some(&route.route.token_env)) {
-        return shared.block(peer, host, port, &secret);
+    let own = Some(route.route.token_env.as_str());
+    if let Some(refusal) = shared.refuse_secrets(peer, host, port, &parts, &body, own) {
+        return refusal;
     }
     strip_hop_headers(&mut parts.headers);
     for name in CLIENT_CREDENTIALS {
@@ -205,6 +206,20 @@ async fn forward(
         }
     };
     let (mut rparts, rbody) = resp.into_parts();
+    // The scrubber reads bytes as sent: an encoded body could carry the token past it.
+    let encoded = rparts
+        .headers
+        .get(header::CONTENT_ENCODING)
+        .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"));
+    if encoded {
+        return shared.deny(
+            peer,
+            host,
+            port,
+            StatusCode::BAD_GATEWAY,
+            "upstream sent an encoded body despite accept-encoding: identity",
+        );
+    }
     strip_hop_headers(&mut rparts.headers);
     // The scrubbed body may change length; hyper frames it again.
     rparts.headers.remove(header::CONTENT_LENGTH);

@@ -18,6 +18,7 @@ pub mod resolve;
 pub mod sni;
 
 mod body;
+mod decode;
 mod intercept;
 mod splice;
 mod upstream;
@@ -521,17 +522,23 @@ impl Shared {
         }
     }
 
-    /// The name of a bundle secret carried anywhere in the request, except `own`'s.
+    /// The name of a bundle secret carried anywhere in the request, except `own`'s. A body
+    /// whose encoding cannot be read is an error: it is refused rather than passed unscanned.
     fn find_secret(
         &self,
         parts: &http::request::Parts,
         body: &[u8],
         own: Option<&str>,
-    ) -> Option<String> {
+    ) -> Result<Option<String>, decode::DecodeError> {
         if self.secrets.is_empty() {
-            return None;
+            return Ok(None);
         }
         let uri = parts.uri.to_string();
+        let encoding = parts
+            .headers
+            .get(header::CONTENT_ENCODING)
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+        let decoded = decode::decode_body(encoding.as_deref(), body, self.limits.max_body_bytes)?;
         let found = self
             .secrets
             .find_in(uri.as_bytes(), own)
@@ -541,8 +548,32 @@ impl Shared {
                     .values()
                     .find_map(|v| self.secrets.find_in(v.as_bytes(), own))
             })
-            .or_else(|| self.secrets.find_in(body, own));
-        found.map(str::to_string)
+            .or_else(|| self.secrets.find_in(body, own))
+            .or_else(|| decoded.and_then(|d| self.secrets.find_in(&d, own)));
+        Ok(found.map(str::to_string))
+    }
+
+    /// Scans a request; the response to send instead of forwarding it, if any.
+    fn refuse_secrets(
+        &self,
+        peer: SocketAddr,
+        host: &str,
+        port: u16,
+        parts: &http::request::Parts,
+        body: &[u8],
+        own: Option<&str>,
+    ) -> Option<Response<ProxyBody>> {
+        match self.find_secret(parts, body, own) {
+            Ok(None) => None,
+            Ok(Some(secret)) => Some(self.block(peer, host, port, &secret)),
+            Err(e) => Some(self.deny(
+                peer,
+                host,
+                port,
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                &e.to_string(),
+            )),
+        }
     }
 
     fn block(&self, peer: SocketAddr, host: &str, port: u16, secret: &str) -> Response<ProxyBody> {
@@ -615,8 +646,8 @@ impl Shared {
                 );
             }
         };
-        if let Some(secret) = self.find_secret(&parts, &body, None) {
-            return self.block(peer, &host_str, port, &secret);
+        if let Some(refusal) = self.refuse_secrets(peer, &host_str, port, &parts, &body, None) {
+            return refusal;
         }
         strip_hop_headers(&mut parts.headers);
         let host_header = if port == 80 {
