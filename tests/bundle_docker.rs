@@ -2,8 +2,10 @@
 //! as the client. These tests skip (saying why) without a Docker engine or the local base
 //! image, and fail instead when `CI` is set.
 
+use std::convert::Infallible;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
+use std::sync::Arc;
 use std::time::Duration;
 
 const BIN: &str = env!("CARGO_BIN_EXE_krbottle");
@@ -297,4 +299,268 @@ fn gc_removes_what_a_killed_up_left_behind() {
         "{removed}"
     );
     assert_eq!(leftovers(&bottle).trim(), "");
+}
+
+/// The HTTPS (8443) and HTTP (8080) echo upstream, run inside a container on the bundle's
+/// network by `route_through_the_bundle_container`. It prints each request head on stdout
+/// (read back with `docker logs`) and answers with the head and body it received.
+#[test]
+#[ignore = "the upstream server, started inside a container by another test"]
+fn echo_upstream_main() {
+    let certs =
+        std::path::PathBuf::from(std::env::var_os("KRB_ECHO_CERTS").expect("KRB_ECHO_CERTS"));
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async move {
+        use rustls_pki_types::pem::PemObject;
+        let chain = rustls_pki_types::CertificateDer::pem_file_iter(certs.join("cert.pem"))
+            .unwrap()
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap();
+        let key = rustls_pki_types::PrivateKeyDer::from_pem_file(certs.join("key.pem")).unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(chain, key)
+            .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let tls = tokio::net::TcpListener::bind("0.0.0.0:8443").await.unwrap();
+        let plain = tokio::net::TcpListener::bind("0.0.0.0:8080").await.unwrap();
+        println!("echo upstream ready");
+        let svc = || {
+            hyper::service::service_fn(|req: hyper::Request<hyper::body::Incoming>| async move {
+                use http_body_util::BodyExt;
+                let (parts, body) = req.into_parts();
+                let body = body.collect().await.unwrap().to_bytes();
+                let mut head = format!("{} {}\n", parts.method, parts.uri);
+                for (k, v) in &parts.headers {
+                    head.push_str(&format!("{k}: {}\n", String::from_utf8_lossy(v.as_bytes())));
+                }
+                println!("{head}");
+                let out = format!("{head}\n{}", String::from_utf8_lossy(&body));
+                Ok::<_, Infallible>(hyper::Response::new(http_body_util::Full::new(
+                    bytes::Bytes::from(out),
+                )))
+            })
+        };
+        let plain_task = tokio::spawn(async move {
+            loop {
+                let (tcp, _) = plain.accept().await.unwrap();
+                tokio::spawn(
+                    hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(tcp), svc()),
+                );
+            }
+        });
+        loop {
+            let (tcp, _) = tls.accept().await.unwrap();
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                if let Ok(stream) = acceptor.accept(tcp).await {
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), svc())
+                        .await;
+                }
+            });
+            if plain_task.is_finished() {
+                return;
+            }
+        }
+    });
+}
+
+/// The whole path through Docker: curl on the host → the bundle's published gateway port →
+/// the gateway in the bundle container → an HTTPS upstream container on the bundle's network
+/// under allowlisted names, with its own test CA.
+#[test]
+fn route_through_the_bundle_container() {
+    use krbottle::bundle::container;
+    use krbottle::bundle::gateway::config::GatewayConfig;
+    use krbottle::manifest::{Manifest, Route};
+
+    if !docker_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let bottle_name = format!("kt{}rt", std::process::id());
+    let _down = Down(&state, vec![bottle_name.clone()]);
+
+    // The upstream's own CA and certificate for both of its names.
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "docker test upstream CA");
+    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(ca_params, &ca_key);
+    let leaf_key = rcgen::KeyPair::generate().unwrap();
+    let mut leaf_params =
+        rcgen::CertificateParams::new(vec!["upstream.test".to_string(), "route.test".to_string()])
+            .unwrap();
+    leaf_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "upstream.test");
+    let leaf = leaf_params.signed_by(&leaf_key, &issuer).unwrap();
+    let certs = dir.path().join("certs");
+    std::fs::create_dir(&certs).unwrap();
+    std::fs::write(certs.join("cert.pem"), leaf.pem()).unwrap();
+    std::fs::write(certs.join("key.pem"), leaf_key.serialize_pem()).unwrap();
+    std::fs::write(certs.join("ca.pem"), ca_cert.pem()).unwrap();
+
+    let manifest = Manifest::parse(
+        Path::new("krbottle.toml"),
+        &format!("[bottles.{bottle_name}]\nallow = [\"upstream.test\"]\n"),
+    )
+    .unwrap();
+    let bottle = &manifest.bottles[&bottle_name];
+    let mut gateway = GatewayConfig::for_bottle(bottle);
+    gateway.routes = vec![Route {
+        host: "route.test".into(),
+        header: "authorization".into(),
+        scheme: Some("Bearer".into()),
+        token_env: "KRB_DOCKER_TEST_TOKEN".into(),
+    }];
+    gateway.internal_hosts = vec!["upstream.test".into(), "route.test".into()];
+    gateway.upstream_ca_file =
+        Some(Path::new(krbottle::bundle::layout::CONFIG_DIR).join("upstream-ca.pem"));
+    let bundle_dir = container::bundle_dir(&state, &bottle_name);
+    std::fs::create_dir_all(&bundle_dir).unwrap();
+    std::fs::write(bundle_dir.join("upstream-ca.pem"), ca_cert.pem()).unwrap();
+
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let record = runtime.block_on(async {
+        let docker = container::connect().await.unwrap();
+        let image = krbottle::bundle::image::ensure(&docker, Path::new(BIN))
+            .await
+            .unwrap();
+        container::up(&docker, bottle, &gateway, &image, &state, |name| {
+            (name == "KRB_DOCKER_TEST_TOKEN").then(|| TOKEN.to_string())
+        })
+        .await
+        .unwrap()
+    });
+    let proxy = format!("http://{}", record.endpoints["gateway"]);
+
+    // The upstream container, labelled like the bundle so `down` removes it with the network.
+    let upstream = format!("{bottle_name}-upstream");
+    let test_binary = std::env::current_exe().unwrap();
+    let run = docker(&[
+        "run",
+        "-d",
+        "--name",
+        &upstream,
+        "--network",
+        &record.network,
+        "--network-alias",
+        "upstream.test",
+        "--network-alias",
+        "route.test",
+        "--label",
+        "krbottle.role=bundle",
+        "--label",
+        &format!("krbottle.bottle={bottle_name}"),
+        "--label",
+        &format!("krbottle.state-dir={}", state.display()),
+        "-v",
+        &format!("{}:/t/test:ro", test_binary.display()),
+        "-v",
+        &format!("{}:/certs:ro", certs.display()),
+        "-e",
+        "KRB_ECHO_CERTS=/certs",
+        krbottle::bundle::image::BASE_IMAGE,
+        "/t/test",
+        "--ignored",
+        "--exact",
+        "echo_upstream_main",
+        "--nocapture",
+    ]);
+    assert!(!run.contains("Error"), "{run}");
+
+    let curl = |args: &[&str]| {
+        let out = Command::new("curl")
+            .args([
+                "-sS",
+                "--max-time",
+                "20",
+                "-w",
+                "\n%{http_code}",
+                "--proxy",
+                &proxy,
+            ])
+            .args(args)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr)
+    };
+    let upstream_ca = certs.join("ca.pem");
+    let upstream_ca = upstream_ca.to_str().unwrap();
+    let mut ready = false;
+    for _ in 0..200 {
+        if curl(&["--cacert", upstream_ca, "https://upstream.test:8443/ready"]).ends_with("200") {
+            ready = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        ready,
+        "the upstream never answered through the gateway: {}",
+        docker(&["logs", &upstream])
+    );
+
+    // Route: the upstream sees the real token, never the client's; the client never sees it.
+    let bottle_ca = bundle_dir.join("ca.pem");
+    let answer = curl(&[
+        "--cacert",
+        bottle_ca.to_str().unwrap(),
+        "-H",
+        "Authorization: Bearer client-fake-credential",
+        "https://route.test:8443/v1/echo",
+    ]);
+    assert!(answer.ends_with("200"), "{answer}");
+    assert!(
+        answer.contains("authorization: Bearer [REDACTED]"),
+        "{answer}"
+    );
+    assert!(
+        !answer.contains(TOKEN) && !answer.contains("client-fake-credential"),
+        "{answer}"
+    );
+    let seen = docker(&["logs", &upstream]);
+    assert!(
+        seen.contains(&format!("authorization: Bearer {TOKEN}")),
+        "{seen}"
+    );
+    assert!(!seen.contains("client-fake-credential"), "{seen}");
+
+    // Secret scanning: the token in clear HTTP to an allowed, non-route host is blocked.
+    let blocked = curl(&[&format!("http://upstream.test:8080/?k={TOKEN}")]);
+    assert!(
+        blocked.ends_with("403") && blocked.contains("KRB_DOCKER_TEST_TOKEN"),
+        "{blocked}"
+    );
+
+    let logs = krbottle(&state, &["bundle", "logs", &bottle_name], None);
+    let logs =
+        String::from_utf8_lossy(&logs.stdout).to_string() + &String::from_utf8_lossy(&logs.stderr);
+    assert!(
+        logs.contains(r#""decision":"route""#) && logs.contains(r#""decision":"block""#),
+        "{logs}"
+    );
+    assert!(!logs.contains(TOKEN), "{logs}");
+
+    let down = krbottle(&state, &["bundle", "down", &bottle_name], None);
+    assert!(
+        down.status.success(),
+        "{}",
+        String::from_utf8_lossy(&down.stderr)
+    );
+    assert_eq!(
+        leftovers(&bottle_name).trim(),
+        "",
+        "nothing of the bottle remains"
+    );
 }

@@ -288,6 +288,7 @@ async fn world_with(h1_only: bool, limits: Limits) -> World {
         ca_key: Some(ca_key),
         upstream_ca_file: Some(upstream_ca_file),
         pinned,
+        internal_hosts: Vec::new(),
         limits,
     };
     let env = |name: &str| match name {

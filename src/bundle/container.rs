@@ -4,7 +4,8 @@
 //! Invariants:
 //! - Secrets reach the container only as environment set through the API: never on a command
 //!   line, never in a file in the image or in the bottle's directory.
-//! - The config and the CA are bind-mounted read-only; the CA key is mode 0600 on the host.
+//! - The bottle's bundle directory (config, CA) is bind-mounted read-only; the CA key is mode
+//!   0600 on the host.
 //! - Agent-facing ports are published on `127.0.0.1` only, on random host ports.
 //! - Every object carries the bottle, role, state-directory and owner-pid labels, so `down`
 //!   and `gc` find them after a crash. A bundle is "up" only once its record (`up.json`) is
@@ -205,18 +206,21 @@ fn filters(state_root: &Path, bottle: Option<&str>) -> HashMap<String, Vec<Strin
     HashMap::from([("label".to_string(), label)])
 }
 
-/// Starts the bundle of `bottle` from `image` and waits until its daemons answer.
-/// `env` reads the host environment (the route tokens).
+/// Starts the bundle of `bottle` from `image` with the gateway config `gateway` (usually
+/// [`GatewayConfig::for_bottle`]) and waits until its daemons answer. `env` reads the host
+/// environment (the route tokens). Files put in [`bundle_dir`] beforehand are visible to the
+/// daemons under [`CONFIG_DIR`].
 pub async fn up(
     docker: &Docker,
     bottle: &Bottle,
+    gateway: &GatewayConfig,
     image: &str,
     state_root: &Path,
     env: impl Fn(&str) -> Option<String>,
 ) -> Result<BundleRecord, BundleError> {
     let name = &bottle.name;
     let mut secrets = Vec::new();
-    for route in &bottle.routes {
+    for route in &gateway.routes {
         let token = env(&route.token_env).ok_or_else(|| BundleError::ReadToken {
             bottle: name.clone(),
             host: route.host.clone(),
@@ -237,9 +241,8 @@ pub async fn up(
             source,
         })?;
     }
-    let config = GatewayConfig::for_bottle(bottle);
     let config_path = dir.join(GATEWAY_CONFIG_FILE);
-    let json = serde_json::to_vec_pretty(&config).unwrap_or_default();
+    let json = serde_json::to_vec_pretty(gateway).unwrap_or_default();
     write_atomic(&config_path, &json, 0o644).map_err(|source| BundleError::WriteConfig {
         bottle: name.clone(),
         source,
@@ -313,12 +316,6 @@ async fn create_and_wait(
     secrets: Vec<String>,
 ) -> Result<BundleRecord, BundleError> {
     let daemons = [Daemon::Gateway];
-    let mount = |file: &str| {
-        format!(
-            "{}:{CONFIG_DIR}/{file}:ro",
-            dir.join(file).to_string_lossy()
-        )
-    };
     let port_bindings = daemons
         .iter()
         .map(|d| {
@@ -342,11 +339,7 @@ async fn create_and_wait(
                 .collect(),
         ),
         host_config: Some(HostConfig {
-            binds: Some(vec![
-                mount(GATEWAY_CONFIG_FILE),
-                mount(CA_CERT_FILE),
-                mount(CA_KEY_FILE),
-            ]),
+            binds: Some(vec![format!("{}:{CONFIG_DIR}:ro", dir.to_string_lossy())]),
             port_bindings: Some(port_bindings),
             network_mode: Some(network.to_string()),
             init: Some(true),

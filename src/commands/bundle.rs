@@ -76,9 +76,15 @@ async fn up(args: BundleUpArgs, reporter: &Reporter) -> anyhow::Result<u8> {
     let tag = image::ensure(&docker, &binary).await;
     spinner.finish_and_clear();
     let tag = tag?;
-    let record = container::up(&docker, bottle, &tag, &container::state_root(), |name| {
-        std::env::var(name).ok()
-    })
+    let gateway = GatewayConfig::for_bottle(bottle);
+    let record = container::up(
+        &docker,
+        bottle,
+        &gateway,
+        &tag,
+        &container::state_root(),
+        |name| std::env::var(name).ok(),
+    )
     .await?;
     print_record(&record, args.json, reporter)?;
     Ok(exit::OK)

@@ -37,6 +37,10 @@ pub struct GatewayConfig {
     /// be private because the operator chose it (the bundle network's own services, tests).
     #[serde(default)]
     pub pinned: BTreeMap<String, IpAddr>,
+    /// Allowed names that may resolve to private addresses: services on the bundle's own
+    /// Docker network. Every other name must resolve to public addresses only.
+    #[serde(default)]
+    pub internal_hosts: Vec<String>,
     #[serde(default)]
     pub limits: Limits,
 }
@@ -105,6 +109,7 @@ impl GatewayConfig {
             ca_key: Some(Path::new(CONFIG_DIR).join(CA_KEY_FILE)),
             upstream_ca_file: None,
             pinned: BTreeMap::new(),
+            internal_hosts: Vec::new(),
             limits: Limits::default(),
         }
     }

@@ -109,6 +109,8 @@ struct Shared {
     policy: Policy,
     routes: Vec<RouteState>,
     pinned: HashMap<String, IpAddr>,
+    /// Canonical names allowed to resolve to private addresses.
+    internal: Vec<String>,
     secrets: SecretSet,
     resolver: Arc<dyn Resolver>,
     upstream_tls: Arc<rustls::ClientConfig>,
@@ -139,6 +141,12 @@ impl Gateway {
             let host = Host::parse(name).map_err(GatewayError::ParseHost)?;
             pinned.insert(host.to_string(), *ip);
         }
+        let internal = config
+            .internal_hosts
+            .iter()
+            .map(|n| Host::parse(n).map(|h| h.to_string()))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(GatewayError::ParseHost)?;
         let ca = match (&config.ca_cert, &config.ca_key) {
             _ if config.routes.is_empty() => None,
             (Some(cert), Some(key)) => {
@@ -188,6 +196,7 @@ impl Gateway {
                 policy,
                 routes,
                 pinned,
+                internal,
                 resolver,
                 upstream_tls,
                 limits: config.limits.clone(),

@@ -70,7 +70,8 @@ impl Shared {
                         return Err(resolve(std::io::ErrorKind::NotFound.into()));
                     }
                     // One private answer taints the set: a rebinding resolver mixes them.
-                    if let Some(bad) = addrs.iter().find(|a| !is_public(a.ip())) {
+                    let internal = self.internal.contains(name);
+                    if let Some(bad) = addrs.iter().find(|a| !internal && !is_public(a.ip())) {
                         return Err(DialError::NotPublic {
                             host: name.clone(),
                             ip: bad.ip(),
