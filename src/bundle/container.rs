@@ -156,6 +156,8 @@ pub struct BundleRecord {
 pub struct Removed {
     pub containers: Vec<String>,
     pub networks: Vec<String>,
+    /// Stale bundle images (`gc` only).
+    pub images: Vec<String>,
 }
 
 /// Connects to the engine and negotiates the API version (Docker 20.10 speaks 1.41).

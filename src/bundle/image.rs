@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use bollard::Docker;
-use bollard::query_parameters::BuildImageOptions;
+use bollard::query_parameters::{BuildImageOptions, ListImagesOptions, RemoveImageOptions};
 use futures_util::StreamExt;
 use sha2::{Digest, Sha256};
 
@@ -41,6 +41,11 @@ pub enum ImageError {
     },
     #[error("building the bundle image {tag} failed: {message}")]
     BuildStep { tag: String, message: String },
+    #[error("cannot remove stale bundle images")]
+    Prune {
+        #[source]
+        source: bollard::errors::Error,
+    },
     #[error("cannot pack the bundle image's build context")]
     PackContext(#[source] std::io::Error),
 }
@@ -55,8 +60,8 @@ pub fn inputs_hash(dockerfile: &str, binary: &[u8], base_id: &str) -> String {
     hex::encode(h.finalize())
 }
 
-/// Makes sure the bundle image for `binary` exists; returns its tag.
-pub async fn ensure(docker: &Docker, binary: &Path) -> Result<String, ImageError> {
+/// The tag the bundle image of `binary` has, its inputs' hash, and the binary's bytes.
+async fn plan(docker: &Docker, binary: &Path) -> Result<(String, String, Vec<u8>), ImageError> {
     let bytes = std::fs::read(binary).map_err(|source| ImageError::ReadBinary {
         path: binary.to_path_buf(),
         source,
@@ -70,6 +75,51 @@ pub async fn ensure(docker: &Docker, binary: &Path) -> Result<String, ImageError
         })?;
     let hash = inputs_hash(DOCKERFILE, &bytes, base.id.as_deref().unwrap_or_default());
     let tag = format!("{IMAGE_REPO}:{}", &hash[..16]);
+    Ok((tag, hash, bytes))
+}
+
+/// The tag of the bundle image for `binary` (built or not).
+pub async fn current_tag(docker: &Docker, binary: &Path) -> Result<String, ImageError> {
+    Ok(plan(docker, binary).await?.0)
+}
+
+/// Removes the bundle image tags other than `keep` whose image no container uses; returns
+/// the removed tags. Untagging by name leaves images that other repositories share.
+pub async fn prune_stale(docker: &Docker, keep: &str) -> Result<Vec<String>, ImageError> {
+    let prune = |source| ImageError::Prune { source };
+    let images = docker
+        .list_images(Some(ListImagesOptions {
+            filters: Some(HashMap::from([(
+                "reference".to_string(),
+                vec![IMAGE_REPO.to_string()],
+            )])),
+            ..Default::default()
+        }))
+        .await
+        .map_err(prune)?;
+    let mut removed = Vec::new();
+    for image in images {
+        if image.repo_tags.iter().any(|t| t == keep) {
+            continue;
+        }
+        match docker
+            .remove_image(&image.id, None::<RemoveImageOptions>, None)
+            .await
+        {
+            Ok(_) => removed.push(image.id),
+            // In use by a container (another state directory's bundle): keep it.
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 409, ..
+            }) => {}
+            Err(source) => return Err(prune(source)),
+        }
+    }
+    Ok(removed)
+}
+
+/// Makes sure the bundle image for `binary` exists; returns its tag.
+pub async fn ensure(docker: &Docker, binary: &Path) -> Result<String, ImageError> {
+    let (tag, hash, bytes) = plan(docker, binary).await?;
     if let Ok(existing) = docker.inspect_image(&tag).await {
         let label = existing
             .config

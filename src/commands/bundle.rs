@@ -107,9 +107,10 @@ fn print_removed(removed: &Removed, json: bool, reporter: &Reporter) -> anyhow::
         print_json(removed)?;
     } else {
         reporter.status(format!(
-            "removed {} container(s) and {} network(s)",
+            "removed {} container(s), {} network(s) and {} image(s)",
             removed.containers.len(),
-            removed.networks.len()
+            removed.networks.len(),
+            removed.images.len()
         ));
     }
     Ok(())
@@ -124,7 +125,13 @@ async fn down(args: BundleBottleArgs, reporter: &Reporter) -> anyhow::Result<u8>
 
 async fn gc(args: BundleGcArgs, reporter: &Reporter) -> anyhow::Result<u8> {
     let docker = container::connect().await?;
-    let removed = container::gc(&docker, &container::state_root()).await?;
+    let mut removed = container::gc(&docker, &container::state_root()).await?;
+    // Old bundle images pile up with every new binary; keep only this binary's.
+    let binary = std::env::current_exe().context("cannot find the krbottle binary")?;
+    match image::current_tag(&docker, &binary).await {
+        Ok(tag) => removed.images = image::prune_stale(&docker, &tag).await?,
+        Err(e) => tracing::debug!("not pruning bundle images: {e}"),
+    }
     print_removed(&removed, args.json, reporter)?;
     Ok(exit::OK)
 }
