@@ -564,3 +564,45 @@ fn route_through_the_bundle_container() {
         "nothing of the bottle remains"
     );
 }
+
+#[test]
+fn interrupted_up_removes_what_it_created() {
+    if !docker_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let bottle = format!("kt{}int", std::process::id());
+    let m = manifest(dir.path(), &[&bottle], true);
+    let _down = Down(&state, vec![bottle.clone()]);
+    // As in the gc test, a refused token keeps `up` waiting for readiness.
+    let up = Command::new(BIN)
+        .args(["bundle", "up", &bottle, "--manifest"])
+        .arg(&m)
+        .env("KRBOTTLE_STATE_DIR", &state)
+        .env("KRB_DOCKER_TEST_TOKEN", "short")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let filter = format!("label=krbottle.bottle={bottle}");
+    let mut created = false;
+    for _ in 0..1200 {
+        if !docker(&["ps", "-q", "--filter", &filter]).trim().is_empty() {
+            created = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let pid = rustix::process::Pid::from_raw(up.id() as i32).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::INT).unwrap();
+    let out = up.wait_with_output().unwrap();
+    assert!(created, "the bundle container never appeared");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("interrupted"));
+    assert_eq!(
+        leftovers(&bottle).trim(),
+        "",
+        "an interrupted up leaves nothing behind"
+    );
+}

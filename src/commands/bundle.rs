@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use futures_util::StreamExt;
+use tokio::signal::unix::{SignalKind, signal};
 
 use crate::bundle::container::{self, BundleRecord, Removed};
 use crate::bundle::gateway::Gateway;
@@ -50,8 +51,7 @@ async fn gateway(args: GatewayArgs) -> anyhow::Result<u8> {
     let listener = gateway.bind().await?;
     // Orchestration and tests read the bound address (the port may be 0 in the config).
     eprintln!("krbottle gateway listening on {}", listener.local_addr()?);
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .context("cannot handle SIGTERM")?;
+    let mut term = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
     tokio::select! {
         () = gateway.serve(listener) => {}
         _ = term.recv() => {}
@@ -77,17 +77,29 @@ async fn up(args: BundleUpArgs, reporter: &Reporter) -> anyhow::Result<u8> {
     spinner.finish_and_clear();
     let tag = tag?;
     let gateway = GatewayConfig::for_bottle(bottle);
-    let record = container::up(
-        &docker,
-        bottle,
-        &gateway,
-        &tag,
-        &container::state_root(),
-        |name| std::env::var(name).ok(),
-    )
-    .await?;
+    let state_root = container::state_root();
+    let mut term = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+    let up = container::up(&docker, bottle, &gateway, &tag, &state_root, |name| {
+        std::env::var(name).ok()
+    });
+    let record = tokio::select! {
+        record = up => record?,
+        // Interrupted mid-way: take down what was created rather than leave it to `gc`.
+        _ = term.recv() => return interrupted(&docker, &state_root, &bottle.name).await,
+        _ = int.recv() => return interrupted(&docker, &state_root, &bottle.name).await,
+    };
     print_record(&record, args.json, reporter)?;
     Ok(exit::OK)
+}
+
+async fn interrupted(
+    docker: &bollard::Docker,
+    state_root: &std::path::Path,
+    bottle: &str,
+) -> anyhow::Result<u8> {
+    container::down(docker, state_root, bottle).await?;
+    anyhow::bail!("interrupted; what was started for bottle {bottle} has been removed")
 }
 
 fn print_record(record: &BundleRecord, json: bool, reporter: &Reporter) -> anyhow::Result<()> {

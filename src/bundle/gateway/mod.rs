@@ -495,6 +495,9 @@ impl Shared {
             Ok(h) => h,
             Err(splice::HelloError::NotTls) => return refuse("tunnel does not start with TLS"),
             Err(splice::HelloError::Closed) => return refuse("client closed before TLS"),
+            Err(splice::HelloError::Encrypted) => {
+                return refuse("encrypted ClientHello (ECH) hides the server name");
+            }
         };
         let sni_ok = match (&host, sni.as_deref().map(Host::parse)) {
             (Host::Domain(_), Some(Ok(s))) => s == host,

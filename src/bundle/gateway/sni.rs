@@ -11,9 +11,15 @@ pub enum SniParse {
     Incomplete,
     /// A complete ClientHello; `None` when it has no server_name extension.
     Done(Option<String>),
+    /// A complete ClientHello offering Encrypted Client Hello: its SNI is only an outer name
+    /// and the real server name is hidden, so it cannot be checked.
+    Encrypted,
     /// Not a TLS ClientHello, or a malformed one.
     NotTls,
 }
+
+/// The `encrypted_client_hello` extension type (RFC 9849).
+const EXT_ECH: usize = 0xfe0d;
 
 /// Reads the SNI host name from the start of a TLS connection.
 pub fn parse_client_hello(buf: &[u8]) -> SniParse {
@@ -56,7 +62,8 @@ pub fn parse_client_hello(buf: &[u8]) -> SniParse {
             }
             if handshake.len() >= 4 + body_len {
                 return match server_name(&handshake[4..4 + body_len]) {
-                    Some(sni) => SniParse::Done(sni),
+                    Some((_, true)) => SniParse::Encrypted,
+                    Some((sni, false)) => SniParse::Done(sni),
                     None => SniParse::NotTls,
                 };
             }
@@ -93,21 +100,25 @@ impl<'a> Reader<'a> {
     }
 }
 
-/// `Some(None)`: well-formed without SNI; `None`: malformed.
-fn server_name(body: &[u8]) -> Option<Option<String>> {
+/// The SNI (`None`: well-formed without one) and whether ECH is offered; `None`: malformed.
+fn server_name(body: &[u8]) -> Option<(Option<String>, bool)> {
     let mut r = Reader(body);
     r.take(2 + 32)?; // legacy_version, random
     r.vec8()?; // session id
     r.vec16()?; // cipher suites
     r.vec8()?; // compression methods
     if r.0.is_empty() {
-        return Some(None);
+        return Some((None, false));
     }
     let mut exts = Reader(r.vec16()?);
     let mut found = None;
+    let mut ech = false;
     while !exts.0.is_empty() {
         let ty = exts.u16()?;
         let data = exts.vec16()?;
+        if ty == EXT_ECH {
+            ech = true;
+        }
         if ty != 0 {
             continue;
         }
@@ -132,7 +143,7 @@ fn server_name(body: &[u8]) -> Option<Option<String>> {
         }
         found = Some(name?);
     }
-    Some(found)
+    Some((found, ech))
 }
 
 #[cfg(test)]
@@ -141,6 +152,10 @@ mod tests {
 
     /// Builds a minimal ClientHello with the given server_name extension bodies.
     fn hello(names: &[&[u8]]) -> Vec<u8> {
+        hello_with(names, &[])
+    }
+
+    fn hello_with(names: &[&[u8]], extra_ext: &[u8]) -> Vec<u8> {
         let mut body = vec![0x03, 0x03];
         body.extend([7u8; 32]);
         body.push(0); // session id
@@ -149,6 +164,7 @@ mod tests {
         let mut exts = Vec::new();
         // An unrelated extension first (supported_versions).
         exts.extend([0x00, 0x2b, 0x00, 0x03, 0x02, 0x03, 0x04]);
+        exts.extend(extra_ext);
         for n in names {
             let mut list = vec![0u8];
             list.extend((n.len() as u16).to_be_bytes());
@@ -230,6 +246,14 @@ mod tests {
     fn table() {
         let cases: &[(Vec<u8>, SniParse)] = &[
             (hello(&[]), SniParse::Done(None)),
+            (
+                hello_with(&[b"a.com"], &[0xfe, 0x0d, 0, 2, 1, 2]),
+                SniParse::Encrypted,
+            ),
+            (
+                hello_with(&[b"a.com"], &[0xfe, 0x0d, 0, 9, 1]),
+                SniParse::NotTls,
+            ),
             (hello(&[b"a.com", b"b.com"]), SniParse::NotTls),
             (hello(&[b""]), SniParse::NotTls),
             (hello(&["bü.com".as_bytes()]), SniParse::NotTls),

@@ -14,6 +14,8 @@ pub enum HelloError {
     Closed,
     /// The first bytes are not a TLS ClientHello.
     NotTls,
+    /// The ClientHello hides its real server name (ECH).
+    Encrypted,
 }
 
 /// Reads the client's first bytes until they hold a complete ClientHello. Returns those bytes
@@ -33,6 +35,7 @@ pub async fn read_client_hello<R: AsyncRead + Unpin>(
         match parse_client_hello(&buf) {
             SniParse::Incomplete if buf.len() < MAX_CLIENT_HELLO => continue,
             SniParse::Incomplete | SniParse::NotTls => return Err(HelloError::NotTls),
+            SniParse::Encrypted => return Err(HelloError::Encrypted),
             SniParse::Done(sni) => return Ok((buf, sni)),
         }
     }
