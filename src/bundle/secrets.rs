@@ -108,7 +108,7 @@ impl SecretSet {
 }
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    haystack.len() >= needle.len() && haystack.windows(needle.len()).any(|w| w == needle)
+    memchr::memmem::find(haystack, needle).is_some()
 }
 
 /// The forms in which `value` is searched for.

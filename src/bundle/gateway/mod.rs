@@ -19,7 +19,9 @@ pub mod sni;
 
 mod body;
 mod decode;
+mod headers;
 mod intercept;
+mod plain;
 mod splice;
 mod upstream;
 
@@ -30,7 +32,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
@@ -312,34 +314,7 @@ fn empty() -> ProxyBody {
         .boxed_unsync()
 }
 
-/// Headers that belong to one hop, or to the proxy, and are never forwarded.
-const HOP_HEADERS: &[&str] = &[
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authorization",
-    "proxy-authenticate",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-];
-
-fn strip_hop_headers(headers: &mut HeaderMap) {
-    let listed: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .collect();
-    for name in listed {
-        headers.remove(name);
-    }
-    for name in HOP_HEADERS {
-        headers.remove(*name);
-    }
-}
+pub(super) use self::headers::strip_hop_headers;
 
 impl Shared {
     fn decision(&self, peer: SocketAddr, host: &str, port: u16, action: Action) -> Decision {
@@ -595,145 +570,5 @@ impl Shared {
         d.status = Some(StatusCode::FORBIDDEN.as_u16());
         self.log.record(&d);
         text(StatusCode::FORBIDDEN, &reason)
-    }
-
-    /// Plain HTTP through the proxy (`GET http://host/path`): policy, scan, forward.
-    async fn forward_plain(
-        self: Arc<Self>,
-        peer: SocketAddr,
-        req: Request<Incoming>,
-    ) -> Response<ProxyBody> {
-        let authority = req
-            .uri()
-            .authority()
-            .map(|a| a.as_str().to_string())
-            .unwrap_or_default();
-        if req.uri().scheme_str() != Some("http") {
-            return self.deny(
-                peer,
-                &authority,
-                0,
-                StatusCode::BAD_REQUEST,
-                "only http:// URIs are proxied; use CONNECT for https",
-            );
-        }
-        let (host, port) = match parse_authority(&authority, Some(80)) {
-            Ok(hp) => hp,
-            Err(e) => {
-                return self.deny(peer, &authority, 0, StatusCode::BAD_REQUEST, &e.to_string());
-            }
-        };
-        let host_str = host.to_string();
-        let rule = match self.policy.decide(&host) {
-            Verdict::Deny(reason) => {
-                return self.deny(
-                    peer,
-                    &host_str,
-                    port,
-                    StatusCode::FORBIDDEN,
-                    reason.as_str(),
-                );
-            }
-            Verdict::Route(_) => {
-                return self.deny(
-                    peer,
-                    &host_str,
-                    port,
-                    StatusCode::FORBIDDEN,
-                    "route hosts are only reached over https",
-                );
-            }
-            Verdict::Allow { rule } => rule,
-        };
-        let (mut parts, body) = req.into_parts();
-        let body = match self.read_body(body).await {
-            Ok(b) => b,
-            Err(status) => {
-                return self.deny(
-                    peer,
-                    &host_str,
-                    port,
-                    status,
-                    "request body too large or broken",
-                );
-            }
-        };
-        if let Some(refusal) = self.refuse_secrets(peer, &host_str, port, &parts, &body, None) {
-            return refusal;
-        }
-        strip_hop_headers(&mut parts.headers);
-        let host_header = if port == 80 {
-            host_str.clone()
-        } else {
-            format!("{host_str}:{port}")
-        };
-        if let Ok(v) = HeaderValue::from_str(&host_header) {
-            parts.headers.insert(header::HOST, v);
-        }
-        let path = parts
-            .uri
-            .path_and_query()
-            .map_or("/", |p| p.as_str())
-            .to_string();
-        parts.uri = match path.parse() {
-            Ok(u) => u,
-            Err(_) => return text(StatusCode::BAD_REQUEST, "invalid request path"),
-        };
-        parts.version = http::Version::HTTP_11;
-        let bytes_up = body.len() as u64;
-        let upstream = match self.dial(&host, port).await {
-            Ok(s) => s,
-            Err(e @ upstream::DialError::NotPublic { .. }) => {
-                return self.deny(peer, &host_str, port, StatusCode::FORBIDDEN, &e.to_string());
-            }
-            Err(e) => {
-                return self.deny(
-                    peer,
-                    &host_str,
-                    port,
-                    StatusCode::BAD_GATEWAY,
-                    &e.to_string(),
-                );
-            }
-        };
-        let (mut sender, conn) =
-            match hyper::client::conn::http1::handshake(TokioIo::new(upstream)).await {
-                Ok(pair) => pair,
-                Err(_) => return text(StatusCode::BAD_GATEWAY, "upstream HTTP handshake failed"),
-            };
-        tokio::spawn(conn);
-        let method = parts.method.to_string();
-        let resp = match sender
-            .send_request(Request::from_parts(parts, Full::new(body)))
-            .await
-        {
-            Ok(r) => r,
-            Err(_) => {
-                return self.deny(
-                    peer,
-                    &host_str,
-                    port,
-                    StatusCode::BAD_GATEWAY,
-                    "upstream request failed",
-                );
-            }
-        };
-        let (mut rparts, rbody) = resp.into_parts();
-        strip_hop_headers(&mut rparts.headers);
-        let mut d = self.decision(peer, &host_str, port, Action::Allow);
-        d.rule = Some(rule);
-        d.method = Some(method);
-        d.status = Some(rparts.status.as_u16());
-        d.bytes_up = bytes_up;
-        let log = self.log.clone();
-        let body = body::ObservedBody::new(
-            rbody.map_err(BoxError::from).boxed_unsync(),
-            None,
-            move |n| {
-                d.bytes_down = n;
-                log.record(&d);
-            },
-        );
-        Response::from_parts(rparts, body.boxed())
     }
 }
