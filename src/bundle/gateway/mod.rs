@@ -11,6 +11,8 @@
 //!   route host is refused: a token never travels in clear text.
 //! - Every request whose content the gateway can read is scanned for the bundle's secrets.
 //! - One decision line per connection or request (`log`), never a secret in it.
+//!
+//! `GET /healthz` on the proxy itself answers `200` (the bundle's readiness probe).
 
 pub mod config;
 pub mod log;
@@ -24,6 +26,8 @@ mod intercept;
 mod plain;
 mod splice;
 mod upstream;
+
+use self::headers::strip_hop_headers;
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -313,8 +317,6 @@ fn empty() -> ProxyBody {
         .map_err(|never| match never {})
         .boxed_unsync()
 }
-
-pub(super) use self::headers::strip_hop_headers;
 
 impl Shared {
     fn decision(&self, peer: SocketAddr, host: &str, port: u16, action: Action) -> Decision {
