@@ -42,6 +42,9 @@ pub enum Command {
     /// Diagnostics.
     #[command(subcommand)]
     Debug(DebugCommand),
+    /// The sidecar bundle: the daemons that run inside its container.
+    #[command(subcommand)]
+    Bundle(BundleCommand),
     /// Internal: the unpacker child of `--ownership userns`. Not for direct use.
     #[command(name = "__unpack", hide = true)]
     UnpackChild { dest: PathBuf },
@@ -138,6 +141,82 @@ pub struct NetProbeArgs {
     /// Address to try to connect to, IP:PORT. Repeatable.
     #[arg(long = "try", value_name = "ADDR:PORT", required = true)]
     pub targets: Vec<std::net::SocketAddr>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BundleCommand {
+    /// Run the gateway, the bottle's HTTP proxy (inside the bundle container).
+    ///
+    /// Prints one JSON line per decision on stdout. Route tokens are read from this process's
+    /// environment, under the names the config gives.
+    Gateway(GatewayArgs),
+    /// Build the bundle image if needed, start BOTTLE's bundle and print its endpoints.
+    ///
+    /// Route tokens are read from this environment under the names the manifest gives and
+    /// passed to the container as its environment.
+    Up(BundleUpArgs),
+    /// Stop and remove BOTTLE's bundle container and network.
+    Down(BundleBottleArgs),
+    /// Print the logs of BOTTLE's bundle (decision lines on stdout, daemon messages on stderr).
+    Logs(BundleLogsArgs),
+    /// Remove bundle containers and networks left behind by a crash or an interrupted `up`.
+    Gc(BundleGcArgs),
+    /// Supervise the selected daemons (the bundle container's entrypoint).
+    Init(BundleInitArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BundleUpArgs {
+    /// The bottle, a `[bottles.NAME]` table of the manifest.
+    pub bottle: String,
+    /// The manifest file.
+    #[arg(long, default_value = crate::manifest::MANIFEST_FILE)]
+    pub manifest: PathBuf,
+    /// Print the endpoints as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct BundleBottleArgs {
+    /// The bottle's name.
+    pub bottle: String,
+    /// Print what was removed as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct BundleLogsArgs {
+    /// The bottle's name.
+    pub bottle: String,
+    /// Keep printing new lines until interrupted.
+    #[arg(short, long)]
+    pub follow: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct BundleGcArgs {
+    /// Print what was removed as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct BundleInitArgs {
+    /// Comma-separated daemons to run: gateway.
+    #[arg(long, value_delimiter = ',', default_value = "gateway")]
+    pub daemons: Vec<String>,
+    /// Directory holding the daemons' configuration.
+    #[arg(long, default_value = crate::bundle::layout::CONFIG_DIR)]
+    pub config_dir: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct GatewayArgs {
+    /// The gateway's JSON config (written by `krbottle bundle up`).
+    #[arg(long)]
+    pub config: PathBuf,
 }
 
 #[derive(Debug, Subcommand)]

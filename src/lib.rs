@@ -3,11 +3,13 @@
 //! The binary (`src/main.rs`) is a thin shell over these modules; each module owns one concern
 //! and one error type. See `ARCHITECTURE.md` in the shared docs for the flow of `krbottle start`.
 
+pub mod bundle;
 pub mod cli;
 pub mod commands;
 pub mod env_vars;
 pub mod exit;
 pub mod image;
+pub mod manifest;
 pub mod output;
 pub mod sys;
 pub mod vm;

@@ -6,6 +6,7 @@
 //!   work than ours, so a ratio ≥ 1.0 means we are at least as fast while doing more);
 //! - the export path: `docker create` + export through the API piped into GNU `tar -x`;
 //! - a cache hit, and a bottle's private copy (`copy_tree`) against `cp -a`.
+//!
 //! Each timing is the median of `--runs` runs; page-cache state is the same for every contender.
 
 use std::fs::File;

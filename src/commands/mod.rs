@@ -1,6 +1,7 @@
 //! One module per verb; each turns parsed arguments into calls on the library.
 
 pub mod bench;
+pub mod bundle;
 pub mod debug;
 pub mod doctor;
 pub mod image;
@@ -19,6 +20,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<u8> {
         Command::Debug(cmd) => debug::run(cmd, &reporter),
         Command::Bench(cmd) => bench::run(cmd, &reporter),
         Command::UnpackChild { dest } => image::unpack_child(&dest),
+        Command::Bundle(cmd) => bundle::run(cmd, &reporter),
         Command::Vmm => Ok(krbottle_vmm_child()),
     }
 }

@@ -1,0 +1,650 @@
+//! The bundle on the host side: one container per bottle on its own Docker network, driven
+//! through the Docker API (bollard, version negotiated with the engine).
+//!
+//! Invariants:
+//! - Secrets reach the container only as environment set through the API: never on a command
+//!   line, never in a file in the image or in the bottle's directory.
+//! - The bottle's bundle directory (config, CA) is bind-mounted read-only; the CA key is mode
+//!   0600 on the host.
+//! - Agent-facing ports are published on `127.0.0.1` only, on random host ports.
+//! - Every object carries the bottle, role, state-directory and owner-pid labels, so `down`
+//!   and `gc` find them after a crash. A bundle is "up" only once its record (`up.json`) is
+//!   written, after every daemon answered; `up` removes what it created if it fails.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use bollard::Docker;
+use bollard::models::{ContainerCreateBody, HostConfig, NetworkCreateRequest, PortBinding};
+use bollard::query_parameters::{
+    CreateContainerOptions, ListContainersOptions, ListNetworksOptions, LogsOptions,
+    RemoveContainerOptions,
+};
+use futures_util::{Stream, StreamExt};
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::bundle::ca::{BottleCa, CaError, write_atomic};
+use crate::bundle::gateway::config::GatewayConfig;
+use crate::bundle::layout::{
+    CA_CERT_FILE, CA_KEY_FILE, CONFIG_DIR, Daemon, GATEWAY_CONFIG_FILE, LABEL_BOTTLE,
+    LABEL_OWNER_PID, LABEL_ROLE, LABEL_STATE_DIR, ROLE_BUNDLE, container_name, network_name,
+};
+use crate::env_vars;
+use crate::manifest::Bottle;
+
+/// How long the daemons get to answer after the container started.
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// The interval between readiness probes.
+const READY_PROBE_EVERY: Duration = Duration::from_millis(25);
+const UP_RECORD_FILE: &str = "up.json";
+
+#[derive(Debug, thiserror::Error)]
+pub enum BundleError {
+    #[error("cannot reach the Docker engine; start it or set DOCKER_HOST")]
+    Connect(#[source] bollard::errors::Error),
+    #[error(
+        "route {host} of bottle {bottle}: the environment variable {env} is not set; export the token under that name"
+    )]
+    ReadToken {
+        bottle: String,
+        host: String,
+        env: String,
+    },
+    #[error("cannot create the bundle directory {}", path.display())]
+    CreateDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot prepare the CA of bottle {bottle}")]
+    Ca {
+        bottle: String,
+        #[source]
+        source: CaError,
+    },
+    #[error("cannot write the gateway config of bottle {bottle}")]
+    WriteConfig {
+        bottle: String,
+        #[source]
+        source: CaError,
+    },
+    #[error(
+        "the bundle of bottle {bottle} is already up; run `krbottle bundle down {bottle}` first"
+    )]
+    AlreadyUp { bottle: String },
+    #[error("cannot create the network {name}")]
+    CreateNetwork {
+        name: String,
+        #[source]
+        source: bollard::errors::Error,
+    },
+    #[error("cannot create the bundle container {name}")]
+    CreateContainer {
+        name: String,
+        #[source]
+        source: bollard::errors::Error,
+    },
+    #[error("cannot start the bundle container {name}")]
+    StartContainer {
+        name: String,
+        #[source]
+        source: bollard::errors::Error,
+    },
+    #[error("cannot inspect the bundle container {name}")]
+    InspectContainer {
+        name: String,
+        #[source]
+        source: bollard::errors::Error,
+    },
+    #[error("the bundle container {name} publishes no host port for {daemon}")]
+    FindPort { name: String, daemon: &'static str },
+    #[error(
+        "the {daemon} of bottle {bottle} did not answer on {addr} within {READY_TIMEOUT:?}; see `krbottle bundle logs {bottle}`"
+    )]
+    WaitReady {
+        bottle: String,
+        daemon: &'static str,
+        addr: SocketAddr,
+    },
+    #[error(
+        "the bundle container of bottle {bottle} stopped while starting; see `krbottle bundle logs {bottle}`"
+    )]
+    Exited { bottle: String },
+    #[error("cannot list the Docker objects of bottle {bottle}")]
+    List {
+        bottle: String,
+        #[source]
+        source: bollard::errors::Error,
+    },
+    #[error("cannot remove {what}")]
+    Remove {
+        what: String,
+        #[source]
+        source: bollard::errors::Error,
+    },
+    #[error("cannot write the up record {}", path.display())]
+    WriteRecord {
+        path: PathBuf,
+        #[source]
+        source: CaError,
+    },
+    #[error("cannot read the logs of bottle {bottle}")]
+    Logs {
+        bottle: String,
+        #[source]
+        source: bollard::errors::Error,
+    },
+}
+
+/// A bundle that is up: what `bundle up --json` prints and `up.json` holds.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BundleRecord {
+    pub bottle: String,
+    pub container_id: String,
+    pub container: String,
+    pub network: String,
+    pub image: String,
+    /// Daemon name → published address on the host.
+    pub endpoints: BTreeMap<String, SocketAddr>,
+}
+
+/// What `down` or `gc` removed.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Removed {
+    pub containers: Vec<String>,
+    pub networks: Vec<String>,
+    /// Stale bundle images (`gc` only).
+    pub images: Vec<String>,
+}
+
+/// Connects to the engine and negotiates the API version (Docker 20.10 speaks 1.41).
+pub async fn connect() -> Result<Docker, BundleError> {
+    Docker::connect_with_defaults()
+        .map_err(BundleError::Connect)?
+        .negotiate_version()
+        .await
+        .map_err(BundleError::Connect)
+}
+
+/// The root of krbottle's per-bottle state: `KRBOTTLE_STATE_DIR`, else the user data dir.
+pub fn state_root() -> PathBuf {
+    match std::env::var_os(env_vars::KRBOTTLE_STATE_DIR) {
+        Some(dir) if !dir.is_empty() => PathBuf::from(dir),
+        _ => dirs::data_dir()
+            .unwrap_or_else(std::env::temp_dir)
+            .join("krbottle"),
+    }
+}
+
+/// The host directory with a bottle's bundle files (config, CA, up record).
+pub fn bundle_dir(state_root: &Path, bottle: &str) -> PathBuf {
+    state_root.join("bottles").join(bottle).join("bundle")
+}
+
+fn labels(state_root: &Path, bottle: &str) -> HashMap<String, String> {
+    HashMap::from([
+        (LABEL_BOTTLE.to_string(), bottle.to_string()),
+        (LABEL_ROLE.to_string(), ROLE_BUNDLE.to_string()),
+        (
+            LABEL_STATE_DIR.to_string(),
+            state_root.to_string_lossy().into_owned(),
+        ),
+        (LABEL_OWNER_PID.to_string(), std::process::id().to_string()),
+    ])
+}
+
+/// Label filters for this state root's bundles, of one bottle or all.
+fn filters(state_root: &Path, bottle: Option<&str>) -> HashMap<String, Vec<String>> {
+    let mut label = vec![
+        format!("{LABEL_ROLE}={ROLE_BUNDLE}"),
+        format!("{LABEL_STATE_DIR}={}", state_root.to_string_lossy()),
+    ];
+    if let Some(b) = bottle {
+        label.push(format!("{LABEL_BOTTLE}={b}"));
+    }
+    HashMap::from([("label".to_string(), label)])
+}
+
+/// Starts the bundle of `bottle` from `image` with the gateway config `gateway` (usually
+/// [`GatewayConfig::for_bottle`]) and waits until its daemons answer. `env` reads the host
+/// environment (the route tokens). Files put in [`bundle_dir`] beforehand are visible to the
+/// daemons under [`CONFIG_DIR`].
+pub async fn up(
+    docker: &Docker,
+    bottle: &Bottle,
+    gateway: &GatewayConfig,
+    image: &str,
+    state_root: &Path,
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<BundleRecord, BundleError> {
+    let name = &bottle.name;
+    let mut secrets = Vec::new();
+    for route in &gateway.routes {
+        let token = env(&route.token_env).ok_or_else(|| BundleError::ReadToken {
+            bottle: name.clone(),
+            host: route.host.clone(),
+            env: route.token_env.clone(),
+        })?;
+        secrets.push(format!("{}={token}", route.token_env));
+    }
+    let dir = bundle_dir(state_root, name);
+    create_private_dir(&dir)?;
+    let (cert, key) = (dir.join(CA_CERT_FILE), dir.join(CA_KEY_FILE));
+    if !(cert.exists() && key.exists()) {
+        let ca = BottleCa::generate(name).map_err(|source| BundleError::Ca {
+            bottle: name.clone(),
+            source,
+        })?;
+        ca.write(&cert, &key).map_err(|source| BundleError::Ca {
+            bottle: name.clone(),
+            source,
+        })?;
+    }
+    let config_path = dir.join(GATEWAY_CONFIG_FILE);
+    let json = serde_json::to_vec_pretty(gateway).unwrap_or_default();
+    write_atomic(&config_path, &json, 0o644).map_err(|source| BundleError::WriteConfig {
+        bottle: name.clone(),
+        source,
+    })?;
+
+    let container = container_name(name);
+    if docker.inspect_container(&container, None).await.is_ok() {
+        return Err(BundleError::AlreadyUp {
+            bottle: name.clone(),
+        });
+    }
+    let network = network_name(name);
+    let labels = labels(state_root, name);
+    let created = docker
+        .create_network(NetworkCreateRequest {
+            name: network.clone(),
+            driver: Some("bridge".into()),
+            labels: Some(labels.clone()),
+            ..Default::default()
+        })
+        .await;
+    if let Err(source) = created {
+        return Err(BundleError::CreateNetwork {
+            name: network,
+            source,
+        });
+    }
+    let result = create_and_wait(
+        docker, bottle, image, &dir, &container, &network, labels, secrets,
+    )
+    .await;
+    match result {
+        Ok(record) => {
+            let path = dir.join(UP_RECORD_FILE);
+            let json = serde_json::to_vec_pretty(&record).unwrap_or_default();
+            if let Err(source) = write_atomic(&path, &json, 0o644) {
+                let _ = remove_all(docker, state_root, name).await;
+                return Err(BundleError::WriteRecord { path, source });
+            }
+            Ok(record)
+        }
+        Err(e) => {
+            // Nothing half-done: what this call created goes away with the error.
+            let _ = remove_all(docker, state_root, name).await;
+            Err(e)
+        }
+    }
+}
+
+fn create_private_dir(dir: &Path) -> Result<(), BundleError> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|source| BundleError::CreateDir {
+            path: dir.to_path_buf(),
+            source,
+        })
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn create_and_wait(
+    docker: &Docker,
+    bottle: &Bottle,
+    image: &str,
+    dir: &Path,
+    container: &str,
+    network: &str,
+    labels: HashMap<String, String>,
+    secrets: Vec<String>,
+) -> Result<BundleRecord, BundleError> {
+    let daemons = [Daemon::Gateway];
+    let port_bindings = daemons
+        .iter()
+        .map(|d| {
+            let binding = PortBinding {
+                host_ip: Some("127.0.0.1".into()),
+                host_port: Some(String::new()),
+            };
+            (format!("{}/tcp", d.port()), Some(vec![binding]))
+        })
+        .collect();
+    let daemon_list = daemons.map(Daemon::name).join(",");
+    let body = ContainerCreateBody {
+        image: Some(image.to_string()),
+        cmd: Some(vec!["--daemons".into(), daemon_list]),
+        env: Some(secrets),
+        labels: Some(labels),
+        exposed_ports: Some(
+            daemons
+                .iter()
+                .map(|d| format!("{}/tcp", d.port()))
+                .collect(),
+        ),
+        host_config: Some(HostConfig {
+            binds: Some(vec![format!("{}:{CONFIG_DIR}:ro", dir.to_string_lossy())]),
+            port_bindings: Some(port_bindings),
+            network_mode: Some(network.to_string()),
+            init: Some(true),
+            cap_drop: Some(vec!["ALL".into()]),
+            security_opt: Some(vec!["no-new-privileges".into()]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let options = CreateContainerOptions {
+        name: Some(container.to_string()),
+        ..Default::default()
+    };
+    let created = docker
+        .create_container(Some(options), body)
+        .await
+        .map_err(|source| BundleError::CreateContainer {
+            name: container.to_string(),
+            source,
+        })?;
+    docker
+        .start_container(container, None)
+        .await
+        .map_err(|source| BundleError::StartContainer {
+            name: container.to_string(),
+            source,
+        })?;
+    let inspect = docker
+        .inspect_container(container, None)
+        .await
+        .map_err(|source| BundleError::InspectContainer {
+            name: container.to_string(),
+            source,
+        })?;
+    let ports = inspect
+        .network_settings
+        .and_then(|n| n.ports)
+        .unwrap_or_default();
+    let mut endpoints = BTreeMap::new();
+    for d in daemons {
+        let addr = ports
+            .get(&format!("{}/tcp", d.port()))
+            .and_then(|b| b.as_ref())
+            .and_then(|b| b.first())
+            .and_then(|b| b.host_port.as_deref())
+            .and_then(|p| p.parse::<u16>().ok())
+            .map(|p| SocketAddr::from(([127, 0, 0, 1], p)))
+            .ok_or(BundleError::FindPort {
+                name: container.to_string(),
+                daemon: d.name(),
+            })?;
+        endpoints.insert(d.name().to_string(), addr);
+    }
+    for d in daemons {
+        wait_ready(docker, &bottle.name, container, d, endpoints[d.name()]).await?;
+    }
+    Ok(BundleRecord {
+        bottle: bottle.name.clone(),
+        container_id: created.id,
+        container: container.to_string(),
+        network: network.to_string(),
+        image: image.to_string(),
+        endpoints,
+    })
+}
+
+/// Probes a daemon's health endpoint until it answers `200`, the container stops, or
+/// [`READY_TIMEOUT`] passes.
+async fn wait_ready(
+    docker: &Docker,
+    bottle: &str,
+    container: &str,
+    daemon: Daemon,
+    addr: SocketAddr,
+) -> Result<(), BundleError> {
+    let deadline = tokio::time::Instant::now() + READY_TIMEOUT;
+    let mut probes = 0u32;
+    while tokio::time::Instant::now() < deadline {
+        if health_ok(addr).await {
+            return Ok(());
+        }
+        probes += 1;
+        // Checking the container costs an API call: do it every 20 probes (~0.5 s).
+        if probes.is_multiple_of(20) {
+            let running = docker
+                .inspect_container(container, None)
+                .await
+                .ok()
+                .and_then(|i| i.state)
+                .and_then(|s| s.running)
+                .unwrap_or(false);
+            if !running {
+                return Err(BundleError::Exited {
+                    bottle: bottle.to_string(),
+                });
+            }
+        }
+        tokio::time::sleep(READY_PROBE_EVERY).await;
+    }
+    Err(BundleError::WaitReady {
+        bottle: bottle.to_string(),
+        daemon: daemon.name(),
+        addr,
+    })
+}
+
+/// One `GET /healthz`; true on a `200` answer.
+pub async fn health_ok(addr: SocketAddr) -> bool {
+    let probe = async {
+        let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
+        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: krbottle\r\nConnection: close\r\n\r\n")
+            .await
+            .ok()?;
+        let mut buf = [0u8; 16];
+        s.read_exact(&mut buf[..12]).await.ok()?;
+        Some(buf.starts_with(b"HTTP/1.1 200"))
+    };
+    tokio::time::timeout(Duration::from_secs(2), probe)
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or(false)
+}
+
+/// Removes the bundle of `bottle` (container, then network) and its up record.
+pub async fn down(
+    docker: &Docker,
+    state_root: &Path,
+    bottle: &str,
+) -> Result<Removed, BundleError> {
+    let removed = remove_all(docker, state_root, bottle).await?;
+    let _ = std::fs::remove_file(bundle_dir(state_root, bottle).join(UP_RECORD_FILE));
+    Ok(removed)
+}
+
+async fn remove_all(
+    docker: &Docker,
+    state_root: &Path,
+    bottle: &str,
+) -> Result<Removed, BundleError> {
+    let mut removed = Removed::default();
+    let list_err = |source| BundleError::List {
+        bottle: bottle.to_string(),
+        source,
+    };
+    let containers = docker
+        .list_containers(Some(ListContainersOptions {
+            all: true,
+            filters: Some(filters(state_root, Some(bottle))),
+            ..Default::default()
+        }))
+        .await
+        .map_err(list_err)?;
+    for c in containers {
+        let Some(id) = c.id else { continue };
+        remove_container(docker, &id).await?;
+        removed.containers.push(id);
+    }
+    let networks = docker
+        .list_networks(Some(ListNetworksOptions {
+            filters: Some(filters(state_root, Some(bottle))),
+        }))
+        .await
+        .map_err(list_err)?;
+    for n in networks {
+        let Some(id) = n.id else { continue };
+        remove_network(docker, &id).await?;
+        removed.networks.push(id);
+    }
+    Ok(removed)
+}
+
+async fn remove_container(docker: &Docker, id: &str) -> Result<(), BundleError> {
+    let options = RemoveContainerOptions {
+        force: true,
+        v: true,
+        ..Default::default()
+    };
+    match docker.remove_container(id, Some(options)).await {
+        Ok(()) => Ok(()),
+        // Already gone (a concurrent down, or auto-removal): the goal is reached.
+        Err(bollard::errors::Error::DockerResponseServerError {
+            status_code: 404, ..
+        }) => Ok(()),
+        Err(source) => Err(BundleError::Remove {
+            what: format!("container {id}"),
+            source,
+        }),
+    }
+}
+
+async fn remove_network(docker: &Docker, id: &str) -> Result<(), BundleError> {
+    match docker.remove_network(id).await {
+        Ok(()) => Ok(()),
+        Err(bollard::errors::Error::DockerResponseServerError {
+            status_code: 404, ..
+        }) => Ok(()),
+        Err(source) => Err(BundleError::Remove {
+            what: format!("network {id}"),
+            source,
+        }),
+    }
+}
+
+/// Whether the process that created an object is still running (an `up` in progress).
+fn owner_alive(labels: Option<&HashMap<String, String>>) -> bool {
+    let pid = labels
+        .and_then(|l| l.get(LABEL_OWNER_PID))
+        .and_then(|p| p.parse::<i32>().ok())
+        .and_then(rustix::process::Pid::from_raw);
+    match pid {
+        Some(pid) if pid.as_raw_nonzero().get() as u32 == std::process::id() => true,
+        Some(pid) => match rustix::process::test_kill_process(pid) {
+            Ok(()) => true,
+            Err(e) => e == rustix::io::Errno::PERM,
+        },
+        None => false,
+    }
+}
+
+fn read_record(state_root: &Path, bottle: &str) -> Option<BundleRecord> {
+    let text = std::fs::read(bundle_dir(state_root, bottle).join(UP_RECORD_FILE)).ok()?;
+    serde_json::from_slice(&text).ok()
+}
+
+/// Removes this state root's bundle objects that no up record accounts for and whose creator
+/// is gone: what a crash or a kill in the middle of `up` left behind.
+pub async fn gc(docker: &Docker, state_root: &Path) -> Result<Removed, BundleError> {
+    let mut removed = Removed::default();
+    let list_err = |source| BundleError::List {
+        bottle: "*".to_string(),
+        source,
+    };
+    let containers = docker
+        .list_containers(Some(ListContainersOptions {
+            all: true,
+            filters: Some(filters(state_root, None)),
+            ..Default::default()
+        }))
+        .await
+        .map_err(list_err)?;
+    let mut kept_bottles = Vec::new();
+    for c in containers {
+        let Some(id) = c.id else { continue };
+        let bottle = c
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(LABEL_BOTTLE))
+            .cloned()
+            .unwrap_or_default();
+        let recorded = read_record(state_root, &bottle).is_some_and(|r| r.container_id == id);
+        if recorded || owner_alive(c.labels.as_ref()) {
+            kept_bottles.push(bottle);
+            continue;
+        }
+        remove_container(docker, &id).await?;
+        removed.containers.push(id);
+    }
+    let networks = docker
+        .list_networks(Some(ListNetworksOptions {
+            filters: Some(filters(state_root, None)),
+        }))
+        .await
+        .map_err(list_err)?;
+    for n in networks {
+        let Some(id) = n.id else { continue };
+        let bottle = n
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(LABEL_BOTTLE))
+            .cloned()
+            .unwrap_or_default();
+        if kept_bottles.contains(&bottle) || owner_alive(n.labels.as_ref()) {
+            continue;
+        }
+        remove_network(docker, &id).await?;
+        removed.networks.push(id);
+    }
+    Ok(removed)
+}
+
+/// The bundle's log stream (stdout and stderr of its daemons and init).
+pub fn logs<'a>(
+    docker: &'a Docker,
+    bottle: &str,
+    follow: bool,
+) -> impl Stream<Item = Result<bollard::container::LogOutput, BundleError>> + 'a {
+    let bottle_name = bottle.to_string();
+    docker
+        .logs(
+            &container_name(bottle),
+            Some(LogsOptions {
+                follow,
+                stdout: true,
+                stderr: true,
+                tail: "all".into(),
+                ..Default::default()
+            }),
+        )
+        .map(move |item| {
+            item.map_err(|source| BundleError::Logs {
+                bottle: bottle_name.clone(),
+                source,
+            })
+        })
+}

@@ -1,0 +1,85 @@
+//! Byte splicing for allowed, non-route CONNECT tunnels, after the ClientHello check.
+
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use super::sni::{MAX_CLIENT_HELLO, SniParse, parse_client_hello};
+
+const BUF_SIZE: usize = 64 * 1024;
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum HelloError {
+    /// The client closed or went quiet before a full ClientHello.
+    Closed,
+    /// The first bytes are not a TLS ClientHello.
+    NotTls,
+    /// The ClientHello hides its real server name (ECH).
+    Encrypted,
+}
+
+/// Reads the client's first bytes until they hold a complete ClientHello. Returns those bytes
+/// (to be replayed upstream) and the SNI.
+pub async fn read_client_hello<R: AsyncRead + Unpin>(
+    client: &mut R,
+    idle: Duration,
+) -> Result<(Vec<u8>, Option<String>), HelloError> {
+    let mut buf = Vec::with_capacity(2048);
+    let mut chunk = [0u8; 4096];
+    loop {
+        let n = match tokio::time::timeout(idle, client.read(&mut chunk)).await {
+            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return Err(HelloError::Closed),
+            Ok(Ok(n)) => n,
+        };
+        buf.extend_from_slice(&chunk[..n]);
+        match parse_client_hello(&buf) {
+            SniParse::Incomplete if buf.len() < MAX_CLIENT_HELLO => continue,
+            SniParse::Incomplete | SniParse::NotTls => return Err(HelloError::NotTls),
+            SniParse::Encrypted => return Err(HelloError::Encrypted),
+            SniParse::Done(sni) => return Ok((buf, sni)),
+        }
+    }
+}
+
+/// Copies bytes both ways until both sides finished or nothing moved for `idle`.
+/// Returns (bytes client→upstream, bytes upstream→client).
+pub async fn pump<A, B>(mut client: A, mut upstream: B, idle: Duration) -> (u64, u64)
+where
+    A: AsyncRead + AsyncWrite + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut up_buf = vec![0u8; BUF_SIZE];
+    let mut down_buf = vec![0u8; BUF_SIZE];
+    let (mut up, mut down) = (0u64, 0u64);
+    let (mut client_open, mut upstream_open) = (true, true);
+    while client_open || upstream_open {
+        tokio::select! {
+            r = client.read(&mut up_buf), if client_open => match r {
+                Ok(0) | Err(_) => {
+                    client_open = false;
+                    let _ = upstream.shutdown().await;
+                }
+                Ok(n) => {
+                    if upstream.write_all(&up_buf[..n]).await.is_err() {
+                        break;
+                    }
+                    up += n as u64;
+                }
+            },
+            r = upstream.read(&mut down_buf), if upstream_open => match r {
+                Ok(0) | Err(_) => {
+                    upstream_open = false;
+                    let _ = client.shutdown().await;
+                }
+                Ok(n) => {
+                    if client.write_all(&down_buf[..n]).await.is_err() {
+                        break;
+                    }
+                    down += n as u64;
+                }
+            },
+            () = tokio::time::sleep(idle) => break,
+        }
+    }
+    (up, down)
+}

@@ -1,0 +1,159 @@
+//! `krbottle bundle init`: the supervisor of the bundle's daemons.
+//!
+//! It runs under Docker's `--init` (tini reaps orphans as PID 1). Each selected daemon is a
+//! child process of this same binary; one that exits is restarted with exponential backoff
+//! (reset once it has stayed up a while). SIGTERM and SIGINT are forwarded to every daemon;
+//! init then waits for them and exits 0, killing any that outlive the grace period.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use tokio::process::{Child, Command};
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::watch;
+
+use crate::bundle::layout::Daemon;
+
+const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
+/// A daemon that ran this long before dying starts again at [`FIRST_BACKOFF`].
+const HEALTHY_AFTER: Duration = Duration::from_secs(30);
+/// How long daemons get to exit after SIGTERM before they are killed.
+const STOP_GRACE: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum InitError {
+    #[error("no daemon selected; pass --daemons gateway")]
+    NoDaemons,
+    #[error("cannot find the krbottle binary to run the daemons")]
+    FindBinary(#[source] std::io::Error),
+    #[error("cannot handle signals")]
+    Signals(#[source] std::io::Error),
+}
+
+/// The next backoff after a daemon that ran for `ran` died.
+pub fn next_backoff(current: Duration, ran: Duration) -> Duration {
+    if ran >= HEALTHY_AFTER {
+        FIRST_BACKOFF
+    } else {
+        (current * 2).min(MAX_BACKOFF)
+    }
+}
+
+/// Runs `daemons` until SIGTERM or SIGINT.
+pub async fn run(daemons: &[Daemon], config_dir: &Path) -> Result<(), InitError> {
+    if daemons.is_empty() {
+        return Err(InitError::NoDaemons);
+    }
+    let binary = std::env::current_exe().map_err(InitError::FindBinary)?;
+    let mut term = signal(SignalKind::terminate()).map_err(InitError::Signals)?;
+    let mut int = signal(SignalKind::interrupt()).map_err(InitError::Signals)?;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let tasks: Vec<_> = daemons
+        .iter()
+        .map(|&d| {
+            let args = d.args(&config_dir.to_string_lossy());
+            tokio::spawn(supervise(d, binary.clone(), args, stop_rx.clone()))
+        })
+        .collect();
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    let _ = stop_tx.send(true);
+    for task in tasks {
+        let _ = task.await;
+    }
+    Ok(())
+}
+
+/// Keeps one daemon running until `stop` turns true, then stops it.
+async fn supervise(
+    daemon: Daemon,
+    binary: PathBuf,
+    args: Vec<String>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut backoff = FIRST_BACKOFF;
+    loop {
+        let started = Instant::now();
+        let mut child = match Command::new(&binary).args(&args).spawn() {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("krbottle init: cannot start {}: {e}", daemon.name());
+                if wait_or_stop(&mut stop, backoff).await {
+                    return;
+                }
+                backoff = next_backoff(backoff, Duration::ZERO);
+                continue;
+            }
+        };
+        tokio::select! {
+            status = child.wait() => {
+                let ran = started.elapsed();
+                eprintln!(
+                    "krbottle init: {} exited ({}) after {:.1}s; restarting in {:?}",
+                    daemon.name(),
+                    status.map_or_else(|e| e.to_string(), |s| s.to_string()),
+                    ran.as_secs_f64(),
+                    next_backoff(backoff, ran),
+                );
+                backoff = next_backoff(backoff, ran);
+                if wait_or_stop(&mut stop, backoff).await {
+                    return;
+                }
+            }
+            _ = stop.changed() => {
+                stop_child(&mut child).await;
+                return;
+            }
+        }
+    }
+}
+
+/// Sleeps for `delay`; true if a stop was requested meanwhile.
+async fn wait_or_stop(stop: &mut watch::Receiver<bool>, delay: Duration) -> bool {
+    tokio::select! {
+        () = tokio::time::sleep(delay) => *stop.borrow(),
+        _ = stop.changed() => true,
+    }
+}
+
+async fn stop_child(child: &mut Child) {
+    if let Some(pid) = child
+        .id()
+        .and_then(|id| rustix::process::Pid::from_raw(id as i32))
+    {
+        let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+    }
+    if tokio::time::timeout(STOP_GRACE, child.wait())
+        .await
+        .is_err()
+    {
+        let _ = child.kill().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_caps_and_resets() {
+        let s = Duration::from_secs;
+        let cases = [
+            (FIRST_BACKOFF, s(0), FIRST_BACKOFF * 2),
+            (s(4), s(1), s(8)),
+            (s(8), s(1), MAX_BACKOFF),
+            (MAX_BACKOFF, s(1), MAX_BACKOFF),
+            (MAX_BACKOFF, HEALTHY_AFTER, FIRST_BACKOFF),
+        ];
+        for (current, ran, want) in cases {
+            assert_eq!(
+                next_backoff(current, ran),
+                want,
+                "{current:?} after {ran:?}"
+            );
+        }
+    }
+}

@@ -1,0 +1,608 @@
+//! The bundle through Docker: `krbottle bundle up/down/gc/logs` with the real engine, `curl`
+//! as the client. These tests skip (saying why) without a Docker engine or the local base
+//! image, and fail instead when `CI` is set.
+
+use std::convert::Infallible;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+const BIN: &str = env!("CARGO_BIN_EXE_krbottle");
+const TOKEN: &str = "sk-docker-test-token-0123456789";
+
+/// `None` when the tests can run, else why not.
+fn why_skip() -> Option<String> {
+    let info = Command::new("docker")
+        .args(["info", "--format", "{{.ServerVersion}}"])
+        .output();
+    match info {
+        Ok(o) if o.status.success() => {}
+        _ => return Some("no Docker engine answers (`docker info` failed)".into()),
+    }
+    let base = Command::new("docker")
+        .args(["image", "inspect", krbottle::bundle::image::BASE_IMAGE])
+        .output();
+    match base {
+        Ok(o) if o.status.success() => None,
+        _ => Some("the base image is missing: run scripts/build-base-image.sh".into()),
+    }
+}
+
+/// Returns true when the test should go on; fails under CI instead of skipping.
+fn docker_available() -> bool {
+    match why_skip() {
+        None => true,
+        Some(reason) if std::env::var_os(krbottle::env_vars::CI).is_some() => {
+            panic!("Docker tests cannot run under CI: {reason}")
+        }
+        Some(reason) => {
+            eprintln!("skipping: {reason}");
+            false
+        }
+    }
+}
+
+fn krbottle(state: &Path, args: &[&str], token: Option<&str>) -> Output {
+    let mut cmd = Command::new(BIN);
+    cmd.args(args).env("KRBOTTLE_STATE_DIR", state);
+    if let Some(t) = token {
+        cmd.env("KRB_DOCKER_TEST_TOKEN", t);
+    }
+    cmd.output().unwrap()
+}
+
+fn docker(args: &[&str]) -> String {
+    let out = Command::new("docker").args(args).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr)
+}
+
+/// IDs of the containers and networks labelled with `bottle`.
+fn leftovers(bottle: &str) -> String {
+    let filter = format!("label=krbottle.bottle={bottle}");
+    docker(&["ps", "-aq", "--filter", &filter])
+        + &docker(&["network", "ls", "-q", "--filter", &filter])
+}
+
+fn manifest(dir: &Path, bottles: &[&str], token_route: bool) -> std::path::PathBuf {
+    let mut text = String::new();
+    for b in bottles {
+        text.push_str(&format!("[bottles.{b}]\nallow = [\"example.com\"]\n"));
+        if token_route {
+            text.push_str(&format!(
+                "[[bottles.{b}.routes]]\nhost = \"api.example.com\"\nheader = \"authorization\"\nscheme = \"Bearer\"\ntoken_env = \"KRB_DOCKER_TEST_TOKEN\"\n"
+            ));
+        }
+    }
+    let path = dir.join("krbottle.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// Takes a bottle's bundle down when dropped, so a failing test leaves nothing behind.
+struct Down<'a>(&'a Path, Vec<String>);
+
+impl Drop for Down<'_> {
+    fn drop(&mut self) {
+        for b in &self.1 {
+            let _ = krbottle(self.0, &["bundle", "down", b], None);
+        }
+    }
+}
+
+fn up_json(out: &Output) -> serde_json::Value {
+    assert!(
+        out.status.success(),
+        "bundle up failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn up_serves_the_gateway_and_down_removes_everything() {
+    if !docker_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let bottle = format!("kt{}up", std::process::id());
+    let m = manifest(dir.path(), &[&bottle], true);
+    let m = m.to_str().unwrap();
+    let _down = Down(&state, vec![bottle.clone()]);
+    let out = krbottle(
+        &state,
+        &["bundle", "up", &bottle, "--manifest", m, "--json"],
+        Some(TOKEN),
+    );
+    let record = up_json(&out);
+    let addr = record["endpoints"]["gateway"].as_str().unwrap().to_string();
+    assert!(
+        addr.starts_with("127.0.0.1:"),
+        "published on loopback only: {addr}"
+    );
+
+    let denied = Command::new("curl")
+        .args([
+            "-sS",
+            "--max-time",
+            "20",
+            "--proxy",
+            &format!("http://{addr}"),
+            "https://evil.test/",
+        ])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&denied.stderr).contains("403"));
+
+    // The CA key stays owner-only on the host; the certificate is for the guest.
+    let key = state.join(format!("bottles/{bottle}/bundle/ca.key"));
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&key).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+
+    let logs = krbottle(&state, &["bundle", "logs", &bottle], None);
+    let logs = String::from_utf8_lossy(&logs.stdout).to_string();
+    assert!(
+        logs.contains(r#""host":"evil.test""#) && logs.contains(r#""decision":"deny""#),
+        "{logs}"
+    );
+    assert!(!logs.contains(TOKEN));
+
+    // The token is in no image layer or config, and on no command line in the container.
+    let image = record["image"].as_str().unwrap();
+    assert!(!docker(&["image", "inspect", image]).contains(TOKEN));
+    assert!(!docker(&["history", "--no-trunc", image]).contains(TOKEN));
+    let top = docker(&[
+        "top",
+        record["container"].as_str().unwrap(),
+        "-eo",
+        "pid,args",
+    ]);
+    assert!(top.contains("gateway") && !top.contains(TOKEN), "{top}");
+
+    let down = krbottle(&state, &["bundle", "down", &bottle], None);
+    assert!(
+        down.status.success(),
+        "{}",
+        String::from_utf8_lossy(&down.stderr)
+    );
+    assert_eq!(
+        leftovers(&bottle).trim(),
+        "",
+        "nothing of the bottle remains"
+    );
+}
+
+#[test]
+fn five_bundles_at_once_get_distinct_networks_and_ports() {
+    if !docker_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let bottles: Vec<String> = (0..5)
+        .map(|i| format!("kt{}f{i}", std::process::id()))
+        .collect();
+    let names: Vec<&str> = bottles.iter().map(String::as_str).collect();
+    let m = manifest(dir.path(), &names, false);
+    let _down = Down(&state, bottles.clone());
+    let children: Vec<_> = bottles
+        .iter()
+        .map(|b| {
+            Command::new(BIN)
+                .args(["bundle", "up", b, "--json", "--manifest"])
+                .arg(&m)
+                .env("KRBOTTLE_STATE_DIR", &state)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let records: Vec<serde_json::Value> = children
+        .into_iter()
+        .map(|c| up_json(&c.wait_with_output().unwrap()))
+        .collect();
+    let mut ports: Vec<&str> = records
+        .iter()
+        .map(|r| r["endpoints"]["gateway"].as_str().unwrap())
+        .collect();
+    let mut subnets: Vec<String> = records
+        .iter()
+        .map(|r| {
+            docker(&[
+                "network",
+                "inspect",
+                r["network"].as_str().unwrap(),
+                "--format",
+                "{{range .IPAM.Config}}{{.Subnet}}{{end}}",
+            ])
+        })
+        .collect();
+    for b in &bottles {
+        assert!(
+            krbottle(&state, &["bundle", "down", b], None)
+                .status
+                .success()
+        );
+        assert_eq!(leftovers(b).trim(), "");
+    }
+    ports.sort();
+    ports.dedup();
+    subnets.sort();
+    subnets.dedup();
+    assert_eq!(ports.len(), 5, "{ports:?}");
+    assert_eq!(subnets.len(), 5, "{subnets:?}");
+}
+
+#[test]
+fn gc_removes_what_a_killed_up_left_behind() {
+    if !docker_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let bottle = format!("kt{}gc", std::process::id());
+    let m = manifest(dir.path(), &[&bottle], true);
+    let _down = Down(&state, vec![bottle.clone()]);
+    // A token the gateway refuses (too short) keeps the bundle from ever becoming ready, so
+    // `up` is still waiting when it is killed.
+    let mut up = Command::new(BIN)
+        .args(["bundle", "up", &bottle, "--manifest"])
+        .arg(&m)
+        .env("KRBOTTLE_STATE_DIR", &state)
+        .env("KRB_DOCKER_TEST_TOKEN", "short")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let filter = format!("label=krbottle.bottle={bottle}");
+    let mut created = false;
+    for _ in 0..1200 {
+        if !docker(&["ps", "-q", "--filter", &filter]).trim().is_empty() {
+            created = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    up.kill().unwrap();
+    up.wait().unwrap();
+    assert!(created, "the bundle container never appeared");
+    assert!(
+        !leftovers(&bottle).trim().is_empty(),
+        "the kill left a container and network"
+    );
+
+    // gc of another state directory must not touch this bottle's objects.
+    let other = dir.path().join("other-state");
+    assert!(krbottle(&other, &["bundle", "gc"], None).status.success());
+    assert!(!leftovers(&bottle).trim().is_empty());
+
+    let gc = krbottle(&state, &["bundle", "gc", "--json"], None);
+    assert!(
+        gc.status.success(),
+        "{}",
+        String::from_utf8_lossy(&gc.stderr)
+    );
+    let removed: serde_json::Value = serde_json::from_slice(&gc.stdout).unwrap();
+    assert_eq!(
+        removed["containers"].as_array().unwrap().len(),
+        1,
+        "{removed}"
+    );
+    assert_eq!(
+        removed["networks"].as_array().unwrap().len(),
+        1,
+        "{removed}"
+    );
+    assert_eq!(leftovers(&bottle).trim(), "");
+}
+
+/// The HTTPS (8443) and HTTP (8080) echo upstream, run inside a container on the bundle's
+/// network by `route_through_the_bundle_container`. It prints each request head on stdout
+/// (read back with `docker logs`) and answers with the head and body it received.
+#[test]
+#[ignore = "the upstream server, started inside a container by another test"]
+fn echo_upstream_main() {
+    let certs =
+        std::path::PathBuf::from(std::env::var_os("KRB_ECHO_CERTS").expect("KRB_ECHO_CERTS"));
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async move {
+        use rustls_pki_types::pem::PemObject;
+        let chain = rustls_pki_types::CertificateDer::pem_file_iter(certs.join("cert.pem"))
+            .unwrap()
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap();
+        let key = rustls_pki_types::PrivateKeyDer::from_pem_file(certs.join("key.pem")).unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(chain, key)
+            .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let tls = tokio::net::TcpListener::bind("0.0.0.0:8443").await.unwrap();
+        let plain = tokio::net::TcpListener::bind("0.0.0.0:8080").await.unwrap();
+        println!("echo upstream ready");
+        let svc = || {
+            hyper::service::service_fn(|req: hyper::Request<hyper::body::Incoming>| async move {
+                use http_body_util::BodyExt;
+                let (parts, body) = req.into_parts();
+                let body = body.collect().await.unwrap().to_bytes();
+                let mut head = format!("{} {}\n", parts.method, parts.uri);
+                for (k, v) in &parts.headers {
+                    head.push_str(&format!("{k}: {}\n", String::from_utf8_lossy(v.as_bytes())));
+                }
+                println!("{head}");
+                let out = format!("{head}\n{}", String::from_utf8_lossy(&body));
+                Ok::<_, Infallible>(hyper::Response::new(http_body_util::Full::new(
+                    bytes::Bytes::from(out),
+                )))
+            })
+        };
+        let plain_task = tokio::spawn(async move {
+            loop {
+                let (tcp, _) = plain.accept().await.unwrap();
+                tokio::spawn(
+                    hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(tcp), svc()),
+                );
+            }
+        });
+        loop {
+            let (tcp, _) = tls.accept().await.unwrap();
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                if let Ok(stream) = acceptor.accept(tcp).await {
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), svc())
+                        .await;
+                }
+            });
+            if plain_task.is_finished() {
+                return;
+            }
+        }
+    });
+}
+
+/// The whole path through Docker: curl on the host → the bundle's published gateway port →
+/// the gateway in the bundle container → an HTTPS upstream container on the bundle's network
+/// under allowlisted names, with its own test CA.
+#[test]
+fn route_through_the_bundle_container() {
+    use krbottle::bundle::container;
+    use krbottle::bundle::gateway::config::GatewayConfig;
+    use krbottle::manifest::{Manifest, Route};
+
+    if !docker_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let bottle_name = format!("kt{}rt", std::process::id());
+    let _down = Down(&state, vec![bottle_name.clone()]);
+
+    // The upstream's own CA and certificate for both of its names.
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "docker test upstream CA");
+    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(ca_params, &ca_key);
+    let leaf_key = rcgen::KeyPair::generate().unwrap();
+    let mut leaf_params =
+        rcgen::CertificateParams::new(vec!["upstream.test".to_string(), "route.test".to_string()])
+            .unwrap();
+    leaf_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "upstream.test");
+    let leaf = leaf_params.signed_by(&leaf_key, &issuer).unwrap();
+    let certs = dir.path().join("certs");
+    std::fs::create_dir(&certs).unwrap();
+    std::fs::write(certs.join("cert.pem"), leaf.pem()).unwrap();
+    std::fs::write(certs.join("key.pem"), leaf_key.serialize_pem()).unwrap();
+    std::fs::write(certs.join("ca.pem"), ca_cert.pem()).unwrap();
+
+    let manifest = Manifest::parse(
+        Path::new("krbottle.toml"),
+        &format!("[bottles.{bottle_name}]\nallow = [\"upstream.test\"]\n"),
+    )
+    .unwrap();
+    let bottle = &manifest.bottles[&bottle_name];
+    let mut gateway = GatewayConfig::for_bottle(bottle);
+    gateway.routes = vec![Route {
+        host: "route.test".into(),
+        header: "authorization".into(),
+        scheme: Some("Bearer".into()),
+        token_env: "KRB_DOCKER_TEST_TOKEN".into(),
+    }];
+    gateway.internal_hosts = vec!["upstream.test".into(), "route.test".into()];
+    gateway.upstream_ca_file =
+        Some(Path::new(krbottle::bundle::layout::CONFIG_DIR).join("upstream-ca.pem"));
+    let bundle_dir = container::bundle_dir(&state, &bottle_name);
+    std::fs::create_dir_all(&bundle_dir).unwrap();
+    std::fs::write(bundle_dir.join("upstream-ca.pem"), ca_cert.pem()).unwrap();
+
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let record = runtime.block_on(async {
+        let docker = container::connect().await.unwrap();
+        let image = krbottle::bundle::image::ensure(&docker, Path::new(BIN))
+            .await
+            .unwrap();
+        container::up(&docker, bottle, &gateway, &image, &state, |name| {
+            (name == "KRB_DOCKER_TEST_TOKEN").then(|| TOKEN.to_string())
+        })
+        .await
+        .unwrap()
+    });
+    let proxy = format!("http://{}", record.endpoints["gateway"]);
+
+    // The upstream container, labelled like the bundle so `down` removes it with the network.
+    let upstream = format!("{bottle_name}-upstream");
+    let test_binary = std::env::current_exe().unwrap();
+    let run = docker(&[
+        "run",
+        "-d",
+        "--name",
+        &upstream,
+        "--network",
+        &record.network,
+        "--network-alias",
+        "upstream.test",
+        "--network-alias",
+        "route.test",
+        "--label",
+        "krbottle.role=bundle",
+        "--label",
+        &format!("krbottle.bottle={bottle_name}"),
+        "--label",
+        &format!("krbottle.state-dir={}", state.display()),
+        "-v",
+        &format!("{}:/t/test:ro", test_binary.display()),
+        "-v",
+        &format!("{}:/certs:ro", certs.display()),
+        "-e",
+        "KRB_ECHO_CERTS=/certs",
+        krbottle::bundle::image::BASE_IMAGE,
+        "/t/test",
+        "--ignored",
+        "--exact",
+        "echo_upstream_main",
+        "--nocapture",
+    ]);
+    assert!(!run.contains("Error"), "{run}");
+
+    let curl = |args: &[&str]| {
+        let out = Command::new("curl")
+            .args([
+                "-sS",
+                "--max-time",
+                "20",
+                "-w",
+                "\n%{http_code}",
+                "--proxy",
+                &proxy,
+            ])
+            .args(args)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr)
+    };
+    let upstream_ca = certs.join("ca.pem");
+    let upstream_ca = upstream_ca.to_str().unwrap();
+    let mut ready = false;
+    for _ in 0..200 {
+        if curl(&["--cacert", upstream_ca, "https://upstream.test:8443/ready"]).ends_with("200") {
+            ready = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        ready,
+        "the upstream never answered through the gateway: {}",
+        docker(&["logs", &upstream])
+    );
+
+    // Route: the upstream sees the real token, never the client's; the client never sees it.
+    let bottle_ca = bundle_dir.join("ca.pem");
+    let answer = curl(&[
+        "--cacert",
+        bottle_ca.to_str().unwrap(),
+        "-H",
+        "Authorization: Bearer client-fake-credential",
+        "https://route.test:8443/v1/echo",
+    ]);
+    assert!(answer.ends_with("200"), "{answer}");
+    assert!(
+        answer.contains("authorization: Bearer [REDACTED]"),
+        "{answer}"
+    );
+    assert!(
+        !answer.contains(TOKEN) && !answer.contains("client-fake-credential"),
+        "{answer}"
+    );
+    let seen = docker(&["logs", &upstream]);
+    assert!(
+        seen.contains(&format!("authorization: Bearer {TOKEN}")),
+        "{seen}"
+    );
+    assert!(!seen.contains("client-fake-credential"), "{seen}");
+
+    // Secret scanning: the token in clear HTTP to an allowed, non-route host is blocked.
+    let blocked = curl(&[&format!("http://upstream.test:8080/?k={TOKEN}")]);
+    assert!(
+        blocked.ends_with("403") && blocked.contains("KRB_DOCKER_TEST_TOKEN"),
+        "{blocked}"
+    );
+
+    let logs = krbottle(&state, &["bundle", "logs", &bottle_name], None);
+    let logs =
+        String::from_utf8_lossy(&logs.stdout).to_string() + &String::from_utf8_lossy(&logs.stderr);
+    assert!(
+        logs.contains(r#""decision":"route""#) && logs.contains(r#""decision":"block""#),
+        "{logs}"
+    );
+    assert!(!logs.contains(TOKEN), "{logs}");
+
+    let down = krbottle(&state, &["bundle", "down", &bottle_name], None);
+    assert!(
+        down.status.success(),
+        "{}",
+        String::from_utf8_lossy(&down.stderr)
+    );
+    assert_eq!(
+        leftovers(&bottle_name).trim(),
+        "",
+        "nothing of the bottle remains"
+    );
+}
+
+#[test]
+fn interrupted_up_removes_what_it_created() {
+    if !docker_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let bottle = format!("kt{}int", std::process::id());
+    let m = manifest(dir.path(), &[&bottle], true);
+    let _down = Down(&state, vec![bottle.clone()]);
+    // As in the gc test, a refused token keeps `up` waiting for readiness.
+    let up = Command::new(BIN)
+        .args(["bundle", "up", &bottle, "--manifest"])
+        .arg(&m)
+        .env("KRBOTTLE_STATE_DIR", &state)
+        .env("KRB_DOCKER_TEST_TOKEN", "short")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let filter = format!("label=krbottle.bottle={bottle}");
+    let mut created = false;
+    for _ in 0..1200 {
+        if !docker(&["ps", "-q", "--filter", &filter]).trim().is_empty() {
+            created = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let pid = rustix::process::Pid::from_raw(up.id() as i32).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::INT).unwrap();
+    let out = up.wait_with_output().unwrap();
+    assert!(created, "the bundle container never appeared");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("interrupted"));
+    assert_eq!(
+        leftovers(&bottle).trim(),
+        "",
+        "an interrupted up leaves nothing behind"
+    );
+}
