@@ -11,5 +11,6 @@ pub mod exit;
 pub mod image;
 pub mod manifest;
 pub mod output;
+pub mod state;
 pub mod sys;
 pub mod vm;

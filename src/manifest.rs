@@ -421,7 +421,8 @@ impl Validator<'_> {
     }
 }
 
-fn is_valid_name(s: &str) -> bool {
+/// Whether `s` is a valid agent or bottle name (also used for state dirs and Docker objects).
+pub fn is_valid_name(s: &str) -> bool {
     let b = s.as_bytes();
     !b.is_empty()
         && b.len() <= 63

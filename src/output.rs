@@ -104,8 +104,12 @@ impl Reporter {
 }
 
 /// Prints a value as pretty JSON on stdout (the `--json` contract: one document per command).
+/// A reader that stops early (`krbottle … --json | grep -q x`) is not an error.
 pub fn print_json<T: serde::Serialize>(value: &T) -> std::io::Result<()> {
+    use std::io::Write;
     let text = serde_json::to_string_pretty(value).map_err(std::io::Error::other)?;
-    println!("{text}");
-    Ok(())
+    match writeln!(std::io::stdout().lock(), "{text}") {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => other,
+    }
 }

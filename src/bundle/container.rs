@@ -32,7 +32,6 @@ use crate::bundle::layout::{
     CA_CERT_FILE, CA_KEY_FILE, CONFIG_DIR, Daemon, GATEWAY_CONFIG_FILE, LABEL_BOTTLE,
     LABEL_OWNER_PID, LABEL_ROLE, LABEL_STATE_DIR, ROLE_BUNDLE, container_name, network_name,
 };
-use crate::env_vars;
 use crate::manifest::Bottle;
 
 /// How long the daemons get to answer after the container started.
@@ -169,14 +168,9 @@ pub async fn connect() -> Result<Docker, BundleError> {
         .map_err(BundleError::Connect)
 }
 
-/// The root of krbottle's per-bottle state: `KRBOTTLE_STATE_DIR`, else the user data dir.
+/// The root of krbottle's per-bottle state (see `state`).
 pub fn state_root() -> PathBuf {
-    match std::env::var_os(env_vars::KRBOTTLE_STATE_DIR) {
-        Some(dir) if !dir.is_empty() => PathBuf::from(dir),
-        _ => dirs::data_dir()
-            .unwrap_or_else(std::env::temp_dir)
-            .join("krbottle"),
-    }
+    crate::state::StateRoot::open_default().path().to_path_buf()
 }
 
 /// The host directory with a bottle's bundle files (config, CA, up record).

@@ -46,12 +46,9 @@ pub enum CloneError {
 #[derive(Clone, Debug, serde::Serialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum WritableRoot {
-    /// Mount `overlay` with `lowerdir=lower,upperdir=upper,workdir=work` (done by the VMM child).
-    Overlay {
-        lower: PathBuf,
-        upper: PathBuf,
-        work: PathBuf,
-    },
+    /// Mount `overlay` with `lower` read-only and the upper layer in `upper/diff` (scratch dir
+    /// `upper/work`); done by the VMM child in its own mount namespace (`run --overlay`).
+    Overlay { lower: PathBuf, upper: PathBuf },
     /// A private copy (clonefile or [`copy_tree`]) at this path.
     Copy { root: PathBuf },
 }

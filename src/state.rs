@@ -1,0 +1,229 @@
+//! Per-bottle state on the host: a bottle's writable root, its bundle files and its lock.
+//!
+//! Layout under the state root (`KRBOTTLE_STATE_DIR`, default the user data dir + `krbottle`):
+//! ```text
+//! bottles/<name>/root/diff/    the overlay's upper layer: everything the guest changed (Linux)
+//! bottles/<name>/root/work/    overlayfs's scratch dir, on the same filesystem as diff/
+//! bottles/<name>/rootfs/       a private copy instead of an overlay (macOS, other systems)
+//! bottles/<name>/bundle/       the bundle's config, CA and up record (`bundle::container`)
+//! bottles/<name>/lock          flock held while the bottle runs
+//! ```
+//! The cached image rootfs is never written: a bottle's changes live only in its own dir, so
+//! stopping a bottle keeps its state and starting it again resumes it.
+
+use std::fs::{self, File};
+use std::io;
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
+
+use indicatif::ProgressBar;
+use rustix::fs::{FlockOperation, flock};
+
+use crate::env_vars;
+use crate::image::clone::{CloneError, WritableRoot, copy_tree};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error(
+        "Bad bottle name `{0}`: names are 1-63 characters of a-z, 0-9, `-` and `_`, starting with a letter or digit"
+    )]
+    BadName(String),
+    #[error("Cannot create the bottle directory {path}")]
+    Create {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("Bottle `{0}` is already running (its lock is held); stop it first")]
+    Busy(String),
+    #[error("Cannot lock {path}")]
+    Lock {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("Cannot make bottle `{bottle}`'s private copy of its root filesystem")]
+    Copy {
+        bottle: String,
+        #[source]
+        source: CloneError,
+    },
+}
+
+/// The directory holding every bottle's state.
+#[derive(Clone, Debug)]
+pub struct StateRoot {
+    root: PathBuf,
+}
+
+impl StateRoot {
+    /// `KRBOTTLE_STATE_DIR`, else `<user data dir>/krbottle`.
+    pub fn open_default() -> Self {
+        let root = match std::env::var_os(env_vars::KRBOTTLE_STATE_DIR) {
+            Some(dir) if !dir.is_empty() => PathBuf::from(dir),
+            _ => dirs::data_dir()
+                .unwrap_or_else(std::env::temp_dir)
+                .join("krbottle"),
+        };
+        StateRoot { root }
+    }
+
+    pub fn at(root: impl Into<PathBuf>) -> Self {
+        StateRoot { root: root.into() }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.root
+    }
+
+    /// The dirs of bottle `name` (not created yet).
+    pub fn bottle(&self, name: &str) -> Result<BottleDirs, StateError> {
+        if !crate::manifest::is_valid_name(name) {
+            return Err(StateError::BadName(name.to_string()));
+        }
+        Ok(BottleDirs {
+            name: name.to_string(),
+            dir: self.root.join("bottles").join(name),
+        })
+    }
+}
+
+/// One bottle's state directory.
+#[derive(Clone, Debug)]
+pub struct BottleDirs {
+    name: String,
+    dir: PathBuf,
+}
+
+impl BottleDirs {
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The overlay's upper state: `diff/` and `work/` inside.
+    pub fn overlay_upper(&self) -> PathBuf {
+        self.dir.join("root")
+    }
+
+    /// The private copy used where there is no overlay.
+    pub fn private_rootfs(&self) -> PathBuf {
+        self.dir.join("rootfs")
+    }
+
+    pub fn bundle_dir(&self) -> PathBuf {
+        self.dir.join("bundle")
+    }
+
+    /// Takes the bottle's lock for as long as the returned file lives; fails at once when
+    /// another process holds it.
+    pub fn lock(&self) -> Result<File, StateError> {
+        mkdir(&self.dir)?;
+        let path = self.dir.join("lock");
+        let err = |source| StateError::Lock {
+            path: path.clone(),
+            source,
+        };
+        let file = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(err)?;
+        match flock(&file, FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => Ok(file),
+            Err(rustix::io::Errno::WOULDBLOCK) => Err(StateError::Busy(self.name.clone())),
+            Err(e) => Err(err(e.into())),
+        }
+    }
+
+    /// The bottle's own writable root over the cached `image_rootfs`, created on first use and
+    /// kept afterwards. On Linux an overlay the VMM child mounts (nothing is copied); elsewhere a
+    /// private copy (`clonefile` on macOS, else [`copy_tree`]).
+    pub fn writable_root(
+        &self,
+        image_rootfs: &Path,
+        progress: &ProgressBar,
+    ) -> Result<WritableRoot, StateError> {
+        if cfg!(target_os = "linux") {
+            let upper = self.overlay_upper();
+            mkdir(&upper.join("diff"))?;
+            mkdir(&upper.join("work"))?;
+            return Ok(WritableRoot::Overlay {
+                lower: image_rootfs.to_path_buf(),
+                upper,
+            });
+        }
+        let root = self.private_rootfs();
+        if !root.exists() {
+            mkdir(&self.dir)?;
+            copy_tree(image_rootfs, &root, progress).map_err(|source| StateError::Copy {
+                bottle: self.name.clone(),
+                source,
+            })?;
+        }
+        Ok(WritableRoot::Copy { root })
+    }
+}
+
+fn mkdir(path: &Path) -> Result<(), StateError> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(path)
+        .map_err(|source| StateError::Create {
+            path: path.to_path_buf(),
+            source,
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_checked_before_they_become_paths() {
+        let state = StateRoot::at("/state");
+        for bad in ["", "../x", "a/b", "Upper", ".hidden", &"x".repeat(64)] {
+            assert!(
+                matches!(state.bottle(bad), Err(StateError::BadName(_))),
+                "{bad}"
+            );
+        }
+        let b = state.bottle("agent-1").unwrap();
+        assert_eq!(b.dir(), Path::new("/state/bottles/agent-1"));
+        assert_eq!(b.bundle_dir(), Path::new("/state/bottles/agent-1/bundle"));
+    }
+
+    #[test]
+    fn the_lock_is_exclusive_and_released_on_drop() {
+        let tmp = tempfile::tempdir().unwrap();
+        let b = StateRoot::at(tmp.path()).bottle("b").unwrap();
+        let held = b.lock().unwrap();
+        assert!(matches!(b.lock(), Err(StateError::Busy(_))));
+        drop(held);
+        b.lock().unwrap();
+    }
+
+    #[test]
+    #[cfg(target_os = "linux")]
+    fn linux_writable_root_is_an_overlay_plan_and_copies_nothing() {
+        let tmp = tempfile::tempdir().unwrap();
+        let image = tmp.path().join("image");
+        fs::create_dir_all(image.join("etc")).unwrap();
+        fs::write(image.join("etc/hostname"), "img").unwrap();
+        let b = StateRoot::at(tmp.path().join("state")).bottle("b").unwrap();
+        let root = b.writable_root(&image, &ProgressBar::hidden()).unwrap();
+        match root {
+            WritableRoot::Overlay { lower, upper } => {
+                assert_eq!(lower, image);
+                assert!(upper.join("diff").is_dir() && upper.join("work").is_dir());
+                assert_eq!(fs::read_dir(upper.join("diff")).unwrap().count(), 0);
+            }
+            other => panic!("expected an overlay on Linux, got {other:?}"),
+        }
+        // Asking again keeps what is there (resume).
+        fs::write(b.overlay_upper().join("diff/changed"), "x").unwrap();
+        b.writable_root(&image, &ProgressBar::hidden()).unwrap();
+        assert!(b.overlay_upper().join("diff/changed").exists());
+    }
+}
