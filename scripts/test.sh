@@ -9,6 +9,7 @@ repo=$(dirname "$here")
 cd "$repo"
 
 need_pkgs "newuidmap newgidmap" uidmap
+need_pkgs "curl" curl
 bash "$here/install-libkrunfw.sh"
 bash "$here/build-base-image.sh"
 if [ "$(id -u)" = 0 ]; then bash "$here/test-user.sh"; fi
@@ -23,6 +24,8 @@ say "cargo test"
 export KRBOTTLE_SKIP_LOG=$repo/target/skipped-tests.log
 rm -f "$KRBOTTLE_SKIP_LOG"
 cargo test --locked --all-targets
+say "emulated-hypervisor harness (real guest boots)"
+bash "$here/vm-harness.sh"
 if [ -s "$KRBOTTLE_SKIP_LOG" ]; then
     say "$(wc -l <"$KRBOTTLE_SKIP_LOG") test(s) SKIPPED (not passed):"
     sed 's/^/  /' "$KRBOTTLE_SKIP_LOG" >&2

@@ -98,10 +98,27 @@ case_confinement_through_tsi() {
 }
 
 case_terminal_session_through_a_pty() {
-    # busybox `script` gives krbottle a pty; the guest must see a terminal and the window size.
-    out=$(script -q -c "stty rows 33 cols 101; $RUN $BB -- sh -c 'test -t 0 && echo guest-has-tty; stty size'" /dev/null </dev/null | tr -d '\r')
+    # util-linux `script` gives krbottle a pty; its stdin feeds the pty, so a delayed ^C is a key
+    # press. The guest must see a terminal of the pty's size, get SIGINT from ^C, and the pty's
+    # settings must be back as they were afterwards.
+    cat >/tmp/tty-session.sh <<SESSION
+stty rows 33 cols 101
+stty -g >/tmp/stty.before
+$RUN $BB -- sh -c 'test -t 0 && echo guest-has-tty; stty size; trap "echo guest-got-INT; exit 3" INT; echo guest-ready; sleep 60 & wait'
+echo "run-rc=\$?"
+stty -g >/tmp/stty.after
+SESSION
+    rm -f /tmp/tty.out
+    (i=0; while [ $i -lt 120 ] && ! grep -q guest-ready /tmp/tty.out 2>/dev/null; do
+        sleep 0.5; i=$((i+1)); done
+     sleep 1; printf '\003'; sleep 5) | script -q -c "sh /tmp/tty-session.sh" /dev/null >/tmp/tty.out 2>&1
+    out=$(tr -d '\r' </tmp/tty.out)
     echo "$out"
-    echo "$out" | grep -q guest-has-tty && echo "$out" | grep -q '^33 101$'
+    echo "$out" | grep -q guest-has-tty &&
+    echo "$out" | grep -q '^33 101$' &&
+    echo "$out" | grep -q guest-got-INT &&
+    expect rc "$(echo "$out" | grep -o 'run-rc=[0-9]*')" run-rc=3 &&
+    expect terminal-restored "$(cat /tmp/stty.after)" "$(cat /tmp/stty.before)"
 }
 
 case_boot_timing_by_phase() {
