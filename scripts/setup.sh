@@ -40,3 +40,5 @@ mkdir -p "$(dirname "$out")"
 say "example: unpacking it into $out"
 "$bin" image unpack krbottle-example/agent:latest "$out" --json
 say "done: $out is the example agent's root filesystem"
+say "this machine, as krbottle sees it (krbottle doctor):"
+"$bin" doctor || say "krbottle run cannot boot guests here (see above); everything else works"
