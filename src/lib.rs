@@ -9,6 +9,7 @@ pub mod commands;
 pub mod env_vars;
 pub mod exit;
 pub mod image;
+pub mod lockfile;
 pub mod manifest;
 pub mod output;
 pub mod state;

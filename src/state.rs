@@ -17,10 +17,9 @@ use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
 use indicatif::ProgressBar;
-use rustix::fs::{FlockOperation, flock};
 
-use crate::env_vars;
 use crate::image::clone::{CloneError, WritableRoot, copy_tree};
+use crate::{env_vars, lockfile};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
@@ -119,20 +118,10 @@ impl BottleDirs {
     pub fn lock(&self) -> Result<File, StateError> {
         mkdir(&self.dir)?;
         let path = self.dir.join("lock");
-        let err = |source| StateError::Lock {
-            path: path.clone(),
-            source,
-        };
-        let file = File::options()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .map_err(err)?;
-        match flock(&file, FlockOperation::NonBlockingLockExclusive) {
-            Ok(()) => Ok(file),
-            Err(rustix::io::Errno::WOULDBLOCK) => Err(StateError::Busy(self.name.clone())),
-            Err(e) => Err(err(e.into())),
+        match lockfile::try_lock_exclusive(&path) {
+            Ok(Some(file)) => Ok(file),
+            Ok(None) => Err(StateError::Busy(self.name.clone())),
+            Err(source) => Err(StateError::Lock { path, source }),
         }
     }
 

@@ -17,10 +17,9 @@ use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use rustix::fs::{FlockOperation, flock};
 use serde::{Deserialize, Serialize};
 
-use crate::env_vars;
+use crate::{env_vars, lockfile};
 
 const IMAGES_DIR: &str = "images";
 const LOCKS_DIR: &str = "locks";
@@ -294,7 +293,7 @@ impl Cache {
             let Some(key) = CacheKey::new(hex, mode) else {
                 continue;
             };
-            let Ok(_lock) = self.try_lock(&key) else {
+            let Ok(Some(_lock)) = self.try_lock(&key) else {
                 continue;
             };
             remove_tree(&item.path()).map_err(|source| CacheError::Remove {
@@ -324,28 +323,20 @@ impl Cache {
     }
 
     fn lock(&self, key: &CacheKey) -> Result<File, CacheError> {
-        self.lock_with(key, FlockOperation::LockExclusive)
+        let path = self.lock_path(key)?;
+        lockfile::lock_exclusive(&path).map_err(|source| CacheError::Lock { path, source })
     }
 
-    fn try_lock(&self, key: &CacheKey) -> Result<File, CacheError> {
-        self.lock_with(key, FlockOperation::NonBlockingLockExclusive)
+    /// The entry's lock if nobody holds it.
+    fn try_lock(&self, key: &CacheKey) -> Result<Option<File>, CacheError> {
+        let path = self.lock_path(key)?;
+        lockfile::try_lock_exclusive(&path).map_err(|source| CacheError::Lock { path, source })
     }
 
-    fn lock_with(&self, key: &CacheKey, op: FlockOperation) -> Result<File, CacheError> {
-        let locks = self.ensure_dir(LOCKS_DIR)?;
-        let path = locks.join(format!("{}.lock", key.name()));
-        let lock_err = |source| CacheError::Lock {
-            path: path.clone(),
-            source,
-        };
-        let file = File::options()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .map_err(lock_err)?;
-        flock(&file, op).map_err(|e| lock_err(e.into()))?;
-        Ok(file)
+    fn lock_path(&self, key: &CacheKey) -> Result<PathBuf, CacheError> {
+        Ok(self
+            .ensure_dir(LOCKS_DIR)?
+            .join(format!("{}.lock", key.name())))
     }
 }
 

@@ -261,3 +261,19 @@ pub fn diff(expected: &BTreeMap<String, Node>, actual: &BTreeMap<String, Node>) 
     }
     out
 }
+
+/// Panics listing the first differences, unless the trees agree.
+pub fn assert_same(expected: &BTreeMap<String, Node>, actual: &BTreeMap<String, Node>, what: &str) {
+    let diffs = diff(expected, actual);
+    assert!(
+        diffs.is_empty(),
+        "{} differences between docker export and {what}:\n{}",
+        diffs.len(),
+        diffs
+            .iter()
+            .take(40)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+}
