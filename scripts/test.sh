@@ -10,6 +10,7 @@ cd "$repo"
 
 need_pkgs "newuidmap newgidmap" uidmap
 need_pkgs "curl" curl
+need_pkgs "busybox" busybox-static
 bash "$here/install-libkrunfw.sh"
 bash "$here/build-base-image.sh"
 if [ "$(id -u)" = 0 ]; then bash "$here/test-user.sh"; fi

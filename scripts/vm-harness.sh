@@ -20,6 +20,7 @@ mkdir -p "$W/debs"
 
 need_pkgs qemu-system-x86_64 qemu-system-x86
 need_pkgs cpio cpio
+need_pkgs python3 python3
 bash "$here/install-libkrunfw.sh" >/dev/null
 
 # Kernel and busybox as .deb files (downloaded, not installed). The kernel package name changes
