@@ -99,12 +99,14 @@ case_confinement_through_tsi() {
 
 case_terminal_session_through_a_pty() {
     # util-linux `script` gives krbottle a pty; its stdin feeds the pty, so a delayed ^C is a key
-    # press. The guest must see a terminal of the pty's size, get SIGINT from ^C, and the pty's
-    # settings must be back as they were afterwards.
+    # press. The guest must see a terminal of the pty's size, follow a resize while it runs (a
+    # background `stty` on the pty, as a terminal emulator would), get SIGINT from ^C, and the
+    # pty's settings must be back as they were afterwards.
     cat >/tmp/tty-session.sh <<SESSION
 stty rows 33 cols 101
 stty -g >/tmp/stty.before
-$RUN $BB -- sh -c 'test -t 0 && echo guest-has-tty; stty size; trap "echo guest-got-INT; exit 3" INT; echo guest-ready; sleep 60 & wait'
+(sleep 8; stty rows 41 cols 119 </dev/tty) &
+$RUN $BB -- sh -c 'test -t 0 && echo guest-has-tty; stty size; sleep 12; echo "resized-to \$(stty size)"; trap "echo guest-got-INT; exit 3" INT; echo guest-ready; sleep 60 & wait'
 echo "run-rc=\$?"
 stty -g >/tmp/stty.after
 SESSION
@@ -116,6 +118,7 @@ SESSION
     echo "$out"
     echo "$out" | grep -q guest-has-tty &&
     echo "$out" | grep -q '^33 101$' &&
+    expect window-resize "$(echo "$out" | grep -o 'resized-to .*')" "resized-to 41 119" &&
     echo "$out" | grep -q guest-got-INT &&
     expect rc "$(echo "$out" | grep -o 'run-rc=[0-9]*')" run-rc=3 &&
     expect terminal-restored "$(cat /tmp/stty.after)" "$(cat /tmp/stty.before)"
