@@ -803,3 +803,54 @@ fn print_report(r: &GatewayReport) {
         ),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The upstream is what keeps a peer that does not intercept from posting a number.
+    #[test]
+    fn upstream_marks_the_token_and_refuses_a_leaked_client_credential() {
+        let token = format!("Bearer {TOKEN}");
+        let table: &[(Option<&str>, &str, StatusCode, bool, usize)] = &[
+            (None, SMALL_PATH, StatusCode::OK, false, SMALL_BYTES),
+            (None, LARGE_PATH, StatusCode::OK, false, LARGE_BYTES),
+            (Some(&token), SMALL_PATH, StatusCode::OK, true, SMALL_BYTES),
+            (
+                Some(CLIENT_CREDENTIAL),
+                SMALL_PATH,
+                StatusCode::UNAUTHORIZED,
+                false,
+                33,
+            ),
+            (
+                Some("Bearer other"),
+                LARGE_PATH,
+                StatusCode::UNAUTHORIZED,
+                false,
+                33,
+            ),
+            (None, "/other", StatusCode::NOT_FOUND, false, 0),
+        ];
+        let small = Bytes::from(vec![b's'; SMALL_BYTES]);
+        let large = Bytes::from(vec![b'L'; LARGE_BYTES]);
+        for &(auth, path, status, injected, len) in table {
+            let mut req = Request::get(path);
+            if let Some(auth) = auth {
+                req = req.header(http::header::AUTHORIZATION, auth);
+            }
+            let resp = upstream_answer(&req.body(()).unwrap(), small.clone(), large.clone());
+            assert_eq!(resp.status(), status, "{auth:?} {path}");
+            assert_eq!(
+                resp.headers().contains_key(INJECTED_HEADER),
+                injected,
+                "{auth:?} {path}"
+            );
+            let body = futures_util::FutureExt::now_or_never(resp.into_body().collect())
+                .expect("a full body is ready")
+                .unwrap()
+                .to_bytes();
+            assert_eq!(body.len(), len, "{auth:?} {path}");
+        }
+    }
+}
