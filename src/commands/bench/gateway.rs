@@ -538,6 +538,8 @@ async fn spawn_upstream(tls: Arc<rustls::ServerConfig>) -> anyhow::Result<Socket
     tokio::spawn(async move {
         loop {
             let Ok((tcp, _)) = listener.accept().await else {
+                // Out of descriptors and the like: back off instead of spinning.
+                tokio::time::sleep(Duration::from_millis(10)).await;
                 continue;
             };
             let _ = tcp.set_nodelay(true);
