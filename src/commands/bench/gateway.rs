@@ -1,10 +1,11 @@
 //! `krbottle bench gateway`: the gateway's cost, against a direct connection and against
 //! mitmproxy doing the same interception, in one run, on 127.0.0.1 only.
 //!
-//! The world is built in-process: an HTTPS upstream (rustls + hyper, HTTP/1.1, its own CA
-//! minted with rcgen) serving a small and a 1 MiB response, and the gateway with one allowed
-//! host and one route, both names pinned to 127.0.0.1 (no DNS). mitmproxy (`mitmdump`) runs as a
-//! child with an addon doing what a route does: drop the client's credentials, inject the token,
+//! The client and an HTTPS upstream (rustls + hyper, HTTP/1.1, its own CA minted with rcgen,
+//! serving a small and a 1 MiB response) run in this process. The gateway runs as the bundle
+//! runs it, `krbottle bundle gateway` in its own process, with one allowed host and one route,
+//! both names pinned to 127.0.0.1 (no DNS). mitmproxy (`mitmdump`) is likewise a child process,
+//! with an addon doing what a route does: drop the client's credentials, inject the token,
 //! scrub the token's forms from responses; it verifies the upstream against the same test CA.
 //!
 //! - Splice latency: sequential GETs of the small response through a spliced CONNECT and
@@ -15,13 +16,13 @@
 //!   from the small response, MB/s from the large one. The upstream checks every routed request
 //!   carries the injected token, so a contender that does not intercept cannot post a number.
 //!
-//! The client, the upstream and the gateway share one tokio runtime, so the gateway's numbers
-//! include contention with them; mitmproxy is a separate process. Nothing here is invented when
-//! mitmdump is missing: the report says so and leaves its numbers out.
+//! Both proxies compete for the same cores with the client and the upstream; on a small
+//! machine the direct row is the ceiling of what this client can measure. Nothing is invented
+//! when mitmdump is missing: the report says so and leaves its numbers out.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
-use std::io::Read;
+use std::io::{BufRead, Read};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -45,11 +46,9 @@ use tokio::net::{TcpListener, TcpStream};
 
 use super::{ms, percentile};
 use crate::bundle::ca::BottleCa;
-use crate::bundle::gateway::Gateway;
 use crate::bundle::gateway::config::{GatewayConfig, Limits};
-use crate::bundle::gateway::log::DecisionLog;
-use crate::bundle::gateway::resolve::SystemResolver;
 use crate::cli::BenchGatewayArgs;
+use crate::commands::bundle::GATEWAY_LISTENING;
 use crate::env_vars;
 use crate::exit;
 use crate::manifest::Route;
@@ -178,7 +177,8 @@ async fn bench(args: &BenchGatewayArgs, reporter: &Reporter) -> anyhow::Result<G
     std::fs::write(&upstream_ca_file, &pki.ca_pem)?;
     let upstream = spawn_upstream(pki.server_config()?).await?;
     let bottle_ca = BottleCa::generate("bench")?;
-    let gateway = spawn_gateway(dir.path(), &bottle_ca, &upstream_ca_file).await?;
+    let gateway_process = start_gateway(dir.path(), &bottle_ca, &upstream_ca_file)?;
+    let gateway = gateway_process.addr;
 
     let direct_tls = client_tls(&[&pki.ca_pem])?;
     let bottle_tls = client_tls(&[&pki.ca_pem, bottle_ca.cert_pem()])?;
@@ -234,7 +234,7 @@ async fn bench(args: &BenchGatewayArgs, reporter: &Reporter) -> anyhow::Result<G
             // mitmproxy resolves CONNECT names itself, so it is sent the address; the client's
             // SNI and Host still name the route host, which mitmproxy passes upstream.
             let dial = Dial {
-                proxy: Some(mitm.addr),
+                proxy: Some(mitm.proxy.addr),
                 connect_to: upstream.to_string(),
                 sni: ROUTE_HOST.to_owned(),
                 tls,
@@ -591,12 +591,14 @@ fn upstream_answer<B>(req: &Request<B>, small: Bytes, large: Bytes) -> Response<
     resp.body(Full::new(body)).unwrap_or_default()
 }
 
-/// The gateway on 127.0.0.1 with one allowed host and one route, both pinned to 127.0.0.1.
-async fn spawn_gateway(
+/// The gateway daemon (`krbottle bundle gateway`, as the bundle runs it) on 127.0.0.1, with one
+/// allowed host and one route, both pinned to 127.0.0.1. Its own process, like mitmproxy's, so
+/// neither shares a runtime with the client and the upstream.
+fn start_gateway(
     dir: &Path,
     bottle_ca: &BottleCa,
     upstream_ca_file: &Path,
-) -> anyhow::Result<SocketAddr> {
+) -> anyhow::Result<ProxyProcess> {
     let (ca_cert, ca_key) = (dir.join("bottle-ca.pem"), dir.join("bottle-ca.key"));
     bottle_ca.write(&ca_cert, &ca_key)?;
     let localhost = IpAddr::V4(Ipv4Addr::LOCALHOST);
@@ -620,14 +622,44 @@ async fn spawn_gateway(
         internal_hosts: Vec::new(),
         limits: Limits::default(),
     };
-    let env = |name: &str| (name == TOKEN_ENV).then(|| TOKEN.to_owned());
-    // Decision lines are formatted and scrubbed as in the bundle, then dropped.
-    let log = DecisionLog::new("bench", Box::new(std::io::sink()));
-    let gateway = Gateway::new(&config, env, Arc::new(SystemResolver), log)?;
-    let listener = gateway.bind().await?;
-    let addr = listener.local_addr()?;
-    tokio::spawn(gateway.serve(listener));
-    Ok(addr)
+    let config_path = dir.join("gateway.json");
+    std::fs::write(&config_path, serde_json::to_vec(&config)?)?;
+    let exe = std::env::current_exe().context("Could not find krbottle's own binary")?;
+    // Decision lines are written as in the bundle (to a pipe there), here to /dev/null.
+    let mut child = Command::new(exe)
+        .args(["bundle", "gateway", "--config"])
+        .arg(&config_path)
+        .env(TOKEN_ENV, TOKEN)
+        .env_remove(env_vars::KRBOTTLE_LOG)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("Could not start krbottle bundle gateway")?;
+    let stderr = child.stderr.take().context("the gateway's stderr")?;
+    let mut proxy = ProxyProcess {
+        child,
+        addr: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+    };
+    let mut lines = std::io::BufReader::new(stderr).lines();
+    let mut said = Vec::new();
+    for line in lines.by_ref() {
+        let line = line?;
+        if let Some(addr) = line.strip_prefix(GATEWAY_LISTENING) {
+            proxy.addr = addr
+                .trim()
+                .parse()
+                .with_context(|| format!("The gateway printed a bad address: {line}"))?;
+            break;
+        }
+        said.push(line);
+    }
+    if proxy.addr.port() == 0 {
+        bail!("The gateway did not start: {}", said.join("\n"));
+    }
+    // Keep draining, so a chatty gateway never blocks on a full pipe.
+    std::thread::spawn(move || lines.for_each(drop));
+    Ok(proxy)
 }
 
 /// `mitmdump` from `KRBOTTLE_MITMDUMP` or `PATH`, or why there is none.
@@ -663,10 +695,22 @@ fn mitmdump_version(mitmdump: &Path) -> Option<String> {
     text.lines().next().map(|l| l.trim().to_owned())
 }
 
-/// A running mitmdump, killed on drop.
-struct Mitmdump {
+/// A proxy in its own process (the gateway daemon or mitmdump), killed on drop.
+struct ProxyProcess {
     child: Child,
     addr: SocketAddr,
+}
+
+impl Drop for ProxyProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A running mitmdump.
+struct Mitmdump {
+    proxy: ProxyProcess,
     /// The CA mitmproxy signs its interception certificates with.
     ca_pem: String,
 }
@@ -701,14 +745,10 @@ impl Mitmdump {
             .stderr(log)
             .spawn()
             .with_context(|| format!("Could not start {}", mitmdump.display()))?;
-        let mut mitm = Mitmdump {
-            child,
-            addr,
-            ca_pem: String::new(),
-        };
+        let mut proxy = ProxyProcess { child, addr };
         let started = Instant::now();
         loop {
-            if let Some(status) = mitm.child.try_wait()? {
+            if let Some(status) = proxy.child.try_wait()? {
                 bail!(
                     "mitmdump exited during startup ({status}): {}",
                     read_tail(&log_path)
@@ -726,16 +766,9 @@ impl Mitmdump {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         let ca_file = confdir.join("mitmproxy-ca-cert.pem");
-        mitm.ca_pem = std::fs::read_to_string(&ca_file)
+        let ca_pem = std::fs::read_to_string(&ca_file)
             .with_context(|| format!("mitmdump wrote no CA at {}", ca_file.display()))?;
-        Ok(mitm)
-    }
-}
-
-impl Drop for Mitmdump {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        Ok(Mitmdump { proxy, ca_pem })
     }
 }
 
