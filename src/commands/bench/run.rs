@@ -125,7 +125,14 @@ pub(super) fn run(args: BenchRunArgs, reporter: &Reporter) -> anyhow::Result<u8>
     // One untimed round each: the binary, the rootfs and the image are in the page cache for
     // both contenders alike.
     reporter.status("warming up (not timed)");
-    ours_once(0)?;
+    let (_, warm) = ours_once(0)?;
+    if let Outcome::VmmFailed(why) = &warm {
+        reporter.status(format!(
+            "note: the hypervisor here refuses the guest after krun_start_enter ({why}); the \
+             timing stops at krun_start_enter, so the bench goes on and libkrun's error line \
+             after each run is expected"
+        ));
+    }
     docker_once()?;
     let mut ours = Vec::new();
     let mut docker = Vec::new();
