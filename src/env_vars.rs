@@ -34,3 +34,7 @@ pub const KRBOTTLE_VMM_FD: &str = "KRBOTTLE_VMM_FD";
 /// Path of mitmproxy's `mitmdump`, the peer of `krbottle bench gateway`. Default: `mitmdump` on
 /// `PATH`. When neither exists the bench reports only the direct comparison.
 pub const KRBOTTLE_MITMDUMP: &str = "KRBOTTLE_MITMDUMP";
+
+/// Internal, set by `krbottle bench gateway` for the proxies it starts (the gateway daemon and
+/// mitmdump's addon): the bench route's made-up token. Not for users.
+pub const KRBOTTLE_BENCH_ROUTE_TOKEN: &str = "KRBOTTLE_BENCH_ROUTE_TOKEN";
