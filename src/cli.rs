@@ -57,6 +57,40 @@ pub enum Command {
 pub enum BenchCommand {
     /// Unpack throughput vs GNU tar and vs docker export; cache hit; bottle copy vs cp -a.
     Unpack(BenchUnpackArgs),
+    /// `krbottle run` setup up to `krun_start_enter`, by phase, vs `docker run --rm IMAGE true`.
+    ///
+    /// The guest's boot itself is not included: the time is what krbottle adds before the
+    /// hypervisor takes over.
+    Run(BenchRunArgs),
+    /// Gateway: added latency of a spliced CONNECT, and route throughput vs mitmproxy.
+    ///
+    /// Everything runs on 127.0.0.1: an in-process HTTPS upstream, the gateway, and mitmproxy
+    /// (`mitmdump`, found on PATH or in KRBOTTLE_MITMDUMP) doing the same interception.
+    Gateway(BenchGatewayArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BenchRunArgs {
+    /// A Docker image reference in the local engine; unpacked once (not timed) and booted.
+    #[arg(default_value = crate::bundle::image::BASE_IMAGE)]
+    pub image: String,
+    /// Timed runs per contender (the median is reported).
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
+    pub runs: u32,
+    /// Print JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct BenchGatewayArgs {
+    /// Requests per contender for latency and requests/s (1 MiB transfers: a twentieth of
+    /// this, at least 8).
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub requests: u32,
+    /// Print JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

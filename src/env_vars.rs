@@ -30,3 +30,11 @@ pub const KRBOTTLE_NS_HANDSHAKE: &str = "KRBOTTLE_NS_HANDSHAKE";
 /// Internal, set by krbottle for its `__vmm` child: the descriptor number of the control socket
 /// (config in, endpoint listeners and status out; `vm::launch`). Not for users.
 pub const KRBOTTLE_VMM_FD: &str = "KRBOTTLE_VMM_FD";
+
+/// Path of mitmproxy's `mitmdump`, the peer of `krbottle bench gateway`. Default: `mitmdump` on
+/// `PATH`. When neither exists the bench reports only the direct comparison.
+pub const KRBOTTLE_MITMDUMP: &str = "KRBOTTLE_MITMDUMP";
+
+/// Internal, set by `krbottle bench gateway` for the proxies it starts (the gateway daemon and
+/// mitmdump's addon): the bench route's made-up token. Not for users.
+pub const KRBOTTLE_BENCH_ROUTE_TOKEN: &str = "KRBOTTLE_BENCH_ROUTE_TOKEN";

@@ -39,6 +39,9 @@ pub fn run(cmd: BundleCommand, reporter: &Reporter) -> anyhow::Result<u8> {
     })
 }
 
+/// What the gateway prints on stderr before the address it listens on.
+pub(crate) const GATEWAY_LISTENING: &str = "krbottle gateway listening on ";
+
 async fn gateway(args: GatewayArgs) -> anyhow::Result<u8> {
     let config = GatewayConfig::load(&args.config)?;
     let log = DecisionLog::new(&config.bottle, Box::new(std::io::stdout()));
@@ -50,7 +53,7 @@ async fn gateway(args: GatewayArgs) -> anyhow::Result<u8> {
     )?;
     let listener = gateway.bind().await?;
     // Orchestration and tests read the bound address (the port may be 0 in the config).
-    eprintln!("krbottle gateway listening on {}", listener.local_addr()?);
+    eprintln!("{GATEWAY_LISTENING}{}", listener.local_addr()?);
     let mut term = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
     tokio::select! {
         () = gateway.serve(listener) => {}

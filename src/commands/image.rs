@@ -69,7 +69,7 @@ impl Source {
 }
 
 /// Unpacks `reader` into `dest` with `mode`.
-fn unpack_stream(
+pub(crate) fn unpack_stream(
     reader: impl Read + Send,
     dest: &Path,
     mode: OwnershipMode,

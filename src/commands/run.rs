@@ -14,6 +14,19 @@ use crate::vm::launch::{self, Outcome};
 use crate::vm::{guest_command, relay};
 
 pub fn run(args: RunArgs, reporter: &Reporter) -> anyhow::Result<u8> {
+    let (config, mapping) = prepare(args, reporter)?;
+    match launch::launch(&config, &mapping)? {
+        Outcome::Exited(code) => Ok(u8::try_from(code).unwrap_or(exit::FAILURE)),
+        Outcome::VmmFailed(why) => {
+            eprintln!("error: VMM failed: {why}");
+            Ok(exit::VMM_FAILED)
+        }
+    }
+}
+
+/// Everything `run` does before launching: checks the input, the rootfs, the endpoints'
+/// upstreams and this machine, and returns the VMM's config and id mapping.
+pub fn prepare(args: RunArgs, reporter: &Reporter) -> anyhow::Result<(VmConfig, IdMapping)> {
     // Syntax first, then the filesystem, then the network.
     let endpoints = parse_endpoints(&args.vm)?;
     let (uid, gid) = config::parse_user(&args.user)?;
@@ -91,13 +104,7 @@ pub fn run(args: RunArgs, reporter: &Reporter) -> anyhow::Result<u8> {
         mode: ChildMode::Boot,
     };
     let mapping = IdMapping::for_current_user()?;
-    match launch::launch(&config, &mapping)? {
-        Outcome::Exited(code) => Ok(u8::try_from(code).unwrap_or(exit::FAILURE)),
-        Outcome::VmmFailed(why) => {
-            eprintln!("error: VMM failed: {why}");
-            Ok(exit::VMM_FAILED)
-        }
-    }
+    Ok((config, mapping))
 }
 
 /// Checks the overlay's directories and creates the upper layer's `diff/` and `work/`.

@@ -12,6 +12,7 @@ use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::ExitStatusExt;
 use std::process::Command;
+use std::time::{Duration, Instant};
 
 use crate::env_vars;
 use crate::sys::{fdpass, signals, tty, userns};
@@ -57,9 +58,29 @@ pub enum Outcome {
     VmmFailed(String),
 }
 
+/// How long setup took, each time measured from the start of [`launch_timed`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Phases {
+    /// The child runs in its own namespaces.
+    pub spawned: Duration,
+    /// The config is sent, the endpoint listeners received and their relays started.
+    pub configured: Duration,
+    /// The child has made every libkrun configuration call and is calling `krun_start_enter`.
+    /// `None` when setup failed before that.
+    pub entered: Option<Duration>,
+}
+
 /// Runs `config` in a confined child mapped with `mapping` and waits for it.
 pub fn launch(config: &VmConfig, mapping: &userns::IdMapping) -> Result<Outcome, LaunchError> {
-    let started = std::time::Instant::now();
+    launch_timed(config, mapping).map(|(outcome, _)| outcome)
+}
+
+/// [`launch`], also returning how long each setup phase took (for `krbottle bench run`).
+pub fn launch_timed(
+    config: &VmConfig,
+    mapping: &userns::IdMapping,
+) -> Result<(Outcome, Phases), LaunchError> {
+    let started = Instant::now();
     let exe = std::env::current_exe().map_err(LaunchError::CurrentExe)?;
     let (mut ours, theirs) = UnixStream::pair().map_err(LaunchError::Socket)?;
     let theirs: std::os::fd::OwnedFd = theirs.into();
@@ -115,8 +136,13 @@ pub fn launch(config: &VmConfig, mapping: &userns::IdMapping) -> Result<Outcome,
         let status = child.wait().map_err(LaunchError::Wait)?;
         return match read_status_byte(&mut ours) {
             Some(control::FAILED) => Err(LaunchError::ChildSetup(read_rest(&mut ours))),
-            _ => Ok(Outcome::Exited(
-                status.code().unwrap_or(crate::exit::FAILURE.into()),
+            _ => Ok((
+                Outcome::Exited(status.code().unwrap_or(crate::exit::FAILURE.into())),
+                Phases {
+                    spawned,
+                    configured: started.elapsed(),
+                    entered: None,
+                },
             )),
         };
     }
@@ -130,9 +156,14 @@ pub fn launch(config: &VmConfig, mapping: &userns::IdMapping) -> Result<Outcome,
     };
     let configured = started.elapsed();
     let status_byte = read_status_byte(&mut ours);
+    let phases = Phases {
+        spawned,
+        configured,
+        entered: (status_byte == Some(control::ENTERING)).then(|| started.elapsed()),
+    };
     tracing::debug!(
         "phases: child in its namespaces {spawned:.1?}, config sent and relays up {configured:.1?}, krun_start_enter {:.1?} (since launch)",
-        started.elapsed()
+        phases.entered.unwrap_or_else(|| started.elapsed())
     );
     let log = match status_byte {
         Some(control::ENTERING) => Some(std::thread::spawn(move || forward_log(ours))),
@@ -154,7 +185,7 @@ pub fn launch(config: &VmConfig, mapping: &userns::IdMapping) -> Result<Outcome,
     if status_byte != Some(control::ENTERING) {
         return Err(LaunchError::ChildDied(status.to_string()));
     }
-    Ok(classify(status.code(), status.signal(), &errors))
+    Ok((classify(status.code(), status.signal(), &errors), phases))
 }
 
 /// How the guest's standard streams are wired.

@@ -1,6 +1,4 @@
-//! `krbottle bench …`: performance measured against named peers in the same run, as ratios.
-//!
-//! `bench unpack IMAGE` saves the image once (not timed), then times, for the same layers:
+//! `krbottle bench unpack IMAGE` saves the image once (not timed), then times, for the same layers:
 //! - krbottle's unpacker reading the saved stream (digests verified, whiteouts applied, merged);
 //! - GNU `tar -x` of each layer file in order (no verification, whiteouts left as files: less
 //!   work than ours, so a ratio ≥ 1.0 means we are at least as fast while doing more);
@@ -19,19 +17,14 @@ use anyhow::{Context, bail};
 use indicatif::ProgressBar;
 use serde::Serialize;
 
-use crate::cli::{BenchCommand, BenchUnpackArgs};
+use super::median;
+use crate::cli::BenchUnpackArgs;
 use crate::exit;
 use crate::image::cache::{Cache, CacheKey, remove_tree};
 use crate::image::clone::copy_tree;
 use crate::image::docker::Engine;
 use crate::image::unpack::{Ownership, UnpackOptions, unpack_save};
 use crate::output::{Reporter, print_json};
-
-pub fn run(cmd: BenchCommand, reporter: &Reporter) -> anyhow::Result<u8> {
-    match cmd {
-        BenchCommand::Unpack(args) => unpack(args, reporter),
-    }
-}
 
 #[derive(Debug, Serialize)]
 struct Timing {
@@ -57,11 +50,6 @@ struct UnpackReport {
     cache_hit_micros: f64,
 }
 
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v[v.len() / 2]
-}
-
 fn time_runs(
     runs: usize,
     scratch: &Path,
@@ -78,7 +66,7 @@ fn time_runs(
     Ok(median(times))
 }
 
-fn unpack(args: BenchUnpackArgs, reporter: &Reporter) -> anyhow::Result<u8> {
+pub(super) fn unpack(args: BenchUnpackArgs, reporter: &Reporter) -> anyhow::Result<u8> {
     if args.runs == 0 {
         bail!("--runs must be at least 1");
     }

@@ -1,0 +1,282 @@
+//! `krbottle bench gateway`: the gateway's cost, against a direct connection and against
+//! mitmproxy doing the same interception, in one run, on 127.0.0.1 only.
+//!
+//! The client and an HTTPS upstream (rustls + hyper, HTTP/1.1, its own CA minted with rcgen,
+//! serving a small and a 1 MiB response) run in this process. The gateway runs as the bundle
+//! runs it, `krbottle bundle gateway` in its own process, with one allowed host and one route,
+//! both names pinned to 127.0.0.1 (no DNS). mitmproxy (`mitmdump`) is likewise a child process,
+//! with an addon doing what a route does: drop the client's credentials, inject the token,
+//! scrub the token's forms from responses; it verifies the upstream against the same test CA.
+//!
+//! - Splice latency: sequential GETs of the small response through a spliced CONNECT and
+//!   directly, interleaved, (a) one new connection per request (TCP, CONNECT, TLS handshake,
+//!   request: per-connection setup), (b) one kept-alive tunnel (the relay's per-request cost).
+//!   Added latency is the gateway's percentile minus the direct one.
+//! - Route throughput: [`CONCURRENCY`] kept-alive connections share the requests; requests/s
+//!   from the small response, MB/s from the large one. The upstream checks every routed request
+//!   carries the injected token, so a contender that does not intercept cannot post a number.
+//!
+//! Both proxies compete for the same cores with the client and the upstream; on a small
+//! machine the direct row is the ceiling of what this client can measure. Nothing is invented
+//! when mitmdump is missing: the report says so and leaves its numbers out.
+
+mod client;
+mod proxies;
+mod upstream;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use serde::Serialize;
+
+use self::client::{
+    Dial, client_tls, direct_ip, host_port, latency_kept_alive, latency_new_connections, throughput,
+};
+use self::proxies::{Mitmdump, find_mitmdump, mitmdump_version, start_gateway};
+use self::upstream::{UpstreamPki, spawn_upstream};
+use crate::bundle::ca::BottleCa;
+use crate::cli::BenchGatewayArgs;
+use crate::exit;
+use crate::output::{Reporter, print_json};
+
+/// The allowed (spliced) host and the route (intercepted) host, both pinned to 127.0.0.1.
+const SPLICE_HOST: &str = "upstream.bench.test";
+const ROUTE_HOST: &str = "route.bench.test";
+/// The environment variable the route's token is read from, by the gateway and by mitmdump's
+/// addon alike (a token never goes on a command line).
+const TOKEN_ENV: &str = crate::env_vars::KRBOTTLE_BENCH_ROUTE_TOKEN;
+/// A made-up token: the bench talks to nothing real.
+const TOKEN: &str = "bench-route-token-0123456789abcdef";
+/// What the client sends as its own credential on a route; the proxy must drop it.
+const CLIENT_CREDENTIAL: &str = "Bearer client-placeholder-credential";
+/// Response header the upstream sets when the request carried the injected token.
+const INJECTED_HEADER: &str = "x-bench-token";
+const SMALL_PATH: &str = "/small";
+const SMALL_BYTES: usize = 1024;
+const LARGE_PATH: &str = "/large";
+const LARGE_BYTES: usize = 1 << 20;
+/// Kept-alive connections sharing the throughput requests.
+const CONCURRENCY: u32 = 8;
+/// Longest any connection setup or request may take before the bench gives up.
+const STEP_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest mitmdump may take to start listening.
+const MITMDUMP_START_TIMEOUT: Duration = Duration::from_secs(60);
+/// Targets the numbers are judged against.
+const TARGET_ADDED_P50_MS: f64 = 0.5;
+const TARGET_RATIO_VS_MITMPROXY: f64 = 5.0;
+
+#[derive(Debug, Serialize)]
+struct Latency {
+    direct_p50_ms: f64,
+    direct_p99_ms: f64,
+    gateway_p50_ms: f64,
+    gateway_p99_ms: f64,
+    added_p50_ms: f64,
+    added_p99_ms: f64,
+}
+
+#[derive(Debug, Serialize)]
+struct Throughput {
+    requests_per_s: f64,
+    mb_per_s: f64,
+}
+
+#[derive(Debug, Serialize)]
+struct GatewayReport {
+    requests: u32,
+    large_requests: u32,
+    large_bytes: usize,
+    small_bytes: usize,
+    concurrency: u32,
+    /// One new TCP connection, CONNECT and TLS handshake per request.
+    splice_new_connection: Latency,
+    /// One kept-alive tunnel for all requests.
+    splice_kept_alive: Latency,
+    target_added_p50_ms: f64,
+    route_direct: Throughput,
+    route_gateway: Throughput,
+    /// Absent when mitmdump could not be found (see `mitmproxy_missing`).
+    route_mitmproxy: Option<Throughput>,
+    mitmproxy_version: Option<String>,
+    mitmproxy_missing: Option<String>,
+    /// gateway ÷ mitmproxy (target ≥ 5); absent without mitmproxy.
+    ratio_requests_per_s_vs_mitmproxy: Option<f64>,
+    ratio_mb_per_s_vs_mitmproxy: Option<f64>,
+    target_ratio_vs_mitmproxy: f64,
+}
+
+pub(super) fn run(args: BenchGatewayArgs, reporter: &Reporter) -> anyhow::Result<u8> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("Could not start the async runtime")?;
+    let report = runtime.block_on(bench(&args, reporter))?;
+    if args.json {
+        print_json(&report)?;
+    } else {
+        print_report(&report);
+    }
+    Ok(exit::OK)
+}
+
+async fn bench(args: &BenchGatewayArgs, reporter: &Reporter) -> anyhow::Result<GatewayReport> {
+    let dir = tempfile::Builder::new()
+        .prefix("krbottle-bench-gateway-")
+        .tempdir()
+        .context("Could not create a scratch dir in the temp dir")?;
+    reporter.status("starting the upstream and the gateway");
+    let pki = UpstreamPki::mint()?;
+    let upstream_ca_file = dir.path().join("upstream-ca.pem");
+    std::fs::write(&upstream_ca_file, &pki.ca_pem)?;
+    let upstream = spawn_upstream(pki.server_config()?).await?;
+    let bottle_ca = BottleCa::generate("bench")?;
+    let gateway_process = start_gateway(dir.path(), &bottle_ca, &upstream_ca_file)?;
+    let gateway = gateway_process.addr;
+
+    let direct_tls = client_tls(&[&pki.ca_pem])?;
+    let bottle_tls = client_tls(&[&pki.ca_pem, bottle_ca.cert_pem()])?;
+    let port = upstream.port();
+    let via_gateway = |host: &str, tls: &Arc<rustls::ClientConfig>, route: bool| Dial {
+        proxy: Some(gateway),
+        connect_to: host_port(host, port),
+        sni: host.to_owned(),
+        tls: tls.clone(),
+        route,
+    };
+    let n = args.requests;
+    let large = (n / 20).max(8);
+
+    reporter.status(format!(
+        "splice latency, new connections ({n} requests each)"
+    ));
+    let splice_new_connection = latency_new_connections(
+        &[
+            direct_ip(port, SPLICE_HOST, &direct_tls),
+            via_gateway(SPLICE_HOST, &bottle_tls, false),
+        ],
+        n,
+    )
+    .await?;
+    reporter.status(format!(
+        "splice latency, kept-alive tunnel ({n} requests each)"
+    ));
+    let splice_kept_alive = latency_kept_alive(
+        &[
+            direct_ip(port, SPLICE_HOST, &direct_tls),
+            via_gateway(SPLICE_HOST, &bottle_tls, false),
+        ],
+        n,
+    )
+    .await?;
+
+    reporter.status("route throughput: direct");
+    let route_direct = throughput(&direct_ip(port, ROUTE_HOST, &direct_tls), n, large).await?;
+    reporter.status("route throughput: gateway");
+    let route_gateway = throughput(&via_gateway(ROUTE_HOST, &bottle_tls, true), n, large).await?;
+
+    let (route_mitmproxy, mitmproxy_version, mitmproxy_missing) = match find_mitmdump() {
+        Err(why) => {
+            reporter.status(format!("mitmproxy left out: {why}"));
+            (None, None, Some(why))
+        }
+        Ok(mitmdump) => {
+            reporter.status(format!("route throughput: {}", mitmdump.display()));
+            let version = mitmdump_version(&mitmdump);
+            let mitm = Mitmdump::start(&mitmdump, dir.path(), &upstream_ca_file).await?;
+            let tls = client_tls(&[&pki.ca_pem, &mitm.ca_pem])?;
+            // mitmproxy resolves CONNECT names itself, so it is sent the address; the client's
+            // SNI and Host still name the route host, which mitmproxy passes upstream.
+            let dial = Dial {
+                proxy: Some(mitm.proxy.addr),
+                connect_to: upstream.to_string(),
+                sni: ROUTE_HOST.to_owned(),
+                tls,
+                route: true,
+            };
+            let t = throughput(&dial, n, large).await?;
+            drop(mitm);
+            (Some(t), version, None)
+        }
+    };
+    let ratio =
+        |f: fn(&Throughput) -> f64| route_mitmproxy.as_ref().map(|m| f(&route_gateway) / f(m));
+    Ok(GatewayReport {
+        requests: n,
+        large_requests: large,
+        large_bytes: LARGE_BYTES,
+        small_bytes: SMALL_BYTES,
+        concurrency: CONCURRENCY,
+        splice_new_connection,
+        splice_kept_alive,
+        target_added_p50_ms: TARGET_ADDED_P50_MS,
+        ratio_requests_per_s_vs_mitmproxy: ratio(|t| t.requests_per_s),
+        ratio_mb_per_s_vs_mitmproxy: ratio(|t| t.mb_per_s),
+        route_direct,
+        route_gateway,
+        route_mitmproxy,
+        mitmproxy_version,
+        mitmproxy_missing,
+        target_ratio_vs_mitmproxy: TARGET_RATIO_VS_MITMPROXY,
+    })
+}
+
+fn print_report(r: &GatewayReport) {
+    println!(
+        "bench gateway (127.0.0.1 only; HTTP/1.1 over TLS; {} requests per contender, {} of 1 MiB for MB/s)",
+        r.requests, r.large_requests
+    );
+    println!(
+        "  spliced CONNECT, GET of {} bytes, added = gateway percentile - direct percentile:",
+        r.small_bytes
+    );
+    for (name, l) in [
+        ("new connection per request", &r.splice_new_connection),
+        ("one kept-alive tunnel", &r.splice_kept_alive),
+    ] {
+        println!(
+            "    {name:<27} direct p50 {:>7.3} ms p99 {:>7.3} ms | gateway p50 {:>7.3} ms p99 {:>7.3} ms | added p50 {:>+7.3} ms p99 {:>+7.3} ms",
+            l.direct_p50_ms,
+            l.direct_p99_ms,
+            l.gateway_p50_ms,
+            l.gateway_p99_ms,
+            l.added_p50_ms,
+            l.added_p99_ms
+        );
+    }
+    println!(
+        "    target: added p50 <= {} ms for a new connection",
+        r.target_added_p50_ms
+    );
+    println!(
+        "  intercepted route (client credential dropped, token injected, responses scrubbed), {} kept-alive connections:",
+        r.concurrency
+    );
+    let row = |name: &str, t: &Throughput| {
+        println!(
+            "    {name:<38} {:>9.0} requests/s {:>9.1} MB/s",
+            t.requests_per_s, t.mb_per_s
+        );
+    };
+    row("direct (no proxy, no interception)", &r.route_direct);
+    row("krbottle gateway route", &r.route_gateway);
+    match (&r.route_mitmproxy, &r.mitmproxy_missing) {
+        (Some(m), _) => {
+            let name = format!(
+                "mitmproxy ({})",
+                r.mitmproxy_version.as_deref().unwrap_or("mitmdump")
+            );
+            row(&name, m);
+            println!(
+                "    gateway / mitmproxy: {:.1}x requests/s, {:.1}x MB/s (target >= {})",
+                r.ratio_requests_per_s_vs_mitmproxy.unwrap_or_default(),
+                r.ratio_mb_per_s_vs_mitmproxy.unwrap_or_default(),
+                r.target_ratio_vs_mitmproxy
+            );
+        }
+        (None, why) => println!(
+            "    mitmproxy: not measured ({}); no ratio against it",
+            why.as_deref().unwrap_or("unknown")
+        ),
+    }
+}

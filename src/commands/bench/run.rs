@@ -1,0 +1,307 @@
+//! `krbottle bench run [IMAGE]`: what `krbottle run` costs before the guest boots, by phase,
+//! against `docker run --rm IMAGE true` of the same image, timed in the same run.
+//!
+//! The image is unpacked once (not timed). Each krbottle run is made in-process through the
+//! same library calls as `krbottle run` (`commands::run::prepare`, then
+//! `vm::launch::launch_timed`, which reports its phases as durations, not log lines), plus the
+//! start of a fresh krbottle process (`krbottle --version`) for the exec that an invocation
+//! pays. A run boots the cached rootfs through an overlay (as a bottle does) with one endpoint
+//! relayed to a throwaway listener, and is timed up to `krun_start_enter`: what follows is the
+//! hypervisor's boot, which some machines (nested PVM) refuse. Docker's time includes its
+//! container's whole life, so the ratio says how much krbottle adds before the hypervisor takes
+//! over, relative to a container start; it is not a boot-to-boot comparison.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use indicatif::ProgressBar;
+use serde::Serialize;
+
+use super::{median, ms};
+use crate::bundle::layout::GATEWAY_PORT;
+use crate::cli::{BenchRunArgs, RunArgs, VmArgs};
+use crate::commands::image::{default_ownership, unpack_stream};
+use crate::commands::run::prepare;
+use crate::exit;
+use crate::image::cache::remove_tree;
+use crate::image::docker::Engine;
+use crate::output::{Reporter, print_json};
+use crate::vm::launch::{Outcome, launch_timed};
+
+/// The ratio this bench is judged against: krbottle's setup ≤ a tenth of `docker run … true`.
+const TARGET_RATIO: f64 = 0.1;
+
+/// One krbottle run's phases, each the time since the previous one ended.
+#[derive(Clone, Copy, Debug, Default)]
+struct RunPhases {
+    process_start: Duration,
+    prepare: Duration,
+    namespaces: Duration,
+    config_and_relays: Duration,
+    libkrun_config: Duration,
+}
+
+impl RunPhases {
+    fn total(&self) -> Duration {
+        self.process_start
+            + self.prepare
+            + self.namespaces
+            + self.config_and_relays
+            + self.libkrun_config
+    }
+}
+
+#[derive(Debug, Serialize)]
+struct PhaseReport {
+    name: &'static str,
+    what: &'static str,
+    median_ms: f64,
+}
+
+#[derive(Debug, Serialize)]
+struct RunReport {
+    image: String,
+    runs: u32,
+    /// krbottle's phases, medians of each phase over the runs.
+    phases: Vec<PhaseReport>,
+    /// Median of the runs' totals (not the sum of the phase medians).
+    krbottle_total_ms: f64,
+    docker_run_ms: f64,
+    /// krbottle_total_ms ÷ docker_run_ms (target ≤ 0.1).
+    ratio: f64,
+    target_ratio: f64,
+    /// Always false: the guest's boot is not part of krbottle's time.
+    boot_included: bool,
+    /// How the VMM ended after `krun_start_enter` on this machine (the last run).
+    vmm_outcome: String,
+}
+
+pub(super) fn run(args: BenchRunArgs, reporter: &Reporter) -> anyhow::Result<u8> {
+    let engine = Engine::connect()?;
+    engine.inspect(&args.image).with_context(|| {
+        format!(
+            "Image {} is not in the local Docker engine; build it (scripts/build-base-image.sh for the default) or name another",
+            args.image
+        )
+    })?;
+    let work = tempfile::Builder::new()
+        .prefix("krbottle-bench-run-")
+        .tempdir()
+        .context("Could not create a scratch dir in the temp dir")?;
+    let lower = work.path().join("lower");
+    reporter.status(format!("unpacking {} (not timed)", args.image));
+    unpack_stream(
+        engine.save(&args.image),
+        &lower,
+        default_ownership(),
+        &ProgressBar::hidden(),
+    )
+    .with_context(|| format!("Could not unpack {}", args.image))?;
+
+    // The endpoint's upstream: `run` checks it accepts connections before launching.
+    let upstream = TcpListener::bind("127.0.0.1:0").context("Could not listen on 127.0.0.1")?;
+    let endpoint = format!("{GATEWAY_PORT}={}", upstream.local_addr()?);
+    std::thread::spawn(move || {
+        for conn in upstream.incoming() {
+            drop(conn);
+        }
+    });
+
+    let exe = std::env::current_exe().context("Could not find krbottle's own binary")?;
+    let ours_once = |i: u32| -> anyhow::Result<(RunPhases, Outcome)> {
+        let dir = work.path().join(format!("run-{i}"));
+        let root = dir.join("root");
+        std::fs::create_dir_all(&root)
+            .with_context(|| format!("Could not create {}", root.display()))?;
+        let r = time_krbottle_run(&exe, &lower, &dir, &root, &endpoint);
+        remove_tree(&dir).with_context(|| format!("Could not clean {}", dir.display()))?;
+        r
+    };
+    let docker_once = || time_docker_run(&args.image);
+
+    // One untimed round each: the binary, the rootfs and the image are in the page cache for
+    // both contenders alike.
+    reporter.status("warming up (not timed)");
+    let (_, warm) = ours_once(0)?;
+    if let Outcome::VmmFailed(why) = &warm {
+        reporter.status(format!(
+            "note: the hypervisor here refuses the guest after krun_start_enter ({why}); the \
+             timing stops at krun_start_enter, so the bench goes on and libkrun's error line \
+             after each run is expected"
+        ));
+    }
+    docker_once()?;
+    let mut ours = Vec::new();
+    let mut docker = Vec::new();
+    let mut outcome = String::new();
+    for i in 1..=args.runs {
+        reporter.status(format!("run {i}/{}", args.runs));
+        let (phases, end) = ours_once(i)?;
+        outcome = describe(&end);
+        ours.push(phases);
+        docker.push(docker_once()?);
+    }
+
+    let phase = |f: fn(&RunPhases) -> Duration| ms(median(ours.iter().map(f).collect()));
+    let krbottle_total = median(ours.iter().map(RunPhases::total).collect());
+    let docker_run = median(docker);
+    let report = RunReport {
+        image: args.image,
+        runs: args.runs,
+        phases: vec![
+            PhaseReport {
+                name: "process_start",
+                what: "a fresh krbottle process (krbottle --version)",
+                median_ms: phase(|p| p.process_start),
+            },
+            PhaseReport {
+                name: "prepare",
+                what: "run's checks: rootfs, command, endpoint upstream, KVM, libkrunfw",
+                median_ms: phase(|p| p.prepare),
+            },
+            PhaseReport {
+                name: "namespaces",
+                what: "VMM child spawned in its user, network and mount namespaces",
+                median_ms: phase(|p| p.namespaces),
+            },
+            PhaseReport {
+                name: "config_and_relays",
+                what: "config sent, overlay mounted, lo up, endpoint relayed",
+                median_ms: phase(|p| p.config_and_relays),
+            },
+            PhaseReport {
+                name: "libkrun_config",
+                what: "libkrun configured, krun_start_enter called",
+                median_ms: phase(|p| p.libkrun_config),
+            },
+        ],
+        krbottle_total_ms: ms(krbottle_total),
+        docker_run_ms: ms(docker_run),
+        ratio: krbottle_total.as_secs_f64() / docker_run.as_secs_f64(),
+        target_ratio: TARGET_RATIO,
+        boot_included: false,
+        vmm_outcome: outcome,
+    };
+    if args.json {
+        print_json(&report)?;
+    } else {
+        print_report(&report);
+    }
+    Ok(exit::OK)
+}
+
+/// One krbottle run of `true` in an overlay of `lower` (upper under `dir`) mounted on `root`.
+fn time_krbottle_run(
+    exe: &Path,
+    lower: &Path,
+    dir: &Path,
+    root: &Path,
+    endpoint: &str,
+) -> anyhow::Result<(RunPhases, Outcome)> {
+    let t = Instant::now();
+    let status = Command::new(exe)
+        .arg("--version")
+        .stdout(Stdio::null())
+        .status()
+        .context("Could not start krbottle --version")?;
+    if !status.success() {
+        bail!("krbottle --version failed ({status})");
+    }
+    let process_start = t.elapsed();
+
+    let args = RunArgs {
+        cpus: 1,
+        memory: 512,
+        env: Vec::new(),
+        env_file: None,
+        workdir: "/".into(),
+        user: "0:0".into(),
+        shares: Vec::new(),
+        overlay: Some(format!(
+            "{}:{}",
+            lower.display(),
+            dir.join("upper").display()
+        )),
+        vm: VmArgs {
+            endpoints: vec![endpoint.to_owned()],
+        },
+        rootfs: PathBuf::from(root),
+        command: vec!["true".into()],
+    };
+    let t = Instant::now();
+    let (config, mapping) = prepare(args, &Reporter::silent())?;
+    let prepared = t.elapsed();
+    let (outcome, phases) = launch_timed(&config, &mapping)?;
+    let Some(entered) = phases.entered else {
+        bail!(
+            "The VMM child ended before krun_start_enter ({}); rerun `krbottle run` with -v to see why",
+            describe(&outcome)
+        );
+    };
+    Ok((
+        RunPhases {
+            process_start,
+            prepare: prepared,
+            namespaces: phases.spawned,
+            config_and_relays: phases.configured.saturating_sub(phases.spawned),
+            libkrun_config: entered.saturating_sub(phases.configured),
+        },
+        outcome,
+    ))
+}
+
+/// Wall time of `docker run --rm IMAGE true` through the docker CLI, as a user would run it.
+fn time_docker_run(image: &str) -> anyhow::Result<Duration> {
+    let t = Instant::now();
+    let out = Command::new("docker")
+        .args(["run", "--rm", image, "true"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .output()
+        .context("Could not run the docker CLI; install it")?;
+    let took = t.elapsed();
+    if !out.status.success() {
+        bail!(
+            "docker run --rm {image} true failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(took)
+}
+
+fn describe(outcome: &Outcome) -> String {
+    match outcome {
+        Outcome::Exited(code) => format!("the guest booted and exited with {code}"),
+        Outcome::VmmFailed(why) => format!("the hypervisor did not boot the guest: {why}"),
+    }
+}
+
+fn print_report(r: &RunReport) {
+    println!("bench run {} (median of {} runs)", r.image, r.runs);
+    println!(
+        "  krbottle run, from invocation to krun_start_enter (overlay root, 1 endpoint relayed):"
+    );
+    for p in &r.phases {
+        println!("    {:<18} {:>9.2} ms  {}", p.name, p.median_ms, p.what);
+    }
+    println!("    {:<18} {:>9.2} ms", "total", r.krbottle_total_ms);
+    println!(
+        "  docker run --rm IMAGE true  {:>9.2} ms  create, start, run `true`, remove",
+        r.docker_run_ms
+    );
+    println!(
+        "  ratio krbottle / docker: {:.3}x (target <= {})",
+        r.ratio, r.target_ratio
+    );
+    println!(
+        "  Meaning: krbottle's work before the hypervisor takes over costs {:.1}% of a whole \
+         `docker run … true`. The guest's boot is NOT included (docker's time includes its \
+         container's start and `true`).",
+        r.ratio * 100.0
+    );
+    println!("  After krun_start_enter here: {}", r.vmm_outcome);
+}

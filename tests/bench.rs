@@ -1,0 +1,164 @@
+//! The benches' plumbing, not their timings: each prints the keys and the comparisons it
+//! promises, runs every contender it says it ran, and refuses bad input. No number is judged
+//! here (performance claims live in the benches' own output).
+
+mod common;
+
+use common::{krbottle, namespaces_unavailable, require_docker, run, should_run};
+use serde_json::Value;
+
+fn json(args: &[&str], env: &[(&str, &str)]) -> Value {
+    let mut cmd = krbottle();
+    cmd.args(args);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let (out, stdout, stderr) = run(&mut cmd);
+    assert!(out.status.success(), "{args:?} failed:\n{stderr}");
+    serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {stdout}"))
+}
+
+fn positive(v: &Value, key: &str) -> f64 {
+    let x = v[key]
+        .as_f64()
+        .unwrap_or_else(|| panic!("{key} missing in {v}"));
+    assert!(x > 0.0, "{key} = {x} in {v}");
+    x
+}
+
+#[test]
+fn bad_counts_are_refused_with_the_flag_named() {
+    for (args, flag) in [
+        (&["bench", "run", "--runs", "0"][..], "--runs"),
+        (&["bench", "gateway", "--requests", "0"][..], "--requests"),
+    ] {
+        let (out, _, stderr) = run(krbottle().args(args));
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(flag), "{args:?}: {stderr}");
+    }
+}
+
+/// `bench run` reaches `krun_start_enter` in every run and compares with `docker run`.
+#[test]
+fn bench_run_reports_phases_and_the_docker_ratio() {
+    if !require_docker("bench_run_reports_phases_and_the_docker_ratio")
+        || !should_run(namespaces_unavailable())
+    {
+        return;
+    }
+    let r = json(&["bench", "run", "--runs", "1", "--json"], &[]);
+    assert_eq!(r["image"], common::BASE_IMAGE);
+    assert_eq!(r["runs"], 1);
+    let names: Vec<&str> = r["phases"]
+        .as_array()
+        .expect("phases")
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "process_start",
+            "prepare",
+            "namespaces",
+            "config_and_relays",
+            "libkrun_config"
+        ]
+    );
+    let sum: f64 = r["phases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| positive(p, "median_ms"))
+        .sum();
+    let total = positive(&r, "krbottle_total_ms");
+    // One run: the total is exactly the sum of its phases.
+    assert!((sum - total).abs() < 1e-6, "{sum} vs {total}");
+    let docker = positive(&r, "docker_run_ms");
+    let ratio = positive(&r, "ratio");
+    assert!((ratio - total / docker).abs() < 1e-9, "{r}");
+    assert_eq!(r["target_ratio"], 0.1);
+    assert_eq!(r["boot_included"], false);
+    assert!(!r["vmm_outcome"].as_str().unwrap().is_empty(), "{r}");
+}
+
+fn check_latency(r: &Value, key: &str) {
+    let l = &r[key];
+    for k in [
+        "direct_p50_ms",
+        "direct_p99_ms",
+        "gateway_p50_ms",
+        "gateway_p99_ms",
+    ] {
+        positive(l, k);
+    }
+    let added = l["added_p50_ms"].as_f64().unwrap();
+    assert!(
+        (added - (l["gateway_p50_ms"].as_f64().unwrap() - l["direct_p50_ms"].as_f64().unwrap()))
+            .abs()
+            < 1e-9,
+        "{l}"
+    );
+}
+
+/// Without mitmproxy the report says why and carries no number or ratio for it.
+#[test]
+fn bench_gateway_without_mitmproxy_reports_only_the_direct_comparison() {
+    let missing = "/nonexistent/mitmdump";
+    let r = json(
+        &["bench", "gateway", "--requests", "16", "--json"],
+        &[("KRBOTTLE_MITMDUMP", missing)],
+    );
+    assert_eq!(r["requests"], 16);
+    assert_eq!(r["large_requests"], 8);
+    check_latency(&r, "splice_new_connection");
+    check_latency(&r, "splice_kept_alive");
+    for key in ["route_direct", "route_gateway"] {
+        positive(&r[key], "requests_per_s");
+        positive(&r[key], "mb_per_s");
+    }
+    assert!(r["route_mitmproxy"].is_null(), "{r}");
+    assert!(r["ratio_requests_per_s_vs_mitmproxy"].is_null(), "{r}");
+    assert!(r["ratio_mb_per_s_vs_mitmproxy"].is_null(), "{r}");
+    let why = r["mitmproxy_missing"].as_str().unwrap();
+    assert!(why.contains(missing), "{why}");
+
+    let (out, stdout, _) = run(krbottle()
+        .args(["bench", "gateway", "--requests", "8"])
+        .env("KRBOTTLE_MITMDUMP", missing));
+    assert!(out.status.success());
+    assert!(
+        stdout.contains("mitmproxy: not measured") && !stdout.contains("gateway / mitmproxy"),
+        "{stdout}"
+    );
+}
+
+/// With mitmproxy, its route is measured (the upstream refuses a request whose client
+/// credential was not replaced by the token, so a non-intercepting peer fails the bench).
+#[test]
+fn bench_gateway_measures_mitmproxy_doing_the_same_interception() {
+    let on_path = std::env::var_os("PATH")
+        .iter()
+        .flat_map(std::env::split_paths)
+        .any(|d| d.join("mitmdump").is_file());
+    if !should_run(
+        (!on_path).then(|| "mitmdump is not on PATH (apt-get install mitmproxy)".to_owned()),
+    ) {
+        return;
+    }
+    let r = json(&["bench", "gateway", "--requests", "16", "--json"], &[]);
+    positive(&r["route_mitmproxy"], "requests_per_s");
+    positive(&r["route_mitmproxy"], "mb_per_s");
+    let ratio = positive(&r, "ratio_requests_per_s_vs_mitmproxy");
+    let want = r["route_gateway"]["requests_per_s"].as_f64().unwrap()
+        / r["route_mitmproxy"]["requests_per_s"].as_f64().unwrap();
+    assert!((ratio - want).abs() < 1e-9, "{r}");
+    positive(&r, "ratio_mb_per_s_vs_mitmproxy");
+    assert!(r["mitmproxy_missing"].is_null(), "{r}");
+    assert!(
+        r["mitmproxy_version"]
+            .as_str()
+            .is_some_and(|v| v.contains("itmproxy")),
+        "{r}"
+    );
+}
