@@ -29,7 +29,11 @@ fn rootless_confined_child_sees_only_loopback() {
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(stdout.contains(r#"{"interfaces":["lo"]}"#), "{stdout}");
     // A host loopback listener is not reachable from the child's own network namespace.
     assert!(stdout.contains(r#""connected":false"#), "{stdout}");
@@ -41,7 +45,11 @@ fn run_without_kvm_access_says_what_to_do() {
         return;
     };
     let kvm = std::fs::metadata("/dev/kvm");
-    if kvm.as_ref().map(|m| m.permissions().mode() & 0o006 != 0).unwrap_or(true) {
+    if kvm
+        .as_ref()
+        .map(|m| m.permissions().mode() & 0o006 != 0)
+        .unwrap_or(true)
+    {
         common::skip_or_fail(
             "run_without_kvm_access_says_what_to_do",
             "/dev/kvm is missing or open to everyone here, so no user lacks access",
@@ -52,7 +60,10 @@ fn run_without_kvm_access_says_what_to_do() {
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let root = dir.path().join("rootfs");
     if busybox_rootfs(&root).is_none() {
-        common::skip_or_fail("run_without_kvm_access_says_what_to_do", "no busybox on this machine");
+        common::skip_or_fail(
+            "run_without_kvm_access_says_what_to_do",
+            "no busybox on this machine",
+        );
         return;
     }
     let out = as_user(&user)
@@ -64,5 +75,8 @@ fn run_without_kvm_access_says_what_to_do() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
-    assert!(stderr.contains("/dev/kvm") && stderr.contains("kvm` group"), "{stderr}");
+    assert!(
+        stderr.contains("/dev/kvm") && stderr.contains("kvm` group"),
+        "{stderr}"
+    );
 }
