@@ -105,7 +105,8 @@ case_terminal_session_through_a_pty() {
     cat >/tmp/tty-session.sh <<SESSION
 stty rows 33 cols 101
 stty -g >/tmp/stty.before
-(sleep 8; stty rows 41 cols 119 </dev/tty) &
+(i=0; while [ \$i -lt 200 ] && ! grep -q '33 101' /tmp/tty.out; do sleep 0.3; i=\$((i+1)); done
+ sleep 1; stty rows 41 cols 119 </dev/tty) &
 $RUN $BB -- sh -c 'test -t 0 && echo guest-has-tty; stty size; sleep 12; echo "resized-to \$(stty size)"; trap "echo guest-got-INT; exit 3" INT; echo guest-ready; sleep 60 & wait'
 echo "run-rc=\$?"
 stty -g >/tmp/stty.after
