@@ -2,6 +2,8 @@
 //! as the client. These tests skip (saying why) without a Docker engine or the local base
 //! image, and fail instead when `CI` is set.
 
+mod common;
+
 use std::convert::Infallible;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
@@ -11,36 +13,10 @@ use std::time::Duration;
 const BIN: &str = env!("CARGO_BIN_EXE_krbottle");
 const TOKEN: &str = "sk-docker-test-token-0123456789";
 
-/// `None` when the tests can run, else why not.
-fn why_skip() -> Option<String> {
-    let info = Command::new("docker")
-        .args(["info", "--format", "{{.ServerVersion}}"])
-        .output();
-    match info {
-        Ok(o) if o.status.success() => {}
-        _ => return Some("no Docker engine answers (`docker info` failed)".into()),
-    }
-    let base = Command::new("docker")
-        .args(["image", "inspect", krbottle::bundle::image::BASE_IMAGE])
-        .output();
-    match base {
-        Ok(o) if o.status.success() => None,
-        _ => Some("the base image is missing: run scripts/build-base-image.sh".into()),
-    }
-}
-
-/// Returns true when the test should go on; fails under CI instead of skipping.
+/// Returns true when the test should go on (see `common::require_docker`: the engine and the
+/// base image; under CI their absence fails the test).
 fn docker_available() -> bool {
-    match why_skip() {
-        None => true,
-        Some(reason) if std::env::var_os(krbottle::env_vars::CI).is_some() => {
-            panic!("Docker tests cannot run under CI: {reason}")
-        }
-        Some(reason) => {
-            eprintln!("skipping: {reason}");
-            false
-        }
-    }
+    common::require_docker(&common::current_test())
 }
 
 fn krbottle(state: &Path, args: &[&str], token: Option<&str>) -> Output {

@@ -14,8 +14,7 @@ use crate::bundle::layout::LABEL_IMAGE_INPUTS;
 
 /// The Dockerfile, carried in the binary so an installed krbottle can build its bundle.
 pub const DOCKERFILE: &str = include_str!("../../bundle/Dockerfile");
-/// The base image the Dockerfile starts from (built locally by scripts/build-base-image.sh).
-pub const BASE_IMAGE: &str = "krbottle/debian-base:bookworm";
+pub use crate::image::BASE_IMAGE;
 /// Repository of bundle images; the tag is a prefix of the inputs' hash.
 pub const IMAGE_REPO: &str = "krbottle/bundle";
 

@@ -33,5 +33,9 @@ mod unpack_tests;
 pub use ownership::Ownership;
 pub use unpack::{UnpackError, UnpackOptions, UnpackSummary, unpack_save};
 
+/// The local Debian base image that krbottle's own images (bundle, examples, tests) start
+/// `FROM`. No registry is assumed: `scripts/build-base-image.sh` makes it with debootstrap.
+pub const BASE_IMAGE: &str = "krbottle/debian-base:bookworm";
+
 /// Docker label put on every container and image krbottle creates, so leftovers can be found.
 pub const LABEL_TOOL: &str = "dev.krbottle.tool";

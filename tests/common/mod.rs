@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
 /// The local base image every test Dockerfile starts FROM (scripts/build-base-image.sh).
-pub const BASE_IMAGE: &str = "krbottle/debian-base:bookworm";
+pub use krbottle::image::BASE_IMAGE;
 
 pub fn krbottle() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_krbottle"));
