@@ -162,3 +162,22 @@ fn bench_gateway_measures_mitmproxy_doing_the_same_interception() {
         "{r}"
     );
 }
+
+/// With Docker, the bundle-ready figure and its peer are both measured; without it (skipped,
+/// or failed under CI) nothing else of the report depends on it.
+#[test]
+fn bench_gateway_reports_bundle_ready_against_docker_run() {
+    if !require_docker("bench_gateway_reports_bundle_ready_against_docker_run") {
+        return;
+    }
+    let r = json(
+        &["bench", "gateway", "--requests", "8", "--json"],
+        &[("KRBOTTLE_MITMDUMP", "/nonexistent/mitmdump")],
+    );
+    assert!(r["bundle_ready_missing"].is_null(), "{r}");
+    let b = &r["bundle_ready"];
+    positive(b, "bundle_up_ms");
+    positive(b, "docker_run_true_ms");
+    assert_eq!(b["target_ms"], 1000.0, "{b}");
+    assert!(b["runs"].as_u64().unwrap() >= 1, "{b}");
+}

@@ -7,8 +7,13 @@
 //! [`MIN_SECRET_LEN`] are refused: they would match ordinary text. Only secret *names* ever
 //! leave this module, never values.
 
+use std::borrow::Cow;
+use std::sync::Arc;
+
+use aho_corasick::{AhoCorasick, MatchKind};
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD_NO_PAD, URL_SAFE_NO_PAD};
+use bytes::Bytes;
 
 /// Shortest secret the gateway accepts.
 pub const MIN_SECRET_LEN: usize = 8;
@@ -32,6 +37,7 @@ struct Secret {
 #[derive(Clone, Debug, Default)]
 pub struct SecretSet {
     secrets: Vec<Secret>,
+    matcher: Arc<Matcher>,
 }
 
 impl SecretSet {
@@ -52,7 +58,11 @@ impl SecretSet {
                 patterns: encodings(value),
             });
         }
-        Ok(SecretSet { secrets: out })
+        let matcher = Arc::new(Matcher::new(&out));
+        Ok(SecretSet {
+            secrets: out,
+            matcher,
+        })
     }
 
     pub fn is_empty(&self) -> bool {
@@ -77,23 +87,11 @@ impl SecretSet {
         None
     }
 
-    /// A streaming scrubber for all the secrets' patterns.
+    /// A streaming scrubber for all the secrets' patterns. Cheap: the matcher is built once,
+    /// in [`SecretSet::new`], and shared.
     pub fn scrubber(&self) -> Scrubber {
-        let mut patterns: Vec<Vec<u8>> = self
-            .secrets
-            .iter()
-            .flat_map(|s| s.patterns.iter().cloned())
-            .collect();
-        // Longest first, so a raw token is not half-replaced by a shorter encoding's match.
-        patterns.sort_by_key(|p| std::cmp::Reverse(p.len()));
-        patterns.dedup();
-        let mut first = [false; 256];
-        for p in &patterns {
-            first[usize::from(p[0])] = true;
-        }
         Scrubber {
-            patterns,
-            first,
+            matcher: self.matcher.clone(),
             carry: Vec::new(),
         }
     }
@@ -187,54 +185,160 @@ fn percent_encode(value: &[u8], upper: bool) -> Vec<u8> {
     out
 }
 
+/// Every pattern of every secret, longest first, with a multi-pattern searcher over them.
+///
+/// The searcher finds the leftmost match and, among those starting there, the longest: the
+/// same choice as trying the patterns longest first at each position, so a raw token is not
+/// half-replaced by a shorter encoding's match.
+#[derive(Debug, Default)]
+struct Matcher {
+    patterns: Vec<Vec<u8>>,
+    /// `None` when there is no pattern.
+    searcher: Option<AhoCorasick>,
+    /// Bytes that start some pattern: only there can a held-back prefix begin.
+    first: Vec<bool>,
+    longest: usize,
+}
+
+impl Matcher {
+    fn new(secrets: &[Secret]) -> Matcher {
+        let mut patterns: Vec<Vec<u8>> = secrets
+            .iter()
+            .flat_map(|s| s.patterns.iter().cloned())
+            .collect();
+        patterns.sort_by_key(|p| std::cmp::Reverse(p.len()));
+        patterns.dedup();
+        let mut first = vec![false; 256];
+        for p in &patterns {
+            first[usize::from(p[0])] = true;
+        }
+        // Building only fails past size limits that a few dozen short patterns cannot reach;
+        // should it ever fail, `replace` falls back to trying each pattern at each byte.
+        let searcher = (!patterns.is_empty())
+            .then(|| {
+                AhoCorasick::builder()
+                    .match_kind(MatchKind::LeftmostLongest)
+                    .build(&patterns)
+                    .ok()
+            })
+            .flatten();
+        let longest = patterns.first().map_or(0, Vec::len);
+        Matcher {
+            patterns,
+            searcher,
+            first,
+            longest,
+        }
+    }
+
+    /// The scrubbed form of `buf` up to the returned offset, from which input is held back
+    /// (it could be the start of a secret that the next chunk completes). Borrowed when
+    /// nothing was replaced, so clean data is not copied.
+    fn replace<'a>(&self, buf: &'a [u8], at_end: bool) -> (Cow<'a, [u8]>, usize) {
+        if self.patterns.is_empty() {
+            return (Cow::Borrowed(buf), buf.len());
+        }
+        // Only the last `longest - 1` bytes can start a proper prefix of a pattern; before
+        // them, every match is complete and the searcher decides alone.
+        let tail = buf.len().saturating_sub(self.longest.saturating_sub(1));
+        let mut out: Option<Vec<u8>> = None;
+        let mut pos = 0;
+        if let Some(searcher) = &self.searcher {
+            for m in searcher.find_iter(buf) {
+                if m.start() >= tail {
+                    break;
+                }
+                let out = out.get_or_insert_with(|| Vec::with_capacity(buf.len()));
+                out.extend_from_slice(&buf[pos..m.start()]);
+                out.extend_from_slice(REDACTED);
+                pos = m.end();
+            }
+        }
+        let resume = pos.max(if self.searcher.is_some() { tail } else { 0 });
+        let (tail_out, held) = self.replace_bytewise(&buf[resume..], at_end);
+        let held = resume + held;
+        match out {
+            None if tail_out.is_none() => (Cow::Borrowed(&buf[..held]), held),
+            out => {
+                let mut out = out.unwrap_or_else(|| Vec::with_capacity(buf.len()));
+                out.extend_from_slice(&buf[pos..resume]);
+                match tail_out {
+                    Some(t) => out.extend_from_slice(&t),
+                    None => out.extend_from_slice(&buf[resume..held]),
+                }
+                (Cow::Owned(out), held)
+            }
+        }
+    }
+
+    /// Tries every pattern at every byte of `buf` (a short tail, or everything if there is no
+    /// searcher). `None` when nothing was replaced; the offset from which input is held back.
+    fn replace_bytewise(&self, buf: &[u8], at_end: bool) -> (Option<Vec<u8>>, usize) {
+        let mut out: Option<Vec<u8>> = None;
+        let mut copied = 0;
+        let mut i = 0;
+        while i < buf.len() {
+            if self.first[usize::from(buf[i])] {
+                let rest = &buf[i..];
+                if let Some(p) = self.patterns.iter().find(|p| rest.starts_with(p)) {
+                    let out = out.get_or_insert_with(|| Vec::with_capacity(buf.len()));
+                    out.extend_from_slice(&buf[copied..i]);
+                    out.extend_from_slice(REDACTED);
+                    i += p.len();
+                    copied = i;
+                    continue;
+                }
+                if !at_end && self.patterns.iter().any(|p| p.starts_with(rest)) {
+                    break;
+                }
+            }
+            i += 1;
+        }
+        if let Some(out) = &mut out {
+            out.extend_from_slice(&buf[copied..i]);
+        }
+        (out, i)
+    }
+}
+
 /// Replaces secrets in a stream of chunks. Bytes that could be the start of a secret split
 /// across chunks are held back until the next chunk (or [`Scrubber::finish`]) decides.
 #[derive(Clone, Debug)]
 pub struct Scrubber {
-    patterns: Vec<Vec<u8>>,
-    first: [bool; 256],
+    matcher: Arc<Matcher>,
     carry: Vec<u8>,
 }
 
 impl Scrubber {
     /// Scrubs the next chunk; returns the bytes that are safe to send now.
     pub fn push(&mut self, chunk: &[u8]) -> Vec<u8> {
-        if self.patterns.is_empty() {
-            return chunk.to_vec();
-        }
         let mut buf = std::mem::take(&mut self.carry);
         buf.extend_from_slice(chunk);
-        let (out, held) = self.replace(&buf, false);
+        let (out, held) = self.matcher.replace(&buf, false);
+        let out = out.into_owned();
         self.carry = buf[held..].to_vec();
+        out
+    }
+
+    /// [`Scrubber::push`] for a shared buffer: a chunk with nothing to replace or hold back is
+    /// returned as a slice of itself, without a copy.
+    pub fn push_bytes(&mut self, chunk: Bytes) -> Bytes {
+        if !self.carry.is_empty() {
+            return Bytes::from(self.push(&chunk));
+        }
+        let (out, held) = self.matcher.replace(&chunk, false);
+        let out = match out {
+            Cow::Borrowed(_) => chunk.slice(..held),
+            Cow::Owned(v) => Bytes::from(v),
+        };
+        self.carry = chunk[held..].to_vec();
         out
     }
 
     /// Flushes what was held back at the end of the stream.
     pub fn finish(&mut self) -> Vec<u8> {
         let buf = std::mem::take(&mut self.carry);
-        self.replace(&buf, true).0
-    }
-
-    /// Returns the scrubbed output and the offset from which input is held back.
-    fn replace(&self, buf: &[u8], at_end: bool) -> (Vec<u8>, usize) {
-        let mut out = Vec::with_capacity(buf.len());
-        let mut i = 0;
-        while i < buf.len() {
-            if self.first[usize::from(buf[i])] {
-                let rest = &buf[i..];
-                if let Some(p) = self.patterns.iter().find(|p| rest.starts_with(p)) {
-                    out.extend_from_slice(REDACTED);
-                    i += p.len();
-                    continue;
-                }
-                if !at_end && self.patterns.iter().any(|p| p.starts_with(rest)) {
-                    return (out, i);
-                }
-            }
-            out.push(buf[i]);
-            i += 1;
-        }
-        (out, buf.len())
+        self.matcher.replace(&buf, true).0.into_owned()
     }
 }
 
@@ -317,6 +421,66 @@ mod tests {
                 out.extend(sc.finish());
                 assert_eq!(out, want, "cuts {cut} {cut2}");
             }
+        }
+    }
+
+    /// The shared-buffer path gives the same output as `push` however the stream is cut.
+    #[test]
+    fn push_bytes_handles_every_split() {
+        let s = set();
+        let mut text = b"x ".to_vec();
+        text.extend(TOKEN);
+        text.extend(b" y ");
+        text.extend(percent_encode(TOKEN, true));
+        text.extend(b" zz-other-secret-4 zz-other-secret-42");
+        let want = s.scrub(&text);
+        assert_eq!(
+            want,
+            b"x [REDACTED] y [REDACTED] zz-other-secret-4 [REDACTED]"
+        );
+        let text = Bytes::from(text);
+        for cut in 0..text.len() {
+            for cut2 in cut..text.len() {
+                let mut sc = s.scrubber();
+                let mut out = sc.push_bytes(text.slice(..cut)).to_vec();
+                out.extend(sc.push_bytes(text.slice(cut..cut2)));
+                out.extend(sc.push_bytes(text.slice(cut2..)));
+                out.extend(sc.finish());
+                assert_eq!(out, want, "cuts {cut} {cut2}");
+            }
+        }
+    }
+
+    /// A chunk with nothing to replace or hold back is passed on without a copy.
+    #[test]
+    fn push_bytes_does_not_copy_clean_data() {
+        let mut sc = set().scrubber();
+        let chunk = Bytes::from(vec![b'.'; 64 * 1024]);
+        let out = sc.push_bytes(chunk.clone());
+        assert_eq!(out.as_ptr(), chunk.as_ptr());
+        assert_eq!(out.len(), chunk.len());
+        assert!(sc.finish().is_empty());
+    }
+
+    /// Long clean runs with secrets far apart: what the searcher skips is still scrubbed.
+    #[test]
+    fn scrubber_finds_secrets_in_long_data() {
+        let s = set();
+        let mut text = Vec::new();
+        for form in [TOKEN.to_vec(), hex::encode_upper(TOKEN).into_bytes()] {
+            text.extend(vec![b'L'; 100_000]);
+            text.extend(form);
+        }
+        text.extend(vec![b'L'; 100_000]);
+        for chunk_len in [1, 7, 16 * 1024, text.len()] {
+            let mut sc = s.scrubber();
+            let mut out = Vec::new();
+            for chunk in text.chunks(chunk_len) {
+                out.extend(sc.push_bytes(Bytes::copy_from_slice(chunk)));
+            }
+            out.extend(sc.finish());
+            assert_eq!(out.len(), 300_000 + 2 * REDACTED.len(), "{chunk_len}");
+            assert_eq!(s.find_in(&out, None), None, "{chunk_len}");
         }
     }
 

@@ -56,7 +56,7 @@ impl Body for ObservedBody {
                 Ok(data) => {
                     this.bytes += data.len() as u64;
                     let out = match &mut this.scrubber {
-                        Some(s) => Bytes::from(s.push(&data)),
+                        Some(s) => s.push_bytes(data),
                         None => data,
                     };
                     Poll::Ready(Some(Ok(Frame::data(out))))

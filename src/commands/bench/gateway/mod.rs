@@ -16,12 +16,17 @@
 //!   from the small response, MB/s from the large one. The upstream checks every routed request
 //!   carries the injected token, so a contender that does not intercept cannot post a number.
 //!
+//! - Bundle ready (`ready`): `bundle up` of a cached bundle image until the gateway answers
+//!   `/healthz`, against `docker run --rm --entrypoint true` of the same image. Left out, with
+//!   the reason, without a Docker engine or the base image.
+//!
 //! Both proxies compete for the same cores with the client and the upstream; on a small
 //! machine the direct row is the ceiling of what this client can measure. Nothing is invented
 //! when mitmdump is missing: the report says so and leaves its numbers out.
 
 mod client;
 mod proxies;
+mod ready;
 mod upstream;
 
 use std::sync::Arc;
@@ -34,6 +39,7 @@ use self::client::{
     Dial, client_tls, direct_ip, host_port, latency_kept_alive, latency_new_connections, throughput,
 };
 use self::proxies::{Mitmdump, find_mitmdump, mitmdump_version, start_gateway};
+use self::ready::BundleReady;
 use self::upstream::{UpstreamPki, spawn_upstream};
 use crate::bundle::ca::BottleCa;
 use crate::cli::BenchGatewayArgs;
@@ -104,6 +110,9 @@ struct GatewayReport {
     ratio_requests_per_s_vs_mitmproxy: Option<f64>,
     ratio_mb_per_s_vs_mitmproxy: Option<f64>,
     target_ratio_vs_mitmproxy: f64,
+    /// Absent without Docker or the base image (see `bundle_ready_missing`).
+    bundle_ready: Option<BundleReady>,
+    bundle_ready_missing: Option<String>,
 }
 
 pub(super) fn run(args: BenchGatewayArgs, reporter: &Reporter) -> anyhow::Result<u8> {
@@ -199,6 +208,14 @@ async fn bench(args: &BenchGatewayArgs, reporter: &Reporter) -> anyhow::Result<G
             (Some(t), version, None)
         }
     };
+    let (bundle_ready, bundle_ready_missing) = match ready::measure(dir.path(), reporter).await {
+        Ok(r) => (Some(r), None),
+        Err(e) => {
+            let why = format!("{e:#}");
+            reporter.status(format!("bundle ready left out: {why}"));
+            (None, Some(why))
+        }
+    };
     let ratio =
         |f: fn(&Throughput) -> f64| route_mitmproxy.as_ref().map(|m| f(&route_gateway) / f(m));
     Ok(GatewayReport {
@@ -218,6 +235,8 @@ async fn bench(args: &BenchGatewayArgs, reporter: &Reporter) -> anyhow::Result<G
         mitmproxy_version,
         mitmproxy_missing,
         target_ratio_vs_mitmproxy: TARGET_RATIO_VS_MITMPROXY,
+        bundle_ready,
+        bundle_ready_missing,
     })
 }
 
@@ -276,6 +295,24 @@ fn print_report(r: &GatewayReport) {
         }
         (None, why) => println!(
             "    mitmproxy: not measured ({}); no ratio against it",
+            why.as_deref().unwrap_or("unknown")
+        ),
+    }
+    match (&r.bundle_ready, &r.bundle_ready_missing) {
+        (Some(b), _) => {
+            println!("  bundle ready, cached image (median of {} runs):", b.runs);
+            println!(
+                "    bundle up until /healthz answers        {:>9.1} ms   (network, container create and start, probe)",
+                b.bundle_up_ms
+            );
+            println!(
+                "    docker run --rm --entrypoint true IMAGE {:>9.1} ms",
+                b.docker_run_true_ms
+            );
+            println!("    target: bundle up <= {} ms", b.target_ms);
+        }
+        (None, why) => println!(
+            "  bundle ready: not measured ({})",
             why.as_deref().unwrap_or("unknown")
         ),
     }

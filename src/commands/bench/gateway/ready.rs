@@ -1,0 +1,126 @@
+//! The bundle-ready figure: how long `bundle::container::up` takes, from nothing running to the
+//! gateway answering `GET /healthz`, with the bundle image already built, against
+//! `docker run --rm --entrypoint true IMAGE` of the same image timed in the same run.
+//!
+//! `up` creates the bottle's network, creates and starts the container and probes the gateway
+//! (the way `krbottle bundle up` does); `down` after each run is not timed. Without a Docker
+//! engine or the base image the figure is left out with the reason, and the rest of
+//! `bench gateway` goes on.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use serde::Serialize;
+
+use crate::bundle::container;
+use crate::bundle::gateway::config::GatewayConfig;
+use crate::bundle::image;
+use crate::manifest::Bottle;
+use crate::output::Reporter;
+
+/// Timed rounds per contender (after one untimed round each); the median is reported.
+const RUNS: usize = 5;
+/// The target the bundle's readiness is judged against.
+pub(super) const TARGET_READY_MS: f64 = 1000.0;
+
+#[derive(Debug, Serialize)]
+pub(super) struct BundleReady {
+    pub(super) runs: usize,
+    /// Median of `up`: network, container create and start, gateway answering `/healthz`.
+    pub(super) bundle_up_ms: f64,
+    /// Median of `docker run --rm --entrypoint true` of the same image, through the CLI.
+    pub(super) docker_run_true_ms: f64,
+    pub(super) target_ms: f64,
+}
+
+/// Measures the figure; `Err` carries why it could not be (no engine, no base image…).
+pub(super) async fn measure(scratch: &Path, reporter: &Reporter) -> anyhow::Result<BundleReady> {
+    let docker = container::connect().await?;
+    docker
+        .ping()
+        .await
+        .context("no Docker engine answers; start it or set DOCKER_HOST")?;
+    let binary = std::env::current_exe().context("Could not find krbottle's own binary")?;
+    reporter.status("bundle ready: building the bundle image if absent (not timed)");
+    let tag = image::ensure(&docker, &binary).await?;
+    let bottle = Bottle {
+        name: format!("bench-ready-{}", std::process::id()),
+        cpus: 1,
+        memory_mib: 256,
+        env: Default::default(),
+        allow: Vec::new(),
+        routes: Vec::new(),
+    };
+    let gateway = GatewayConfig::for_bottle(&bottle);
+    let state_root = scratch.join("bundle-state");
+    let up_once = || async {
+        let t = Instant::now();
+        let up = container::up(&docker, &bottle, &gateway, &tag, &state_root, |_| None).await;
+        let took = t.elapsed();
+        // `up` cleans up after itself on error; after success the bundle is taken down here.
+        let record = up.context("Could not start the bench bundle")?;
+        container::down(&docker, &state_root, &record.bottle)
+            .await
+            .context("Could not remove the bench bundle")?;
+        anyhow::Ok(took)
+    };
+    reporter.status(format!(
+        "bundle ready: {RUNS} runs each of bundle up and docker run true"
+    ));
+    // One untimed round each: the image and the binary are in the page cache for both.
+    up_once().await?;
+    docker_run_true(&tag)?;
+    let (mut ours, mut peer) = (Vec::new(), Vec::new());
+    for _ in 0..RUNS {
+        ours.push(up_once().await?);
+        peer.push(docker_run_true(&tag)?);
+    }
+    Ok(BundleReady {
+        runs: RUNS,
+        bundle_up_ms: median_ms(ours),
+        docker_run_true_ms: median_ms(peer),
+        target_ms: TARGET_READY_MS,
+    })
+}
+
+/// Wall time of `docker run --rm --entrypoint true IMAGE` through the docker CLI.
+fn docker_run_true(image: &str) -> anyhow::Result<Duration> {
+    let t = Instant::now();
+    let out = Command::new("docker")
+        .args(["run", "--rm", "--entrypoint", "true", image])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .output()
+        .context("Could not run the docker CLI; install it")?;
+    let took = t.elapsed();
+    if !out.status.success() {
+        bail!(
+            "docker run --rm --entrypoint true {image} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(took)
+}
+
+fn median_ms(mut samples: Vec<Duration>) -> f64 {
+    samples.sort();
+    samples
+        .get(samples.len() / 2)
+        .map_or(0.0, |d| d.as_secs_f64() * 1000.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn median_is_the_middle_sample() {
+        let ms = |v: &[u64]| v.iter().map(|&m| Duration::from_millis(m)).collect();
+        assert_eq!(median_ms(ms(&[30, 10, 20])), 20.0);
+        assert_eq!(median_ms(ms(&[5])), 5.0);
+        assert_eq!(median_ms(Vec::new()), 0.0);
+    }
+}
