@@ -502,6 +502,15 @@ token_env = "OPENAI_API_KEY"
     }
 
     #[test]
+    fn the_shipped_example_manifest_is_valid() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/krbottle.toml");
+        let m = Manifest::load(&path).unwrap_or_else(|e| panic!("{e}"));
+        let agent = &m.agents["example"];
+        assert_eq!(agent.bottle, "example");
+        assert_eq!(m.bottles["example"].routes[0].token_env, "ANTHROPIC_API_KEY");
+    }
+
+    #[test]
     fn single_bottle_is_the_default() {
         let m = parse("[agents.a]\ndockerfile = \"Dockerfile\"\n[bottles.only]\n").unwrap();
         assert_eq!(m.agents["a"].bottle, "only");
