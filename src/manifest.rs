@@ -507,7 +507,10 @@ token_env = "OPENAI_API_KEY"
         let m = Manifest::load(&path).unwrap_or_else(|e| panic!("{e}"));
         let agent = &m.agents["example"];
         assert_eq!(agent.bottle, "example");
-        assert_eq!(m.bottles["example"].routes[0].token_env, "ANTHROPIC_API_KEY");
+        assert_eq!(
+            m.bottles["example"].routes[0].token_env,
+            "ANTHROPIC_API_KEY"
+        );
     }
 
     #[test]
