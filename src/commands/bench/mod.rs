@@ -12,7 +12,10 @@ mod gateway;
 mod run;
 mod unpack;
 
-use std::time::Duration;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
 
 use crate::cli::BenchCommand;
 use crate::output::Reporter;
@@ -37,6 +40,28 @@ fn percentile(mut v: Vec<Duration>, p: usize) -> Duration {
     // median of an odd count that is the middle value.
     let rank = (p * v.len()).div_ceil(100).max(1);
     v[rank.min(v.len()) - 1]
+}
+
+/// Wall time of the docker CLI running `args` (e.g. `run --rm IMAGE true`), the way a user would
+/// run it: the peer several benches measure against.
+fn time_docker(args: &[&str]) -> anyhow::Result<Duration> {
+    let t = Instant::now();
+    let out = Command::new("docker")
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .output()
+        .context("Could not run the docker CLI; install it")?;
+    let took = t.elapsed();
+    if !out.status.success() {
+        bail!(
+            "docker {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(took)
 }
 
 /// Milliseconds, for printing and JSON.

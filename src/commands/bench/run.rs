@@ -20,7 +20,7 @@ use anyhow::{Context, bail};
 use indicatif::ProgressBar;
 use serde::Serialize;
 
-use super::{median, ms};
+use super::{median, ms, time_docker};
 use crate::bundle::layout::GATEWAY_PORT;
 use crate::cli::{BenchRunArgs, RunArgs, VmArgs};
 use crate::commands::image::{default_ownership, unpack_stream};
@@ -120,7 +120,7 @@ pub(super) fn run(args: BenchRunArgs, reporter: &Reporter) -> anyhow::Result<u8>
         remove_tree(&dir).with_context(|| format!("Could not clean {}", dir.display()))?;
         r
     };
-    let docker_once = || time_docker_run(&args.image);
+    let docker_once = || time_docker(&["run", "--rm", &args.image, "true"]);
 
     // One untimed round each: the binary, the rootfs and the image are in the page cache for
     // both contenders alike.
@@ -251,26 +251,6 @@ fn time_krbottle_run(
         },
         outcome,
     ))
-}
-
-/// Wall time of `docker run --rm IMAGE true` through the docker CLI, as a user would run it.
-fn time_docker_run(image: &str) -> anyhow::Result<Duration> {
-    let t = Instant::now();
-    let out = Command::new("docker")
-        .args(["run", "--rm", image, "true"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .output()
-        .context("Could not run the docker CLI; install it")?;
-    let took = t.elapsed();
-    if !out.status.success() {
-        bail!(
-            "docker run --rm {image} true failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(took)
 }
 
 fn describe(outcome: &Outcome) -> String {

@@ -8,15 +8,15 @@
 //! `bench gateway` goes on.
 
 use std::path::Path;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use serde::Serialize;
 
 use crate::bundle::container;
 use crate::bundle::gateway::config::GatewayConfig;
 use crate::bundle::image;
+use crate::commands::bench::{median, ms, time_docker};
 use crate::manifest::Bottle;
 use crate::output::Reporter;
 
@@ -71,56 +71,16 @@ pub(super) async fn measure(scratch: &Path, reporter: &Reporter) -> anyhow::Resu
     ));
     // One untimed round each: the image and the binary are in the page cache for both.
     up_once().await?;
-    docker_run_true(&tag)?;
+    time_docker(&["run", "--rm", "--entrypoint", "true", &tag])?;
     let (mut ours, mut peer) = (Vec::new(), Vec::new());
     for _ in 0..RUNS {
         ours.push(up_once().await?);
-        peer.push(docker_run_true(&tag)?);
+        peer.push(time_docker(&["run", "--rm", "--entrypoint", "true", &tag])?);
     }
     Ok(BundleReady {
         runs: RUNS,
-        bundle_up_ms: median_ms(ours),
-        docker_run_true_ms: median_ms(peer),
+        bundle_up_ms: ms(median(ours)),
+        docker_run_true_ms: ms(median(peer)),
         target_ms: TARGET_READY_MS,
     })
-}
-
-/// Wall time of `docker run --rm --entrypoint true IMAGE` through the docker CLI.
-fn docker_run_true(image: &str) -> anyhow::Result<Duration> {
-    let t = Instant::now();
-    let out = Command::new("docker")
-        .args(["run", "--rm", "--entrypoint", "true", image])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .output()
-        .context("Could not run the docker CLI; install it")?;
-    let took = t.elapsed();
-    if !out.status.success() {
-        bail!(
-            "docker run --rm --entrypoint true {image} failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(took)
-}
-
-fn median_ms(mut samples: Vec<Duration>) -> f64 {
-    samples.sort();
-    samples
-        .get(samples.len() / 2)
-        .map_or(0.0, |d| d.as_secs_f64() * 1000.0)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn median_is_the_middle_sample() {
-        let ms = |v: &[u64]| v.iter().map(|&m| Duration::from_millis(m)).collect();
-        assert_eq!(median_ms(ms(&[30, 10, 20])), 20.0);
-        assert_eq!(median_ms(ms(&[5])), 5.0);
-        assert_eq!(median_ms(Vec::new()), 0.0);
-    }
 }
