@@ -118,17 +118,23 @@ fn layer_features_match_docker_in_root_mode() {
     assert_eq!(n, 20);
 }
 
-#[test]
-fn example_agent_image_matches_docker_and_uid_1000_can_work() {
-    if !require_docker("example_agent_image_matches_docker_and_uid_1000_can_work") {
-        return;
-    }
+/// Builds the shipped example agent image (`examples/agent`) through the API; returns its tag.
+fn build_example_agent() -> (Engine, &'static str) {
     let engine = Engine::connect().unwrap();
     let ctx = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/agent");
     let tag = "krbottle-test/example-agent:latest";
     engine
         .build(&ctx, None, tag, &indicatif::ProgressBar::hidden(), |_| {})
         .unwrap();
+    (engine, tag)
+}
+
+#[test]
+fn example_agent_image_matches_docker_and_uid_1000_can_work() {
+    if !require_docker("example_agent_image_matches_docker_and_uid_1000_can_work") {
+        return;
+    }
+    let (_, tag) = build_example_agent();
     let work = unpack_and_compare(tag, "root");
     let root = work.path().join("rootfs");
     // What the replaced system had to `chown -R` after boot: the agent user can write its home
@@ -186,12 +192,7 @@ fn rootless_userns_mode_matches_docker_and_uid_1000_can_work() {
     let Some((user, uid)) = require_test_user(test) else {
         return;
     };
-    let engine = Engine::connect().unwrap();
-    let ctx = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/agent");
-    let tag = "krbottle-test/example-agent:latest";
-    engine
-        .build(&ctx, None, tag, &indicatif::ProgressBar::hidden(), |_| {})
-        .unwrap();
+    let (engine, tag) = build_example_agent();
     // The unprivileged user gets a save file (it has no access to Docker) and a dir of its own.
     let work = tempfile::tempdir().unwrap();
     let save = work.path().join("image.tar");
