@@ -12,8 +12,9 @@
 //! from `/etc/subuid`/`/etc/subgid`, written by the setuid `newuidmap`/`newgidmap` helpers.
 
 use std::io::{Read, Write};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
 use std::process::{Child, Command};
 
 use crate::env_vars;
@@ -214,12 +215,10 @@ impl Namespaces {
 pub fn spawn(cmd: &mut Command, ns: Namespaces, mapping: &IdMapping) -> Result<Child, UsernsError> {
     let (mut ours, theirs) = UnixStream::pair().map_err(UsernsError::Socket)?;
     let theirs: OwnedFd = theirs.into();
-    // The child must inherit its end: clear close-on-exec on it (only ours stays CLOEXEC).
-    rustix::io::fcntl_setfd(&theirs, rustix::io::FdFlags::empty())
-        .map_err(|e| UsernsError::Socket(e.into()))?;
+    let fd = inherit_fd(cmd, &theirs);
     cmd.env(
         env_vars::KRBOTTLE_NS_HANDSHAKE,
-        format!("{}:{}", theirs.as_raw_fd(), ns.encode()),
+        format!("{fd}:{}", ns.encode()),
     );
     let program = format!("{:?}", cmd.get_program());
     let mut child = cmd.spawn().map_err(|e| UsernsError::Spawn(program, e))?;
@@ -244,6 +243,25 @@ pub fn spawn(cmd: &mut Command, ns: Namespaces, mapping: &IdMapping) -> Result<C
         return Err(err);
     }
     Ok(child)
+}
+
+/// Makes `fd` survive into the program `cmd` executes, under the same number (returned), while it
+/// stays close-on-exec in this process: the flag is cleared only in the forked child, so a
+/// concurrent spawn from another thread of this process can never inherit it. The caller keeps
+/// `fd` open until `cmd` has been spawned.
+pub fn inherit_fd(cmd: &mut Command, fd: &OwnedFd) -> RawFd {
+    let raw = fd.as_raw_fd();
+    // SAFETY: the closure runs in the forked child before `execve` and only calls `fcntl`
+    // (async-signal-safe, no allocation, no lock). `raw` is open there: the child's descriptor
+    // table is a copy of ours taken while the caller still holds `fd`, and it is >= 3 because
+    // the standard streams occupy 0..=2, so the child's stdio set-up does not replace it.
+    unsafe {
+        cmd.pre_exec(move || {
+            let fd = BorrowedFd::borrow_raw(raw);
+            rustix::io::fcntl_setfd(fd, rustix::io::FdFlags::empty()).map_err(Into::into)
+        });
+    }
+    raw
 }
 
 fn write_maps(pid: u32, mapping: &IdMapping) -> Result<(), UsernsError> {
@@ -349,6 +367,29 @@ mod tests {
     use super::*;
 
     const SUBUID_TEXT: &str = "alice:100000:65536\n1001:200000:65536\nbob:300000:0\n";
+
+    /// Whether a shell spawned from `cmd` sees descriptor `fd` open.
+    fn child_sees(mut cmd: Command, fd: RawFd) -> bool {
+        cmd.arg("-c").arg(format!("[ -e /proc/$$/fd/{fd} ]"));
+        cmd.status().expect("sh runs").success()
+    }
+
+    #[test]
+    fn inherited_fd_reaches_only_its_own_child() {
+        let (_ours, theirs) = UnixStream::pair().unwrap();
+        let theirs: OwnedFd = theirs.into();
+        let mut cmd = Command::new("sh");
+        let fd = inherit_fd(&mut cmd, &theirs);
+        assert_eq!(fd, theirs.as_raw_fd());
+        // In this process the descriptor stays close-on-exec, so no other spawn inherits it.
+        let flags = rustix::io::fcntl_getfd(&theirs).unwrap();
+        assert!(flags.contains(rustix::io::FdFlags::CLOEXEC));
+        assert!(
+            !child_sees(Command::new("sh"), fd),
+            "a bystander inherited it"
+        );
+        assert!(child_sees(cmd, fd), "the intended child did not inherit it");
+    }
 
     #[test]
     fn subordinate_ranges() {

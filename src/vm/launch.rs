@@ -84,13 +84,10 @@ pub fn launch_timed(
     let exe = std::env::current_exe().map_err(LaunchError::CurrentExe)?;
     let (mut ours, theirs) = UnixStream::pair().map_err(LaunchError::Socket)?;
     let theirs: std::os::fd::OwnedFd = theirs.into();
-    rustix::io::fcntl_setfd(&theirs, rustix::io::FdFlags::empty())
-        .map_err(|e| LaunchError::Socket(e.into()))?;
     let mut cmd = Command::new(exe);
-    cmd.arg(CHILD_SUBCOMMAND).env(
-        env_vars::KRBOTTLE_VMM_FD,
-        std::os::fd::AsRawFd::as_raw_fd(&theirs).to_string(),
-    );
+    let fd = userns::inherit_fd(&mut cmd, &theirs);
+    cmd.arg(CHILD_SUBCOMMAND)
+        .env(env_vars::KRBOTTLE_VMM_FD, fd.to_string());
     let ns = userns::Namespaces {
         net: true,
         mount: true,
