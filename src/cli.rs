@@ -84,10 +84,15 @@ pub struct BenchRunArgs {
 
 #[derive(Debug, Args)]
 pub struct BenchGatewayArgs {
-    /// Requests per contender for latency and requests/s (1 MiB transfers: a twentieth of
-    /// this, at least 8).
+    /// Requests per contender for the latency rows.
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub requests: u32,
+    /// Throughput rounds (contenders alternate in each; the median is reported).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=50))]
+    pub rounds: u32,
+    /// Milliseconds each contender requests in a loop, per round and response size.
+    #[arg(long, default_value_t = 1500, value_parser = clap::value_parser!(u64).range(10..=60_000))]
+    pub window_ms: u64,
     /// Print JSON on stdout.
     #[arg(long)]
     pub json: bool,

@@ -106,11 +106,22 @@ fn check_latency(r: &Value, key: &str) {
 fn bench_gateway_without_mitmproxy_reports_only_the_direct_comparison() {
     let missing = "/nonexistent/mitmdump";
     let r = json(
-        &["bench", "gateway", "--requests", "16", "--json"],
+        &[
+            "bench",
+            "gateway",
+            "--requests",
+            "16",
+            "--rounds",
+            "1",
+            "--window-ms",
+            "100",
+            "--json",
+        ],
         &[("KRBOTTLE_MITMDUMP", missing)],
     );
     assert_eq!(r["requests"], 16);
-    assert_eq!(r["large_requests"], 8);
+    assert_eq!(r["throughput_rounds"], 1);
+    assert_eq!(r["route_rounds"].as_array().map(Vec::len), Some(2), "{r}");
     check_latency(&r, "splice_new_connection");
     check_latency(&r, "splice_kept_alive");
     for key in ["route_direct", "route_gateway"] {
@@ -124,7 +135,16 @@ fn bench_gateway_without_mitmproxy_reports_only_the_direct_comparison() {
     assert!(why.contains(missing), "{why}");
 
     let (out, stdout, _) = run(krbottle()
-        .args(["bench", "gateway", "--requests", "8"])
+        .args([
+            "bench",
+            "gateway",
+            "--requests",
+            "8",
+            "--rounds",
+            "1",
+            "--window-ms",
+            "100",
+        ])
         .env("KRBOTTLE_MITMDUMP", missing));
     assert!(out.status.success());
     assert!(
@@ -146,9 +166,23 @@ fn bench_gateway_measures_mitmproxy_doing_the_same_interception() {
     ) {
         return;
     }
-    let r = json(&["bench", "gateway", "--requests", "16", "--json"], &[]);
+    let r = json(
+        &[
+            "bench",
+            "gateway",
+            "--requests",
+            "16",
+            "--rounds",
+            "1",
+            "--window-ms",
+            "100",
+            "--json",
+        ],
+        &[],
+    );
     positive(&r["route_mitmproxy"], "requests_per_s");
     positive(&r["route_mitmproxy"], "mb_per_s");
+    assert_eq!(r["route_rounds"].as_array().map(Vec::len), Some(3), "{r}");
     let ratio = positive(&r, "ratio_requests_per_s_vs_mitmproxy");
     let want = r["route_gateway"]["requests_per_s"].as_f64().unwrap()
         / r["route_mitmproxy"]["requests_per_s"].as_f64().unwrap();
@@ -171,7 +205,17 @@ fn bench_gateway_reports_bundle_ready_against_docker_run() {
         return;
     }
     let r = json(
-        &["bench", "gateway", "--requests", "8", "--json"],
+        &[
+            "bench",
+            "gateway",
+            "--requests",
+            "8",
+            "--rounds",
+            "1",
+            "--window-ms",
+            "100",
+            "--json",
+        ],
         &[("KRBOTTLE_MITMDUMP", "/nonexistent/mitmdump")],
     );
     assert!(r["bundle_ready_missing"].is_null(), "{r}");

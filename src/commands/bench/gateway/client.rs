@@ -3,7 +3,6 @@
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -93,13 +92,21 @@ impl Dial {
             let resp = sender.send_request(req).await?;
             let status = resp.status();
             let injected = resp.headers().contains_key(INJECTED_HEADER);
-            let body = resp.into_body().collect().await?.to_bytes();
             if status != StatusCode::OK {
+                let body = resp.into_body().collect().await?.to_bytes();
                 bail!(
                     "GET {path} via {} answered {status}: {}",
                     self.connect_to,
                     String::from_utf8_lossy(&body[..body.len().min(200)])
                 );
+            }
+            // Counted frame by frame: the client keeps no copy, leaving the cores to the proxies.
+            let mut body = resp.into_body();
+            let mut len = 0;
+            while let Some(frame) = body.frame().await {
+                if let Ok(data) = frame?.into_data() {
+                    len += data.len();
+                }
             }
             if self.route && !injected {
                 bail!(
@@ -107,7 +114,7 @@ impl Dial {
                     self.proxy
                 );
             }
-            Ok(body.len())
+            Ok(len)
         };
         tokio::time::timeout(STEP_TIMEOUT, step)
             .await
@@ -186,42 +193,56 @@ fn latency([direct, gateway]: [Vec<Duration>; 2]) -> Latency {
     }
 }
 
-/// requests/s over `small` GETs of the small response and MB/s over `large` GETs of the large
-/// one, each spread over [`CONCURRENCY`] kept-alive connections (set up inside the timing).
-pub(super) async fn throughput(dial: &Dial, small: u32, large: u32) -> anyhow::Result<Throughput> {
-    let (small_time, _) = spread(dial, SMALL_PATH, small).await?;
-    let (large_time, bytes) = spread(dial, LARGE_PATH, large).await?;
+/// Sustained requests/s (small response) and MB/s (large response) over warm connections:
+/// [`CONCURRENCY`] connections are opened and make one request each before any timing
+/// (connection setup is what the latency rows measure); then every connection requests in a
+/// loop for `window`, and the time runs until the last response has ended.
+pub(super) async fn throughput(dial: &Dial, window: Duration) -> anyhow::Result<Throughput> {
+    let mut senders = Vec::new();
+    for _ in 0..CONCURRENCY {
+        let mut sender = dial.connect().await?;
+        dial.get(&mut sender, SMALL_PATH).await?;
+        senders.push(sender);
+    }
+    let (small_time, small_requests, _, senders) =
+        sustained(dial, senders, SMALL_PATH, window).await?;
+    let (large_time, _, bytes, _) = sustained(dial, senders, LARGE_PATH, window).await?;
     Ok(Throughput {
-        requests_per_s: f64::from(small) / small_time.as_secs_f64(),
+        requests_per_s: small_requests as f64 / small_time.as_secs_f64(),
         mb_per_s: bytes as f64 / large_time.as_secs_f64() / 1e6,
     })
 }
 
-/// Runs `count` GETs of `path` over up to [`CONCURRENCY`] connections; returns the wall time
-/// and the body bytes received.
-async fn spread(dial: &Dial, path: &'static str, count: u32) -> anyhow::Result<(Duration, u64)> {
-    let left = Arc::new(AtomicU32::new(count));
+/// GETs `path` on every sender in a loop until `window` has passed; returns the wall time until
+/// the last response ended, the requests and body bytes completed, and the senders.
+async fn sustained(
+    dial: &Dial,
+    senders: Vec<Sender>,
+    path: &'static str,
+    window: Duration,
+) -> anyhow::Result<(Duration, u64, u64, Vec<Sender>)> {
     let started = Instant::now();
+    let deadline = started + window;
     let mut workers = tokio::task::JoinSet::new();
-    for _ in 0..CONCURRENCY.min(count) {
-        let (dial, left) = (dial.clone(), left.clone());
+    for mut sender in senders {
+        let dial = dial.clone();
         workers.spawn(async move {
-            let mut sender = dial.connect().await?;
-            let mut bytes = 0u64;
-            while left
-                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
-                .is_ok()
-            {
+            let (mut requests, mut bytes) = (0u64, 0u64);
+            while Instant::now() < deadline {
                 bytes += dial.get(&mut sender, path).await? as u64;
+                requests += 1;
             }
-            anyhow::Ok(bytes)
+            anyhow::Ok((requests, bytes, sender))
         });
     }
-    let mut total = 0;
+    let (mut requests, mut bytes, mut senders) = (0, 0, Vec::new());
     while let Some(done) = workers.join_next().await {
-        total += done.context("A client task panicked")??;
+        let (r, b, sender) = done.context("A client task panicked")??;
+        requests += r;
+        bytes += b;
+        senders.push(sender);
     }
-    Ok((started.elapsed(), total))
+    Ok((started.elapsed(), requests, bytes, senders))
 }
 
 pub(super) fn client_tls(ca_pems: &[&str]) -> anyhow::Result<Arc<rustls::ClientConfig>> {

@@ -64,6 +64,7 @@ const LARGE_PATH: &str = "/large";
 const LARGE_BYTES: usize = 1 << 20;
 /// Kept-alive connections sharing the throughput requests.
 const CONCURRENCY: u32 = 8;
+
 /// Longest any connection setup or request may take before the bench gives up.
 const STEP_TIMEOUT: Duration = Duration::from_secs(30);
 /// Longest mitmdump may take to start listening.
@@ -82,16 +83,34 @@ struct Latency {
     added_p99_ms: f64,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Clone, Debug, Serialize)]
 struct Throughput {
     requests_per_s: f64,
     mb_per_s: f64,
 }
 
+impl Throughput {
+    /// The median of each figure over `rounds` (not empty), separately.
+    fn median(rounds: &[Throughput]) -> Throughput {
+        let mid = |f: fn(&Throughput) -> f64| {
+            let mut v: Vec<f64> = rounds.iter().map(f).collect();
+            v.sort_by(f64::total_cmp);
+            v[(v.len() - 1) / 2]
+        };
+        Throughput {
+            requests_per_s: mid(|t| t.requests_per_s),
+            mb_per_s: mid(|t| t.mb_per_s),
+        }
+    }
+}
+
 #[derive(Debug, Serialize)]
 struct GatewayReport {
     requests: u32,
-    large_requests: u32,
+    /// Throughput rounds; each throughput figure is the median over them.
+    throughput_rounds: u32,
+    /// Seconds each contender requests in a loop, per round and response size.
+    throughput_window_s: f64,
     large_bytes: usize,
     small_bytes: usize,
     concurrency: u32,
@@ -102,6 +121,8 @@ struct GatewayReport {
     target_added_p50_ms: f64,
     route_direct: Throughput,
     route_gateway: Throughput,
+    /// Every round's figures: `[direct, gateway, mitmproxy if measured][round]`.
+    route_rounds: Vec<Vec<Throughput>>,
     /// Absent when mitmdump could not be found (see `mitmproxy_missing`).
     route_mitmproxy: Option<Throughput>,
     mitmproxy_version: Option<String>,
@@ -154,7 +175,7 @@ async fn bench(args: &BenchGatewayArgs, reporter: &Reporter) -> anyhow::Result<G
         route,
     };
     let n = args.requests;
-    let large = (n / 20).max(8);
+    let window = Duration::from_millis(args.window_ms);
 
     reporter.status(format!(
         "splice latency, new connections ({n} requests each)"
@@ -179,35 +200,58 @@ async fn bench(args: &BenchGatewayArgs, reporter: &Reporter) -> anyhow::Result<G
     )
     .await?;
 
-    reporter.status("route throughput: direct");
-    let route_direct = throughput(&direct_ip(port, ROUTE_HOST, &direct_tls), n, large).await?;
-    reporter.status("route throughput: gateway");
-    let route_gateway = throughput(&via_gateway(ROUTE_HOST, &bottle_tls, true), n, large).await?;
-
-    let (route_mitmproxy, mitmproxy_version, mitmproxy_missing) = match find_mitmdump() {
+    // mitmdump starts once (it takes seconds); the contenders then alternate within each round.
+    let mitm = match find_mitmdump() {
         Err(why) => {
             reporter.status(format!("mitmproxy left out: {why}"));
-            (None, None, Some(why))
+            Err(why)
         }
         Ok(mitmdump) => {
-            reporter.status(format!("route throughput: {}", mitmdump.display()));
+            reporter.status(format!("starting {}", mitmdump.display()));
             let version = mitmdump_version(&mitmdump);
             let mitm = Mitmdump::start(&mitmdump, dir.path(), &upstream_ca_file).await?;
-            let tls = client_tls(&[&pki.ca_pem, &mitm.ca_pem])?;
             // mitmproxy resolves CONNECT names itself, so it is sent the address; the client's
             // SNI and Host still name the route host, which mitmproxy passes upstream.
             let dial = Dial {
                 proxy: Some(mitm.proxy.addr),
                 connect_to: upstream.to_string(),
                 sni: ROUTE_HOST.to_owned(),
-                tls,
+                tls: client_tls(&[&pki.ca_pem, &mitm.ca_pem])?,
                 route: true,
             };
-            let t = throughput(&dial, n, large).await?;
-            drop(mitm);
-            (Some(t), version, None)
+            Ok((mitm, dial, version))
         }
     };
+    let direct = direct_ip(port, ROUTE_HOST, &direct_tls);
+    let via = via_gateway(ROUTE_HOST, &bottle_tls, true);
+    let mut contenders: Vec<&Dial> = vec![&direct, &via];
+    if let Ok((_, dial, _)) = &mitm {
+        contenders.push(dial);
+    }
+    let mut samples: Vec<Vec<Throughput>> = vec![Vec::new(); contenders.len()];
+    for round in 1..=args.rounds {
+        reporter.status(format!(
+            "route throughput, round {round}/{}: {} contenders, {:.1} s of requests each per size",
+            args.rounds,
+            contenders.len(),
+            window.as_secs_f64()
+        ));
+        for (dial, samples) in contenders.iter().zip(&mut samples) {
+            samples.push(throughput(dial, window).await?);
+        }
+    }
+    let mut medians = samples.iter().map(|s| Throughput::median(s));
+    let route_direct = medians.next().expect("direct was measured");
+    let route_gateway = medians.next().expect("the gateway was measured");
+    let route_mitmproxy = medians.next();
+    let (mitmproxy_version, mitmproxy_missing) = match mitm {
+        Ok((mitm, _, version)) => {
+            drop(mitm);
+            (version, None)
+        }
+        Err(why) => (None, Some(why)),
+    };
+    let rounds = samples;
     let (bundle_ready, bundle_ready_missing) = match ready::measure(dir.path(), reporter).await {
         Ok(r) => (Some(r), None),
         Err(e) => {
@@ -220,7 +264,8 @@ async fn bench(args: &BenchGatewayArgs, reporter: &Reporter) -> anyhow::Result<G
         |f: fn(&Throughput) -> f64| route_mitmproxy.as_ref().map(|m| f(&route_gateway) / f(m));
     Ok(GatewayReport {
         requests: n,
-        large_requests: large,
+        throughput_rounds: args.rounds,
+        throughput_window_s: window.as_secs_f64(),
         large_bytes: LARGE_BYTES,
         small_bytes: SMALL_BYTES,
         concurrency: CONCURRENCY,
@@ -231,6 +276,7 @@ async fn bench(args: &BenchGatewayArgs, reporter: &Reporter) -> anyhow::Result<G
         ratio_mb_per_s_vs_mitmproxy: ratio(|t| t.mb_per_s),
         route_direct,
         route_gateway,
+        route_rounds: rounds,
         route_mitmproxy,
         mitmproxy_version,
         mitmproxy_missing,
@@ -242,8 +288,8 @@ async fn bench(args: &BenchGatewayArgs, reporter: &Reporter) -> anyhow::Result<G
 
 fn print_report(r: &GatewayReport) {
     println!(
-        "bench gateway (127.0.0.1 only; HTTP/1.1 over TLS; {} requests per contender, {} of 1 MiB for MB/s)",
-        r.requests, r.large_requests
+        "bench gateway (127.0.0.1 only; HTTP/1.1 over TLS; {} requests per contender for latency)",
+        r.requests
     );
     println!(
         "  spliced CONNECT, GET of {} bytes, added = gateway percentile - direct percentile:",
@@ -268,8 +314,8 @@ fn print_report(r: &GatewayReport) {
         r.target_added_p50_ms
     );
     println!(
-        "  intercepted route (client credential dropped, token injected, responses scrubbed), {} kept-alive connections:",
-        r.concurrency
+        "  intercepted route (client credential dropped, token injected, responses scrubbed), {} warm kept-alive connections, median of {} rounds of {:.1} s per size:",
+        r.concurrency, r.throughput_rounds, r.throughput_window_s
     );
     let row = |name: &str, t: &Throughput| {
         println!(
