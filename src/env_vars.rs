@@ -38,3 +38,15 @@ pub const KRBOTTLE_MITMDUMP: &str = "KRBOTTLE_MITMDUMP";
 /// Internal, set by `krbottle bench gateway` for the proxies it starts (the gateway daemon and
 /// mitmdump's addon): the bench route's made-up token. Not for users.
 pub const KRBOTTLE_BENCH_ROUTE_TOKEN: &str = "KRBOTTLE_BENCH_ROUTE_TOKEN";
+
+/// Where the bundle image's krbottle binary comes from: `host` (this binary, copied in) or
+/// `source` (compiled inside the image from the source every binary carries). Default: `host`
+/// on Linux when the Docker engine has the same architecture, `source` otherwise (macOS).
+pub const KRBOTTLE_BUNDLE_FROM: &str = "KRBOTTLE_BUNDLE_FROM";
+
+/// The cargo profile of a `source` bundle build (default `release`; tests use `dev`).
+pub const KRBOTTLE_BUNDLE_PROFILE: &str = "KRBOTTLE_BUNDLE_PROFILE";
+
+/// A PEM file of CA certificates the `source` bundle build trusts for its downloads (rustup,
+/// crates.io): needed behind a TLS-intercepting proxy. They stay in the build stage.
+pub const KRBOTTLE_BUNDLE_BUILD_CA: &str = "KRBOTTLE_BUNDLE_BUILD_CA";

@@ -6,6 +6,8 @@ mod common;
 
 use std::convert::Infallible;
 use std::path::Path;
+
+use krbottle::bundle::image::Origin;
 use std::process::{Command, Output, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
@@ -409,7 +411,7 @@ fn route_through_the_bundle_container() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let record = runtime.block_on(async {
         let docker = container::connect().await.unwrap();
-        let image = krbottle::bundle::image::ensure(&docker, Path::new(BIN))
+        let image = krbottle::bundle::image::ensure(&docker, Origin::Host(BIN.into()))
             .await
             .unwrap();
         container::up(&docker, bottle, &gateway, &image, &state, |name| {
@@ -581,4 +583,130 @@ fn interrupted_up_removes_what_it_created() {
         "",
         "an interrupted up leaves nothing behind"
     );
+}
+
+/// The macOS path, run here: the bundle image compiles krbottle from the source the binary
+/// carries (dev profile, to keep CI short; the default is release), and that binary serves.
+#[test]
+fn up_from_source_compiles_krbottle_in_the_image() {
+    if !docker_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let bottle = format!("kt{}src", std::process::id());
+    let m = manifest(dir.path(), &[&bottle], false);
+    let _down = Down(&state, vec![bottle.clone()]);
+    let out = Command::new(BIN)
+        .args(["bundle", "up", &bottle, "--json", "--manifest"])
+        .arg(&m)
+        .env("KRBOTTLE_STATE_DIR", &state)
+        .env("KRBOTTLE_BUNDLE_FROM", "source")
+        .env("KRBOTTLE_BUNDLE_PROFILE", "dev")
+        // This machine's egress intercepts TLS; its CA is in the host's trust store.
+        .env("KRBOTTLE_BUNDLE_BUILD_CA", host_ca_bundle())
+        .output()
+        .unwrap();
+    let record = up_json(&out);
+    let addr = record["endpoints"]["gateway"].as_str().unwrap().to_string();
+    let denied = Command::new("curl")
+        .args(["-sS", "--max-time", "20", "--proxy"])
+        .arg(format!("http://{addr}"))
+        .arg("https://evil.test/")
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&denied.stderr).contains("403"),
+        "{denied:?}"
+    );
+
+    // The image's binary was compiled there: same version, not the host's bytes.
+    let image = record["image"].as_str().unwrap();
+    let run = |args: &[&str]| {
+        let mut all = vec![
+            "run",
+            "--rm",
+            "--entrypoint",
+            "/usr/local/bin/krbottle",
+            image,
+        ];
+        all.extend_from_slice(args);
+        docker(&all)
+    };
+    let ours = Command::new(BIN).arg("--version").output().unwrap();
+    assert_eq!(run(&["--version"]), String::from_utf8_lossy(&ours.stdout));
+    let in_image = docker(&[
+        "run",
+        "--rm",
+        "--entrypoint",
+        "sha256sum",
+        image,
+        "/usr/local/bin/krbottle",
+    ]);
+    let host = Command::new("sha256sum").arg(BIN).output().unwrap();
+    let host = String::from_utf8_lossy(&host.stdout);
+    let digest = |s: &str| s.split_whitespace().next().unwrap_or_default().to_string();
+    assert_eq!(digest(&in_image).len(), 64, "{in_image}");
+    assert_ne!(
+        digest(&in_image),
+        digest(&host),
+        "the host binary was copied"
+    );
+
+    let down = krbottle(&state, &["bundle", "down", &bottle], None);
+    assert!(down.status.success());
+    assert_eq!(leftovers(&bottle).trim(), "");
+}
+
+#[test]
+fn bad_bundle_origin_is_refused_by_name() {
+    if !docker_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let m = manifest(dir.path(), &["kbad"], false);
+    let out = Command::new(BIN)
+        .args(["bundle", "up", "kbad", "--manifest"])
+        .arg(&m)
+        .env("KRBOTTLE_STATE_DIR", dir.path().join("state"))
+        .env("KRBOTTLE_BUNDLE_FROM", "elsewhere")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("KRBOTTLE_BUNDLE_FROM=\"elsewhere\"") && err.contains("`source`"),
+        "{err}"
+    );
+}
+
+/// The host's CA bundle, as curl and OpenSSL find it.
+fn host_ca_bundle() -> String {
+    std::env::var("SSL_CERT_FILE").unwrap_or_else(|_| "/etc/ssl/certs/ca-certificates.crt".into())
+}
+
+/// A binary that does not run in the bundle (here `/bin/false`: runs, says nothing, fails)
+/// fails the build with the reason, and leaves no image behind to be taken for a good one.
+#[test]
+fn a_binary_that_cannot_run_in_the_bundle_fails_the_build() {
+    if !docker_available() {
+        return;
+    }
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let docker = krbottle::bundle::container::connect().await.unwrap();
+        let err = krbottle::bundle::image::ensure(&docker, Origin::Host("/bin/false".into()))
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("does not run there") && err.contains("exit code 1"),
+            "{err}"
+        );
+        assert!(err.contains("KRBOTTLE_BUNDLE_FROM=source"), "{err}");
+        let tag = krbottle::bundle::image::current_tag(&docker, Origin::Host("/bin/false".into()))
+            .await
+            .unwrap();
+        assert!(docker.inspect_image(&tag).await.is_err(), "{tag} was kept");
+    });
 }

@@ -75,8 +75,14 @@ async fn up(args: BundleUpArgs, reporter: &Reporter) -> anyhow::Result<u8> {
     })?;
     let docker = container::connect().await?;
     let binary = std::env::current_exe().context("cannot find the krbottle binary")?;
-    let spinner = reporter.spinner("building the bundle image");
-    let tag = image::ensure(&docker, &binary).await;
+    let origin = image::choose_origin(&docker, &binary).await?;
+    let spinner = reporter.spinner(match origin {
+        image::Origin::Host(_) => "building the bundle image",
+        image::Origin::Source { .. } => {
+            "building the bundle image, compiling krbottle in it (minutes, the first time only)"
+        }
+    });
+    let tag = image::ensure(&docker, origin).await;
     spinner.finish_and_clear();
     let tag = tag?;
     let gateway = GatewayConfig::for_bottle(bottle);
@@ -143,7 +149,8 @@ async fn gc(args: BundleGcArgs, reporter: &Reporter) -> anyhow::Result<u8> {
     let mut removed = container::gc(&docker, &container::state_root()).await?;
     // Old bundle images pile up with every new binary; keep only this binary's.
     let binary = std::env::current_exe().context("cannot find the krbottle binary")?;
-    match image::current_tag(&docker, &binary).await {
+    let origin = image::choose_origin(&docker, &binary).await?;
+    match image::current_tag(&docker, origin).await {
         Ok(tag) => removed.images = image::prune_stale(&docker, &tag).await?,
         Err(e) => tracing::debug!("not pruning bundle images: {e}"),
     }

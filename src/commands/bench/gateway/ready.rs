@@ -44,7 +44,7 @@ pub(super) async fn measure(scratch: &Path, reporter: &Reporter) -> anyhow::Resu
         .context("no Docker engine answers; start it or set DOCKER_HOST")?;
     let binary = std::env::current_exe().context("Could not find krbottle's own binary")?;
     reporter.status("bundle ready: building the bundle image if absent (not timed)");
-    let tag = image::ensure(&docker, &binary).await?;
+    let tag = image::ensure(&docker, image::choose_origin(&docker, &binary).await?).await?;
     let bottle = Bottle {
         name: format!("bench-ready-{}", std::process::id()),
         cpus: 1,
