@@ -12,9 +12,12 @@
 //!   directly, interleaved, (a) one new connection per request (TCP, CONNECT, TLS handshake,
 //!   request: per-connection setup), (b) one kept-alive tunnel (the relay's per-request cost).
 //!   Added latency is the gateway's percentile minus the direct one.
-//! - Route throughput: [`CONCURRENCY`] kept-alive connections share the requests; requests/s
-//!   from the small response, MB/s from the large one. The upstream checks every routed request
-//!   carries the injected token, so a contender that does not intercept cannot post a number.
+//! - Route throughput: [`CONCURRENCY`] warm kept-alive connections (opened, and one request
+//!   made on each, before timing) request in a loop for `--window-ms`; requests/s from the
+//!   small response, MB/s from the large one. The contenders alternate within each of
+//!   `--rounds` rounds and the median is reported, so a burst of noise on the shared cores
+//!   hits one round, not one contender. The upstream checks every routed request carries the
+//!   injected token, so a contender that does not intercept cannot post a number.
 //!
 //! - Bundle ready (`ready`): `bundle up` of a cached bundle image until the gateway answers
 //!   `/healthz`, against `docker run --rm --entrypoint true` of the same image. Left out, with
