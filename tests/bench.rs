@@ -7,6 +7,14 @@ mod common;
 use common::{krbottle, namespaces_unavailable, require_docker, run, should_run};
 use serde_json::Value;
 
+/// `bench gateway` with one short throughput round (the figures are checked for shape, not
+/// size), then `extra`.
+fn quick_gateway<'a>(extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec!["bench", "gateway", "--rounds", "1", "--window-ms", "100"];
+    args.extend_from_slice(extra);
+    args
+}
+
 fn json(args: &[&str], env: &[(&str, &str)]) -> Value {
     let mut cmd = krbottle();
     cmd.args(args);
@@ -106,17 +114,7 @@ fn check_latency(r: &Value, key: &str) {
 fn bench_gateway_without_mitmproxy_reports_only_the_direct_comparison() {
     let missing = "/nonexistent/mitmdump";
     let r = json(
-        &[
-            "bench",
-            "gateway",
-            "--requests",
-            "16",
-            "--rounds",
-            "1",
-            "--window-ms",
-            "100",
-            "--json",
-        ],
+        &quick_gateway(&["--requests", "16", "--json"]),
         &[("KRBOTTLE_MITMDUMP", missing)],
     );
     assert_eq!(r["requests"], 16);
@@ -135,16 +133,7 @@ fn bench_gateway_without_mitmproxy_reports_only_the_direct_comparison() {
     assert!(why.contains(missing), "{why}");
 
     let (out, stdout, _) = run(krbottle()
-        .args([
-            "bench",
-            "gateway",
-            "--requests",
-            "8",
-            "--rounds",
-            "1",
-            "--window-ms",
-            "100",
-        ])
+        .args(quick_gateway(&["--requests", "8"]))
         .env("KRBOTTLE_MITMDUMP", missing));
     assert!(out.status.success());
     assert!(
@@ -166,20 +155,7 @@ fn bench_gateway_measures_mitmproxy_doing_the_same_interception() {
     ) {
         return;
     }
-    let r = json(
-        &[
-            "bench",
-            "gateway",
-            "--requests",
-            "16",
-            "--rounds",
-            "1",
-            "--window-ms",
-            "100",
-            "--json",
-        ],
-        &[],
-    );
+    let r = json(&quick_gateway(&["--requests", "16", "--json"]), &[]);
     positive(&r["route_mitmproxy"], "requests_per_s");
     positive(&r["route_mitmproxy"], "mb_per_s");
     assert_eq!(r["route_rounds"].as_array().map(Vec::len), Some(3), "{r}");
@@ -205,17 +181,7 @@ fn bench_gateway_reports_bundle_ready_against_docker_run() {
         return;
     }
     let r = json(
-        &[
-            "bench",
-            "gateway",
-            "--requests",
-            "8",
-            "--rounds",
-            "1",
-            "--window-ms",
-            "100",
-            "--json",
-        ],
+        &quick_gateway(&["--requests", "8", "--json"]),
         &[("KRBOTTLE_MITMDUMP", "/nonexistent/mitmdump")],
     );
     assert!(r["bundle_ready_missing"].is_null(), "{r}");

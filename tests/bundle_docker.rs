@@ -57,13 +57,44 @@ fn manifest(dir: &Path, bottles: &[&str], token_route: bool) -> std::path::PathB
     path
 }
 
-/// Takes a bottle's bundle down when dropped, so a failing test leaves nothing behind.
-struct Down<'a>(&'a Path, Vec<String>);
+/// A test's bottles: a temp dir holding their state dir and manifest. Their bundles are taken
+/// down when it is dropped, so a failing test leaves nothing behind.
+struct Bottles {
+    dir: tempfile::TempDir,
+    state: std::path::PathBuf,
+    names: Vec<String>,
+    manifest: std::path::PathBuf,
+}
 
-impl Drop for Down<'_> {
+impl Bottles {
+    /// Bottles named `kt<pid><suffix>`, each allowing example.com, with a token route if asked.
+    fn new(suffixes: &[&str], token_route: bool) -> Bottles {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        let names: Vec<String> = suffixes
+            .iter()
+            .map(|s| format!("kt{}{s}", std::process::id()))
+            .collect();
+        let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+        let manifest = manifest(dir.path(), &refs, token_route);
+        Bottles {
+            dir,
+            state,
+            names,
+            manifest,
+        }
+    }
+
+    /// The first (often only) bottle's name.
+    fn name(&self) -> &str {
+        &self.names[0]
+    }
+}
+
+impl Drop for Bottles {
     fn drop(&mut self) {
-        for b in &self.1 {
-            let _ = krbottle(self.0, &["bundle", "down", b], None);
+        for b in &self.names {
+            let _ = krbottle(&self.state, &["bundle", "down", b], None);
         }
     }
 }
@@ -82,15 +113,12 @@ fn up_serves_the_gateway_and_down_removes_everything() {
     if !docker_available() {
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
-    let state = dir.path().join("state");
-    let bottle = format!("kt{}up", std::process::id());
-    let m = manifest(dir.path(), &[&bottle], true);
-    let m = m.to_str().unwrap();
-    let _down = Down(&state, vec![bottle.clone()]);
+    let fx = Bottles::new(&["up"], true);
+    let (state, bottle) = (&fx.state, fx.name());
+    let m = fx.manifest.to_str().unwrap();
     let out = krbottle(
-        &state,
-        &["bundle", "up", &bottle, "--manifest", m, "--json"],
+        state,
+        &["bundle", "up", bottle, "--manifest", m, "--json"],
         Some(TOKEN),
     );
     let record = up_json(&out);
@@ -121,7 +149,7 @@ fn up_serves_the_gateway_and_down_removes_everything() {
         0o600
     );
 
-    let logs = krbottle(&state, &["bundle", "logs", &bottle], None);
+    let logs = krbottle(state, &["bundle", "logs", bottle], None);
     let logs = String::from_utf8_lossy(&logs.stdout).to_string();
     assert!(
         logs.contains(r#""host":"evil.test""#) && logs.contains(r#""decision":"deny""#),
@@ -141,14 +169,14 @@ fn up_serves_the_gateway_and_down_removes_everything() {
     ]);
     assert!(top.contains("gateway") && !top.contains(TOKEN), "{top}");
 
-    let down = krbottle(&state, &["bundle", "down", &bottle], None);
+    let down = krbottle(state, &["bundle", "down", bottle], None);
     assert!(
         down.status.success(),
         "{}",
         String::from_utf8_lossy(&down.stderr)
     );
     assert_eq!(
-        leftovers(&bottle).trim(),
+        leftovers(bottle).trim(),
         "",
         "nothing of the bottle remains"
     );
@@ -159,21 +187,15 @@ fn five_bundles_at_once_get_distinct_networks_and_ports() {
     if !docker_available() {
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
-    let state = dir.path().join("state");
-    let bottles: Vec<String> = (0..5)
-        .map(|i| format!("kt{}f{i}", std::process::id()))
-        .collect();
-    let names: Vec<&str> = bottles.iter().map(String::as_str).collect();
-    let m = manifest(dir.path(), &names, false);
-    let _down = Down(&state, bottles.clone());
+    let fx = Bottles::new(&["f0", "f1", "f2", "f3", "f4"], false);
+    let (state, bottles, m) = (&fx.state, &fx.names, &fx.manifest);
     let children: Vec<_> = bottles
         .iter()
         .map(|b| {
             Command::new(BIN)
                 .args(["bundle", "up", b, "--json", "--manifest"])
-                .arg(&m)
-                .env("KRBOTTLE_STATE_DIR", &state)
+                .arg(m)
+                .env("KRBOTTLE_STATE_DIR", state)
                 .stdout(Stdio::piped())
                 .stderr(Stdio::piped())
                 .spawn()
@@ -200,9 +222,9 @@ fn five_bundles_at_once_get_distinct_networks_and_ports() {
             ])
         })
         .collect();
-    for b in &bottles {
+    for b in bottles {
         assert!(
-            krbottle(&state, &["bundle", "down", b], None)
+            krbottle(state, &["bundle", "down", b], None)
                 .status
                 .success()
         );
@@ -221,17 +243,14 @@ fn gc_removes_what_a_killed_up_left_behind() {
     if !docker_available() {
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
-    let state = dir.path().join("state");
-    let bottle = format!("kt{}gc", std::process::id());
-    let m = manifest(dir.path(), &[&bottle], true);
-    let _down = Down(&state, vec![bottle.clone()]);
+    let fx = Bottles::new(&["gc"], true);
+    let (state, bottle, m) = (&fx.state, fx.name(), &fx.manifest);
     // A token the gateway refuses (too short) keeps the bundle from ever becoming ready, so
     // `up` is still waiting when it is killed.
     let mut up = Command::new(BIN)
-        .args(["bundle", "up", &bottle, "--manifest"])
-        .arg(&m)
-        .env("KRBOTTLE_STATE_DIR", &state)
+        .args(["bundle", "up", bottle, "--manifest"])
+        .arg(m)
+        .env("KRBOTTLE_STATE_DIR", state)
         .env("KRB_DOCKER_TEST_TOKEN", "short")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -250,16 +269,16 @@ fn gc_removes_what_a_killed_up_left_behind() {
     up.wait().unwrap();
     assert!(created, "the bundle container never appeared");
     assert!(
-        !leftovers(&bottle).trim().is_empty(),
+        !leftovers(bottle).trim().is_empty(),
         "the kill left a container and network"
     );
 
     // gc of another state directory must not touch this bottle's objects.
-    let other = dir.path().join("other-state");
+    let other = fx.dir.path().join("other-state");
     assert!(krbottle(&other, &["bundle", "gc"], None).status.success());
-    assert!(!leftovers(&bottle).trim().is_empty());
+    assert!(!leftovers(bottle).trim().is_empty());
 
-    let gc = krbottle(&state, &["bundle", "gc", "--json"], None);
+    let gc = krbottle(state, &["bundle", "gc", "--json"], None);
     assert!(
         gc.status.success(),
         "{}",
@@ -276,7 +295,7 @@ fn gc_removes_what_a_killed_up_left_behind() {
         1,
         "{removed}"
     );
-    assert_eq!(leftovers(&bottle).trim(), "");
+    assert_eq!(leftovers(bottle).trim(), "");
 }
 
 /// The HTTPS (8443) and HTTP (8080) echo upstream, run inside a container on the bundle's
@@ -360,10 +379,9 @@ fn route_through_the_bundle_container() {
     if !docker_available() {
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
-    let state = dir.path().join("state");
-    let bottle_name = format!("kt{}rt", std::process::id());
-    let _down = Down(&state, vec![bottle_name.clone()]);
+    // Its own manifest, written below, replaces the fixture's.
+    let fx = Bottles::new(&["rt"], false);
+    let (dir, state, bottle_name) = (&fx.dir, &fx.state, fx.name().to_string());
 
     // The upstream's own CA and certificate for both of its names.
     let ca_key = rcgen::KeyPair::generate().unwrap();
@@ -404,7 +422,7 @@ fn route_through_the_bundle_container() {
     gateway.internal_hosts = vec!["upstream.test".into(), "route.test".into()];
     gateway.upstream_ca_file =
         Some(Path::new(krbottle::bundle::layout::CONFIG_DIR).join("upstream-ca.pem"));
-    let bundle_dir = container::bundle_dir(&state, &bottle_name);
+    let bundle_dir = container::bundle_dir(state, &bottle_name);
     std::fs::create_dir_all(&bundle_dir).unwrap();
     std::fs::write(bundle_dir.join("upstream-ca.pem"), ca_cert.pem()).unwrap();
 
@@ -414,7 +432,7 @@ fn route_through_the_bundle_container() {
         let image = krbottle::bundle::image::ensure(&docker, Origin::Host(BIN.into()))
             .await
             .unwrap();
-        container::up(&docker, bottle, &gateway, &image, &state, |name| {
+        container::up(&docker, bottle, &gateway, &image, state, |name| {
             (name == "KRB_DOCKER_TEST_TOKEN").then(|| TOKEN.to_string())
         })
         .await
@@ -521,7 +539,7 @@ fn route_through_the_bundle_container() {
         "{blocked}"
     );
 
-    let logs = krbottle(&state, &["bundle", "logs", &bottle_name], None);
+    let logs = krbottle(state, &["bundle", "logs", &bottle_name], None);
     let logs =
         String::from_utf8_lossy(&logs.stdout).to_string() + &String::from_utf8_lossy(&logs.stderr);
     assert!(
@@ -530,7 +548,7 @@ fn route_through_the_bundle_container() {
     );
     assert!(!logs.contains(TOKEN), "{logs}");
 
-    let down = krbottle(&state, &["bundle", "down", &bottle_name], None);
+    let down = krbottle(state, &["bundle", "down", &bottle_name], None);
     assert!(
         down.status.success(),
         "{}",
@@ -548,16 +566,13 @@ fn interrupted_up_removes_what_it_created() {
     if !docker_available() {
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
-    let state = dir.path().join("state");
-    let bottle = format!("kt{}int", std::process::id());
-    let m = manifest(dir.path(), &[&bottle], true);
-    let _down = Down(&state, vec![bottle.clone()]);
+    let fx = Bottles::new(&["int"], true);
+    let (state, bottle, m) = (&fx.state, fx.name(), &fx.manifest);
     // As in the gc test, a refused token keeps `up` waiting for readiness.
     let up = Command::new(BIN)
-        .args(["bundle", "up", &bottle, "--manifest"])
-        .arg(&m)
-        .env("KRBOTTLE_STATE_DIR", &state)
+        .args(["bundle", "up", bottle, "--manifest"])
+        .arg(m)
+        .env("KRBOTTLE_STATE_DIR", state)
         .env("KRB_DOCKER_TEST_TOKEN", "short")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -579,7 +594,7 @@ fn interrupted_up_removes_what_it_created() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("interrupted"));
     assert_eq!(
-        leftovers(&bottle).trim(),
+        leftovers(bottle).trim(),
         "",
         "an interrupted up leaves nothing behind"
     );
@@ -592,15 +607,12 @@ fn up_from_source_compiles_krbottle_in_the_image() {
     if !docker_available() {
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
-    let state = dir.path().join("state");
-    let bottle = format!("kt{}src", std::process::id());
-    let m = manifest(dir.path(), &[&bottle], false);
-    let _down = Down(&state, vec![bottle.clone()]);
+    let fx = Bottles::new(&["src"], false);
+    let (state, bottle, m) = (&fx.state, fx.name(), &fx.manifest);
     let out = Command::new(BIN)
-        .args(["bundle", "up", &bottle, "--json", "--manifest"])
-        .arg(&m)
-        .env("KRBOTTLE_STATE_DIR", &state)
+        .args(["bundle", "up", bottle, "--json", "--manifest"])
+        .arg(m)
+        .env("KRBOTTLE_STATE_DIR", state)
         .env("KRBOTTLE_BUNDLE_FROM", "source")
         .env("KRBOTTLE_BUNDLE_PROFILE", "dev")
         // This machine's egress intercepts TLS; its CA is in the host's trust store.
@@ -653,9 +665,9 @@ fn up_from_source_compiles_krbottle_in_the_image() {
         "the host binary was copied"
     );
 
-    let down = krbottle(&state, &["bundle", "down", &bottle], None);
+    let down = krbottle(state, &["bundle", "down", bottle], None);
     assert!(down.status.success());
-    assert_eq!(leftovers(&bottle).trim(), "");
+    assert_eq!(leftovers(bottle).trim(), "");
 }
 
 #[test]
