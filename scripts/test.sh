@@ -20,6 +20,7 @@ say "cargo fmt --check"
 cargo fmt --check
 say "cargo clippy"
 cargo clippy --locked --all-targets -q -- -D warnings
+bash "$here/check-macos.sh"
 say "cargo test"
 # Tests that cannot run here append "test: reason" to this file (see tests/common); they are
 # listed at the end so a skip is never mistaken for a pass.

@@ -13,9 +13,11 @@ use crate::cli::{
 use crate::exit;
 use crate::image::cache::{Cache, CacheKey};
 use crate::image::docker::{DockerError, Engine};
+#[cfg(target_os = "linux")]
 use crate::image::rootless::{self, unpack_in_userns};
 use crate::image::{Ownership, UnpackOptions, UnpackSummary, unpack_save};
 use crate::output::{Reporter, Verbosity, print_json};
+#[cfg(target_os = "linux")]
 use crate::sys::userns::{self, IdMapping};
 
 pub fn run(cmd: ImageCommand, reporter: &Reporter) -> anyhow::Result<u8> {
@@ -76,9 +78,14 @@ pub(crate) fn unpack_stream(
     bar: &ProgressBar,
 ) -> anyhow::Result<UnpackSummary> {
     let summary = match mode {
+        #[cfg(target_os = "linux")]
         OwnershipMode::Userns => {
             let mapping = IdMapping::for_current_user()?;
             unpack_in_userns(reader, dest, &mapping, bar)?
+        }
+        #[cfg(not(target_os = "linux"))]
+        OwnershipMode::Userns => {
+            anyhow::bail!("--ownership userns needs Linux user namespaces; use --ownership xattr")
         }
         OwnershipMode::Root | OwnershipMode::Xattr => {
             let ownership = match mode {
@@ -155,8 +162,14 @@ fn report_summary(
     Ok(exit::OK)
 }
 
+#[cfg(not(target_os = "linux"))]
+pub fn unpack_child(_dest: &Path) -> anyhow::Result<u8> {
+    super::not_on_this_os("the user-namespace unpacker")
+}
+
 /// The `__unpack` child of the `userns` mode: enter the namespace, unpack stdin into `dest`
 /// with real `lchown`s, print the summary as JSON on stdout.
+#[cfg(target_os = "linux")]
 pub fn unpack_child(dest: &Path) -> anyhow::Result<u8> {
     if userns::enter_from_env()?.is_none() {
         anyhow::bail!(

@@ -251,16 +251,8 @@ fn copy_leaf(
                 path: s.to_path_buf(),
                 source,
             })?;
-        let to = File::options()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(d)
-            .map_err(write_err)?;
-        if rustix::fs::ioctl_ficlone(&to, &from).is_ok() {
+        if crate::sys::fs::copy_file(&from, s, d, meta.len()).map_err(write_err)? {
             stats.reflinked.fetch_add(1, Ordering::Relaxed);
-        } else {
-            copy_data(&from, &to, meta.len()).map_err(write_err)?;
         }
         stats.files.fetch_add(1, Ordering::Relaxed);
         stats.bytes.fetch_add(meta.len(), Ordering::Relaxed);
@@ -282,7 +274,7 @@ fn copy_leaf(
             // Sockets are not part of an image; nothing to copy.
             return Ok(());
         };
-        let made = rustix::fs::mknodat(CWD, d, kind, Mode::from_raw_mode(0o600), meta.rdev());
+        let made = crate::sys::fs::mknod(CWD, d, kind, Mode::from_raw_mode(0o600), meta.rdev());
         match made {
             Ok(()) => {}
             Err(rustix::io::Errno::PERM) if kind != rustix::fs::FileType::Fifo => {
@@ -294,26 +286,6 @@ fn copy_leaf(
         stats.files.fetch_add(1, Ordering::Relaxed);
     }
     finish_metadata(s, d, meta, chown).map_err(write_err)
-}
-
-/// Data copy without reflink: `copy_file_range` (in-kernel), else read/write.
-fn copy_data(from: &File, to: &File, len: u64) -> io::Result<()> {
-    let mut left = len;
-    while left > 0 {
-        let chunk = usize::try_from(left.min(1 << 30)).unwrap_or(1 << 30);
-        match rustix::fs::copy_file_range(from, None, to, None, chunk) {
-            Ok(0) => break,
-            Ok(n) => left -= n as u64,
-            Err(rustix::io::Errno::XDEV | rustix::io::Errno::NOSYS | rustix::io::Errno::INVAL) => {
-                let mut from = from;
-                let mut to = to;
-                io::copy(&mut from, &mut to)?;
-                return Ok(());
-            }
-            Err(e) => return Err(e.into()),
-        }
-    }
-    Ok(())
 }
 
 /// Ownership, then mode (chown clears setuid), then xattrs, then times; never following links.
@@ -329,12 +301,7 @@ fn finish_metadata(s: &Path, d: &Path, meta: &fs::Metadata, chown: bool) -> io::
     }
     copy_xattrs(s, d, meta.is_symlink())?;
     if !meta.is_symlink() {
-        rustix::fs::chmodat(
-            CWD,
-            d,
-            Mode::from_raw_mode(meta.mode() & 0o7777),
-            AtFlags::empty(),
-        )?;
+        rustix::fs::chmodat(CWD, d, crate::sys::fs::mode(meta.mode()), AtFlags::empty())?;
     }
     let times = Timestamps {
         last_access: Timespec {
@@ -461,7 +428,7 @@ mod tests {
         fs::set_permissions(src.join("tmp"), fs::Permissions::from_mode(0o1777)).unwrap();
         fs::hard_link(src.join("usr/bin/su"), src.join("usr/bin/su2")).unwrap();
         std::os::unix::fs::symlink("/etc/passwd", src.join("escape")).unwrap();
-        rustix::fs::mknodat(
+        crate::sys::fs::mknod(
             CWD,
             src.join("fifo"),
             rustix::fs::FileType::Fifo,

@@ -776,10 +776,10 @@ impl LayerWriter {
                     EntryKind::CharDevice(ma, mi) => (
                         FileType::CharacterDevice,
                         S_IFCHR,
-                        rustix::fs::makedev(ma, mi),
+                        crate::sys::fs::dev(ma, mi),
                     ),
                     EntryKind::BlockDevice(ma, mi) => {
-                        (FileType::BlockDevice, S_IFBLK, rustix::fs::makedev(ma, mi))
+                        (FileType::BlockDevice, S_IFBLK, crate::sys::fs::dev(ma, mi))
                     }
                     _ => unreachable!(),
                 };
@@ -796,7 +796,7 @@ impl LayerWriter {
                     cur.record.skipped_nodes.push(path);
                     return Ok(());
                 }
-                match rustix::fs::mknodat(
+                match crate::sys::fs::mknod(
                     parent,
                     name.as_os_str(),
                     file_type,

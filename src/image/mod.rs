@@ -21,6 +21,7 @@ pub mod layer;
 pub mod layout;
 pub mod merge;
 pub mod ownership;
+#[cfg(target_os = "linux")]
 pub mod rootless;
 pub mod tree;
 pub mod unpack;

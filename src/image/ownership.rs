@@ -109,7 +109,7 @@ pub fn finish_file(
             let (u, g) = ids(meta);
             rustix::fs::fchown(fd, u, g)?;
             set_fd_xattrs(fd, &meta.xattrs, skipped)?;
-            rustix::fs::fchmod(fd, Mode::from_raw_mode(meta.mode & 0o7777))?;
+            rustix::fs::fchmod(fd, crate::sys::fs::mode(meta.mode))?;
         }
         Ownership::Xattr => {
             set_fd_xattrs(fd, &meta.xattrs, skipped)?;
@@ -120,7 +120,7 @@ pub fn finish_file(
                 value.as_bytes(),
                 XattrFlags::empty(),
             )?;
-            rustix::fs::fchmod(fd, Mode::from_raw_mode((meta.mode & 0o777) | 0o600))?;
+            rustix::fs::fchmod(fd, crate::sys::fs::mode((meta.mode & 0o777) | 0o600))?;
         }
     }
     rustix::fs::futimens(fd, &timestamps(meta.mtime))
@@ -164,7 +164,7 @@ pub fn finish_dir_late(
         Ownership::Root => meta.mode & 0o7777,
         Ownership::Xattr => (meta.mode & 0o777) | 0o700,
     };
-    rustix::fs::fchmod(fd, Mode::from_raw_mode(mode))?;
+    rustix::fs::fchmod(fd, crate::sys::fs::mode(mode))?;
     rustix::fs::futimens(fd, &timestamps(meta.mtime))
 }
 
@@ -223,7 +223,7 @@ pub fn finish_special(
         rustix::fs::chmodat(
             dirfd,
             name,
-            Mode::from_raw_mode(meta.mode & 0o7777),
+            crate::sys::fs::mode(meta.mode),
             AtFlags::empty(),
         )?;
     }

@@ -181,7 +181,7 @@ pub fn walk_create(
                     .map_err(|e| WalkError::Io(here.clone(), e.into()))?;
                 let fd =
                     open_dir_at(cur.as_fd(), comp).map_err(|e| WalkError::Io(here.clone(), e))?;
-                rustix::fs::fchmod(&fd, Mode::from_raw_mode(mode))
+                rustix::fs::fchmod(&fd, crate::sys::fs::mode(mode))
                     .map_err(|e| WalkError::Io(here.clone(), e.into()))?;
                 created.push(here.clone());
                 fd

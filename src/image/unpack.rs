@@ -329,7 +329,7 @@ pub fn unpack_save<R: Read + Send>(
     tree::remove_tree(&layers_path).map_err(publish_err)?;
     if opts.sync {
         let rootfs = open(&rootfs_path)?;
-        rustix::fs::syncfs(&rootfs).map_err(|e| publish_err(e.into()))?;
+        crate::sys::fs::sync_fs(&rootfs).map_err(publish_err)?;
     }
     let parent_fd = open(parent)?;
     let tmp_fd = open(&tmp)?;

@@ -6,10 +6,12 @@
 //! - `fdpass`: passing descriptors over a unix socket (`SCM_RIGHTS`);
 //! - `signals`: forwarding termination signals to a child;
 //! - `kvm`: probing `/dev/kvm`;
-//! - `tty`: raw mode with guaranteed restore.
+//! - `tty`: raw mode with guaranteed restore;
+//! - `fs`: file-system calls that differ between Linux and macOS (nodes, clones, sync).
 
 #[cfg(target_os = "linux")]
 pub mod fdpass;
+pub mod fs;
 #[cfg(target_os = "linux")]
 pub mod kvm;
 #[cfg(target_os = "linux")]

@@ -19,6 +19,7 @@ pub mod guest_command;
 pub mod krun;
 #[cfg(target_os = "linux")]
 pub mod launch;
+#[cfg(target_os = "linux")]
 pub mod probe;
 pub mod relay;
 pub mod seatbelt;

@@ -9,6 +9,7 @@
 //! - `gateway`: splice latency and route throughput against a direct connection and mitmproxy.
 
 mod gateway;
+#[cfg(target_os = "linux")]
 mod run;
 mod unpack;
 
@@ -23,7 +24,10 @@ use crate::output::Reporter;
 pub fn run(cmd: BenchCommand, reporter: &Reporter) -> anyhow::Result<u8> {
     match cmd {
         BenchCommand::Unpack(args) => unpack::unpack(args, reporter),
+        #[cfg(target_os = "linux")]
         BenchCommand::Run(args) => run::run(args, reporter),
+        #[cfg(not(target_os = "linux"))]
+        BenchCommand::Run(_) => super::not_on_this_os("bench run (the VM)"),
         BenchCommand::Gateway(args) => gateway::run(args, reporter),
     }
 }

@@ -1,0 +1,159 @@
+//! File-system calls whose names, types or existence differ between Linux and macOS, one
+//! function each, so the image modules above stay free of `cfg`.
+//!
+//! Only the Linux side is built and tested on this project's CI; the macOS side is type-checked
+//! there (`cargo check --target aarch64-apple-darwin`, see `scripts/test.sh`).
+
+use std::fs::File;
+use std::io;
+use std::os::fd::AsFd;
+use std::path::Path;
+
+use rustix::fs::{FileType, Mode, RawMode};
+
+/// Permission bits as rustix's [`Mode`], whose raw type is `u32` on Linux and `u16` on macOS.
+/// Bits above `0o7777` are dropped (they are the file type, never a permission).
+pub fn mode(bits: u32) -> Mode {
+    // The same type on Linux, a narrowing on macOS: `0o7777` always fits.
+    #[allow(clippy::useless_conversion)]
+    let raw = RawMode::try_from(bits & 0o7777).unwrap_or(0);
+    Mode::from_raw_mode(raw)
+}
+
+/// A device number from its major and minor parts (`rustix`'s `Dev` is `u64` on Linux and
+/// `i32` on macOS; this is always the `u64` that `std`'s `rdev()` reports).
+#[cfg(target_os = "linux")]
+pub fn dev(major: u32, minor: u32) -> u64 {
+    rustix::fs::makedev(major, minor)
+}
+
+/// A device number from its major and minor parts, as `std`'s `rdev()` reports it.
+#[cfg(target_os = "macos")]
+pub fn dev(major: u32, minor: u32) -> u64 {
+    // `dev_t` is a 32-bit signed number on macOS; `rdev()` widens it the same way.
+    rustix::fs::makedev(major, minor) as u32 as u64
+}
+
+/// `mknodat`: a FIFO or device node `name` in `dir`.
+#[cfg(target_os = "linux")]
+pub fn mknod(
+    dir: impl AsFd,
+    name: impl AsRef<Path>,
+    kind: FileType,
+    mode: Mode,
+    dev: u64,
+) -> rustix::io::Result<()> {
+    rustix::fs::mknodat(dir, name.as_ref(), kind, mode, dev)
+}
+
+/// `mknodat`: a FIFO or device node `name` in `dir` (rustix has no wrapper on Apple targets).
+#[cfg(target_os = "macos")]
+pub fn mknod(
+    dir: impl AsFd,
+    name: impl AsRef<Path>,
+    kind: FileType,
+    mode: Mode,
+    dev: u64,
+) -> rustix::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::ffi::OsStrExt;
+    let name = std::ffi::CString::new(name.as_ref().as_os_str().as_bytes())
+        .map_err(|_| rustix::io::Errno::INVAL)?;
+    let bits = libc::mode_t::from(kind.as_raw_mode()) | libc::mode_t::from(mode.bits());
+    let dev = u32::try_from(dev).map_err(|_| rustix::io::Errno::INVAL)? as libc::dev_t;
+    // SAFETY: `name` is a NUL-terminated string that outlives the call, and the descriptor is
+    // borrowed from a live `AsFd` for the duration of the call.
+    let rc = unsafe { libc::mknodat(dir.as_fd().as_raw_fd(), name.as_ptr(), bits, dev) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(
+            rustix::io::Errno::from_io_error(&io::Error::last_os_error())
+                .unwrap_or(rustix::io::Errno::IO),
+        )
+    }
+}
+
+/// Flushes the file system holding `fd` to disk.
+#[cfg(target_os = "linux")]
+pub fn sync_fs(fd: impl AsFd) -> io::Result<()> {
+    rustix::fs::syncfs(fd).map_err(Into::into)
+}
+
+/// Flushes file systems to disk (macOS has no per-file-system `syncfs`).
+#[cfg(target_os = "macos")]
+pub fn sync_fs(_fd: impl AsFd) -> io::Result<()> {
+    // SAFETY: `sync` takes no arguments and has no preconditions.
+    unsafe { libc::sync() };
+    Ok(())
+}
+
+/// Creates `to` (mode 0600, which must not exist) with the data of the regular file `from`
+/// (opened, at path `from_path`), sharing its blocks when the file system can: `FICLONE` on
+/// Linux, `clonefile` on macOS; a copy otherwise. Returns whether blocks were shared.
+#[cfg(target_os = "linux")]
+pub fn copy_file(from: &File, _from_path: &Path, to: &Path, len: u64) -> io::Result<bool> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let dest = File::options()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(to)?;
+    if rustix::fs::ioctl_ficlone(&dest, from).is_ok() {
+        return Ok(true);
+    }
+    let mut left = len;
+    while left > 0 {
+        let chunk = usize::try_from(left.min(1 << 30)).unwrap_or(1 << 30);
+        match rustix::fs::copy_file_range(from, None, &dest, None, chunk) {
+            Ok(0) => break,
+            Ok(n) => left -= n as u64,
+            Err(rustix::io::Errno::XDEV | rustix::io::Errno::NOSYS | rustix::io::Errno::INVAL) => {
+                io::copy(&mut &*from, &mut &dest)?;
+                break;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(false)
+}
+
+/// Creates `to` (which must not exist) with the data of the regular file `from` (opened, at
+/// path `from_path`), sharing its blocks when the file system can: `FICLONE` on Linux,
+/// `clonefile` on macOS; a copy otherwise. Returns whether blocks were shared.
+#[cfg(target_os = "macos")]
+pub fn copy_file(from: &File, from_path: &Path, to: &Path, _len: u64) -> io::Result<bool> {
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::fs::OpenOptionsExt;
+    /// From `<sys/clonefile.h>`: do not follow a symlink at `src`; do not copy the owner.
+    const CLONE_NOFOLLOW: u32 = 0x0001;
+    const CLONE_NOOWNERCOPY: u32 = 0x0002;
+    let c = |p: &Path| {
+        std::ffi::CString::new(p.as_os_str().as_bytes())
+            .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))
+    };
+    let (src, dst) = (c(from_path)?, c(to)?);
+    // SAFETY: both paths are NUL-terminated strings that outlive the call.
+    let rc = unsafe {
+        libc::clonefile(
+            src.as_ptr(),
+            dst.as_ptr(),
+            CLONE_NOFOLLOW | CLONE_NOOWNERCOPY,
+        )
+    };
+    if rc == 0 {
+        return Ok(true);
+    }
+    let err = io::Error::last_os_error();
+    // Another volume, or a file system without clones: copy instead.
+    if !matches!(err.raw_os_error(), Some(libc::EXDEV | libc::ENOTSUP)) {
+        return Err(err);
+    }
+    let mut dest = File::options()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(to)?;
+    io::copy(&mut &*from, &mut dest)?;
+    Ok(false)
+}
