@@ -48,6 +48,9 @@ pub enum Command {
     /// Internal: the unpacker child of `--ownership userns`. Not for direct use.
     #[command(name = "__unpack", hide = true)]
     UnpackChild { dest: PathBuf },
+    /// Internal: deletes a tree unpacked with `--ownership userns`, from its user namespace.
+    #[command(name = "__remove-tree", hide = true)]
+    RemoveTreeChild { path: PathBuf },
     /// Internal: the VMM child that `run` starts. Not for direct use.
     #[command(name = "__vmm", hide = true)]
     Vmm,

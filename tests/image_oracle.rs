@@ -333,4 +333,49 @@ fn rootless_userns_mode_matches_docker_and_uid_1000_can_work() {
         !run_as_1000("touch /etc/passwd").status.success(),
         "uid 1000 must not write root's files"
     );
+
+    // The user cannot delete such a tree itself (uid 1000's home belongs to a subordinate id)...
+    let as_user = |args: &[&str]| {
+        Command::new("setpriv")
+            .args(["--reuid", &user, "--regid", &user, "--init-groups"])
+            .args(args)
+            .env("KRBOTTLE_CACHE_DIR", home.join("cache"))
+            .output()
+            .unwrap()
+    };
+    let rm = as_user(&["rm", "-rf", dest.to_str().unwrap()]);
+    assert!(
+        !rm.status.success(),
+        "the user deleted subordinate-owned files"
+    );
+    // ...but `image prune` deletes it from the cache: here as the leftover of an interrupted
+    // fill (the cache's `.tmp-<key>-` name), from a child in the user's id mapping.
+    let leftover = home.join(format!("cache/images/.tmp-{}.userns-test", "ab".repeat(32)));
+    assert!(
+        as_user(&["mkdir", "-p", leftover.to_str().unwrap()])
+            .status
+            .success()
+    );
+    let bin = common::krbottle().get_program().to_owned();
+    let unpack = as_user(&[
+        bin.to_str().unwrap(),
+        "image",
+        "unpack",
+        save.to_str().unwrap(),
+        leftover.join("rootfs").to_str().unwrap(),
+    ]);
+    assert!(
+        unpack.status.success(),
+        "{}",
+        String::from_utf8_lossy(&unpack.stderr)
+    );
+    let prune = as_user(&[bin.to_str().unwrap(), "image", "prune", "--all", "--json"]);
+    assert!(
+        prune.status.success(),
+        "rootless prune failed:\n{}",
+        String::from_utf8_lossy(&prune.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&prune.stdout).unwrap();
+    assert_eq!(report["leftovers"], 1, "{report}");
+    assert!(!leftover.exists(), "{} is still there", leftover.display());
 }

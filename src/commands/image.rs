@@ -162,6 +162,26 @@ fn report_summary(
     Ok(exit::OK)
 }
 
+/// The `__remove-tree` child: enter the user namespace, delete `path` (a tree unpacked in
+/// `userns` mode, whose files are the namespace's own).
+#[cfg(target_os = "linux")]
+pub fn remove_tree_child(path: &Path) -> anyhow::Result<u8> {
+    if userns::enter_from_env()?.is_none() {
+        anyhow::bail!(
+            "{} is internal: `krbottle image prune` uses it",
+            rootless::REMOVE_SUBCOMMAND
+        );
+    }
+    crate::image::cache::remove_tree(path)
+        .with_context(|| format!("cannot delete {}", path.display()))?;
+    Ok(exit::OK)
+}
+
+#[cfg(not(target_os = "linux"))]
+pub fn remove_tree_child(_path: &Path) -> anyhow::Result<u8> {
+    super::not_on_this_os("the user-namespace remover")
+}
+
 #[cfg(not(target_os = "linux"))]
 pub fn unpack_child(_dest: &Path) -> anyhow::Result<u8> {
     super::not_on_this_os("the user-namespace unpacker")

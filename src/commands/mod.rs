@@ -28,6 +28,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<u8> {
         Command::Run(_) | Command::Doctor(_) | Command::Debug(_) => not_on_this_os("the VM"),
         Command::Bench(cmd) => bench::run(cmd, &reporter),
         Command::UnpackChild { dest } => image::unpack_child(&dest),
+        Command::RemoveTreeChild { path } => image::remove_tree_child(&path),
         Command::Bundle(cmd) => bundle::run(cmd, &reporter),
         Command::Vmm => Ok(krbottle_vmm_child()),
     }

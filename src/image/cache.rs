@@ -268,7 +268,7 @@ impl Cache {
             path: dir.clone(),
             source,
         })?;
-        remove_tree(&doomed).map_err(|source| CacheError::Remove { path: dir, source })?;
+        delete(&doomed).map_err(|source| CacheError::Remove { path: dir, source })?;
         Ok(true)
     }
 
@@ -296,7 +296,7 @@ impl Cache {
             let Ok(Some(_lock)) = self.try_lock(&key) else {
                 continue;
             };
-            remove_tree(&item.path()).map_err(|source| CacheError::Remove {
+            delete(&item.path()).map_err(|source| CacheError::Remove {
                 path: item.path(),
                 source,
             })?;
@@ -361,6 +361,24 @@ fn read_entry(dir: &Path) -> Result<Option<Entry>, CacheError> {
         rootfs: dir.join(ROOTFS_DIR),
         meta,
     }))
+}
+
+/// Deletes a tree of the cache. A tree unpacked in `userns` mode holds files owned by
+/// subordinate ids, which the user may not delete: when that stops us, the deletion is done
+/// again from a child in the user's id mapping, where they are its own.
+fn delete(path: &Path) -> io::Result<()> {
+    match remove_tree(path) {
+        #[cfg(target_os = "linux")]
+        Err(e)
+            if e.kind() == io::ErrorKind::PermissionDenied
+                && !rustix::process::geteuid().is_root() =>
+        {
+            let mapping = crate::sys::userns::IdMapping::for_current_user()
+                .map_err(|_| io::Error::new(e.kind(), e.to_string()))?;
+            crate::image::rootless::remove_in_userns(path, &mapping).map_err(io::Error::other)
+        }
+        other => other,
+    }
 }
 
 /// `remove_dir_all` that first makes directories writable: an image may hold `0555` dirs, which

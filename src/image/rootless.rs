@@ -19,6 +19,8 @@ use crate::sys::userns::{self, IdMapping, Namespaces, UsernsError};
 
 /// The hidden subcommand the child runs as.
 pub const CHILD_SUBCOMMAND: &str = "__unpack";
+/// The hidden subcommand of the child that deletes a tree unpacked in this mode.
+pub const REMOVE_SUBCOMMAND: &str = "__remove-tree";
 
 #[derive(Debug, thiserror::Error)]
 pub enum RootlessError {
@@ -34,6 +36,11 @@ pub enum RootlessError {
     Summary(#[source] serde_json::Error),
     #[error("Cannot wait for the unpacker")]
     Wait(#[source] io::Error),
+    #[error("Deleting {} in the user namespace failed ({status}); its error is above", path.display())]
+    RemoveFailed {
+        path: std::path::PathBuf,
+        status: String,
+    },
 }
 
 /// Unpacks the save stream `reader` into `dest` from a child in a user namespace with `mapping`.
@@ -74,4 +81,26 @@ pub fn unpack_in_userns(
     // while feeding is a real read error of the source.
     fed.map_err(RootlessError::Feed)?;
     serde_json::from_slice(&text).map_err(RootlessError::Summary)
+}
+
+/// Deletes `path`, a tree unpacked in this mode, from a child in a user namespace with
+/// `mapping`: its files belong to subordinate ids, which only such a process may delete.
+pub fn remove_in_userns(path: &Path, mapping: &IdMapping) -> Result<(), RootlessError> {
+    let exe = std::env::current_exe().map_err(RootlessError::CurrentExe)?;
+    let mut cmd = Command::new(exe);
+    cmd.arg(REMOVE_SUBCOMMAND)
+        .arg(path)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit());
+    let mut child = userns::spawn(&mut cmd, Namespaces::default(), mapping)?;
+    let status = child.wait().map_err(RootlessError::Wait)?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(RootlessError::RemoveFailed {
+            path: path.to_path_buf(),
+            status: status.to_string(),
+        })
+    }
 }
