@@ -50,14 +50,7 @@ pub fn unpack_in_userns(
     mapping: &IdMapping,
     progress: &ProgressBar,
 ) -> Result<UnpackSummary, RootlessError> {
-    let exe = std::env::current_exe().map_err(RootlessError::CurrentExe)?;
-    let mut cmd = Command::new(exe);
-    cmd.arg(CHILD_SUBCOMMAND)
-        .arg(dest)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit());
-    let mut child = userns::spawn(&mut cmd, Namespaces::default(), mapping)?;
+    let mut child = spawn_child(CHILD_SUBCOMMAND, dest, Stdio::piped, mapping)?;
     let mut stdin = child.stdin.take().expect("stdin is piped");
     let mut stdout = child.stdout.take().expect("stdout is piped");
     // Read the summary on a thread so a chatty child can never block on a full stdout pipe.
@@ -86,14 +79,7 @@ pub fn unpack_in_userns(
 /// Deletes `path`, a tree unpacked in this mode, from a child in a user namespace with
 /// `mapping`: its files belong to subordinate ids, which only such a process may delete.
 pub fn remove_in_userns(path: &Path, mapping: &IdMapping) -> Result<(), RootlessError> {
-    let exe = std::env::current_exe().map_err(RootlessError::CurrentExe)?;
-    let mut cmd = Command::new(exe);
-    cmd.arg(REMOVE_SUBCOMMAND)
-        .arg(path)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit());
-    let mut child = userns::spawn(&mut cmd, Namespaces::default(), mapping)?;
+    let mut child = spawn_child(REMOVE_SUBCOMMAND, path, Stdio::null, mapping)?;
     let status = child.wait().map_err(RootlessError::Wait)?;
     if status.success() {
         Ok(())
@@ -103,4 +89,22 @@ pub fn remove_in_userns(path: &Path, mapping: &IdMapping) -> Result<(), Rootless
             status: status.to_string(),
         })
     }
+}
+
+/// Starts `krbottle SUBCOMMAND PATH` in a user namespace with `mapping`, its stdin and stdout
+/// made by `io` (each call makes a fresh one), its stderr ours.
+fn spawn_child(
+    subcommand: &str,
+    path: &Path,
+    io: impl Fn() -> Stdio,
+    mapping: &IdMapping,
+) -> Result<std::process::Child, RootlessError> {
+    let exe = std::env::current_exe().map_err(RootlessError::CurrentExe)?;
+    let mut cmd = Command::new(exe);
+    cmd.arg(subcommand)
+        .arg(path)
+        .stdin(io())
+        .stdout(io())
+        .stderr(Stdio::inherit());
+    Ok(userns::spawn(&mut cmd, Namespaces::default(), mapping)?)
 }

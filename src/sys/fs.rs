@@ -20,34 +20,18 @@ pub fn mode(bits: u32) -> Mode {
     Mode::from_raw_mode(raw)
 }
 
-/// A device number from its major and minor parts (`rustix`'s `Dev` is `u64` on Linux and
-/// `i32` on macOS; this is always the `u64` that `std`'s `rdev()` reports).
-#[cfg(target_os = "linux")]
+/// A device number from its major and minor parts, as `std`'s `rdev()` reports it (`u64`;
+/// rustix's `Dev` is `u64` on Linux and `i32` on macOS).
 pub fn dev(major: u32, minor: u32) -> u64 {
-    rustix::fs::makedev(major, minor)
-}
-
-/// A device number from its major and minor parts, as `std`'s `rdev()` reports it.
-#[cfg(target_os = "macos")]
-pub fn dev(major: u32, minor: u32) -> u64 {
+    #[cfg(target_os = "linux")]
+    let dev = rustix::fs::makedev(major, minor);
     // `dev_t` is a 32-bit signed number on macOS; `rdev()` widens it the same way.
-    rustix::fs::makedev(major, minor) as u32 as u64
-}
-
-/// `mknodat`: a FIFO or device node `name` in `dir`.
-#[cfg(target_os = "linux")]
-pub fn mknod(
-    dir: impl AsFd,
-    name: impl AsRef<Path>,
-    kind: FileType,
-    mode: Mode,
-    dev: u64,
-) -> rustix::io::Result<()> {
-    rustix::fs::mknodat(dir, name.as_ref(), kind, mode, dev)
+    #[cfg(target_os = "macos")]
+    let dev = rustix::fs::makedev(major, minor) as u32 as u64;
+    dev
 }
 
 /// `mknodat`: a FIFO or device node `name` in `dir` (rustix has no wrapper on Apple targets).
-#[cfg(target_os = "macos")]
 pub fn mknod(
     dir: impl AsFd,
     name: impl AsRef<Path>,
@@ -55,37 +39,42 @@ pub fn mknod(
     mode: Mode,
     dev: u64,
 ) -> rustix::io::Result<()> {
-    use std::os::fd::AsRawFd;
-    use std::os::unix::ffi::OsStrExt;
-    let name = std::ffi::CString::new(name.as_ref().as_os_str().as_bytes())
-        .map_err(|_| rustix::io::Errno::INVAL)?;
-    let bits = libc::mode_t::from(kind.as_raw_mode()) | libc::mode_t::from(mode.bits());
-    let dev = u32::try_from(dev).map_err(|_| rustix::io::Errno::INVAL)? as libc::dev_t;
-    // SAFETY: `name` is a NUL-terminated string that outlives the call, and the descriptor is
-    // borrowed from a live `AsFd` for the duration of the call.
-    let rc = unsafe { libc::mknodat(dir.as_fd().as_raw_fd(), name.as_ptr(), bits, dev) };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(
-            rustix::io::Errno::from_io_error(&io::Error::last_os_error())
-                .unwrap_or(rustix::io::Errno::IO),
-        )
+    #[cfg(target_os = "linux")]
+    return rustix::fs::mknodat(dir, name.as_ref(), kind, mode, dev);
+    #[cfg(target_os = "macos")]
+    {
+        use std::os::fd::AsRawFd;
+        use std::os::unix::ffi::OsStrExt;
+        let name = std::ffi::CString::new(name.as_ref().as_os_str().as_bytes())
+            .map_err(|_| rustix::io::Errno::INVAL)?;
+        let bits = libc::mode_t::from(kind.as_raw_mode()) | libc::mode_t::from(mode.bits());
+        let dev = u32::try_from(dev).map_err(|_| rustix::io::Errno::INVAL)? as libc::dev_t;
+        // SAFETY: `name` is a NUL-terminated string that outlives the call, and the descriptor
+        // is borrowed from a live `AsFd` for the duration of the call.
+        let rc = unsafe { libc::mknodat(dir.as_fd().as_raw_fd(), name.as_ptr(), bits, dev) };
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(
+                rustix::io::Errno::from_io_error(&io::Error::last_os_error())
+                    .unwrap_or(rustix::io::Errno::IO),
+            )
+        }
     }
 }
 
-/// Flushes the file system holding `fd` to disk.
-#[cfg(target_os = "linux")]
+/// Flushes the file system holding `fd` to disk (macOS has no per-file-system `syncfs`: there,
+/// all of them).
 pub fn sync_fs(fd: impl AsFd) -> io::Result<()> {
-    rustix::fs::syncfs(fd).map_err(Into::into)
-}
-
-/// Flushes file systems to disk (macOS has no per-file-system `syncfs`).
-#[cfg(target_os = "macos")]
-pub fn sync_fs(_fd: impl AsFd) -> io::Result<()> {
-    // SAFETY: `sync` takes no arguments and has no preconditions.
-    unsafe { libc::sync() };
-    Ok(())
+    #[cfg(target_os = "linux")]
+    return rustix::fs::syncfs(fd).map_err(Into::into);
+    #[cfg(target_os = "macos")]
+    {
+        let _ = fd;
+        // SAFETY: `sync` takes no arguments and has no preconditions.
+        unsafe { libc::sync() };
+        Ok(())
+    }
 }
 
 /// Creates `to` (mode 0600, which must not exist) with the data of the regular file `from`
