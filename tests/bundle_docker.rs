@@ -89,6 +89,31 @@ impl Bottles {
     fn name(&self) -> &str {
         &self.names[0]
     }
+
+    /// Starts `bundle up` of the first bottle with a token the gateway refuses (too short), so
+    /// the bundle never becomes ready and `up` is still waiting; returns once its container
+    /// exists (asserted).
+    fn start_stuck_up(&self, stderr: Stdio) -> std::process::Child {
+        let mut up = Command::new(BIN)
+            .args(["bundle", "up", self.name(), "--manifest"])
+            .arg(&self.manifest)
+            .env("KRBOTTLE_STATE_DIR", &self.state)
+            .env("KRB_DOCKER_TEST_TOKEN", "short")
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .unwrap();
+        let filter = format!("label=krbottle.bottle={}", self.name());
+        for _ in 0..1200 {
+            if !docker(&["ps", "-q", "--filter", &filter]).trim().is_empty() {
+                return up;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = up.kill();
+        let _ = up.wait();
+        panic!("the bundle container never appeared");
+    }
 }
 
 impl Drop for Bottles {
@@ -244,30 +269,10 @@ fn gc_removes_what_a_killed_up_left_behind() {
         return;
     }
     let fx = Bottles::new(&["gc"], true);
-    let (state, bottle, m) = (&fx.state, fx.name(), &fx.manifest);
-    // A token the gateway refuses (too short) keeps the bundle from ever becoming ready, so
-    // `up` is still waiting when it is killed.
-    let mut up = Command::new(BIN)
-        .args(["bundle", "up", bottle, "--manifest"])
-        .arg(m)
-        .env("KRBOTTLE_STATE_DIR", state)
-        .env("KRB_DOCKER_TEST_TOKEN", "short")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let filter = format!("label=krbottle.bottle={bottle}");
-    let mut created = false;
-    for _ in 0..1200 {
-        if !docker(&["ps", "-q", "--filter", &filter]).trim().is_empty() {
-            created = true;
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let (state, bottle) = (&fx.state, fx.name());
+    let mut up = fx.start_stuck_up(Stdio::null());
     up.kill().unwrap();
     up.wait().unwrap();
-    assert!(created, "the bundle container never appeared");
     assert!(
         !leftovers(bottle).trim().is_empty(),
         "the kill left a container and network"
@@ -567,30 +572,11 @@ fn interrupted_up_removes_what_it_created() {
         return;
     }
     let fx = Bottles::new(&["int"], true);
-    let (state, bottle, m) = (&fx.state, fx.name(), &fx.manifest);
-    // As in the gc test, a refused token keeps `up` waiting for readiness.
-    let up = Command::new(BIN)
-        .args(["bundle", "up", bottle, "--manifest"])
-        .arg(m)
-        .env("KRBOTTLE_STATE_DIR", state)
-        .env("KRB_DOCKER_TEST_TOKEN", "short")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let filter = format!("label=krbottle.bottle={bottle}");
-    let mut created = false;
-    for _ in 0..1200 {
-        if !docker(&["ps", "-q", "--filter", &filter]).trim().is_empty() {
-            created = true;
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let bottle = fx.name();
+    let up = fx.start_stuck_up(Stdio::piped());
     let pid = rustix::process::Pid::from_raw(up.id() as i32).unwrap();
     rustix::process::kill_process(pid, rustix::process::Signal::INT).unwrap();
     let out = up.wait_with_output().unwrap();
-    assert!(created, "the bundle container never appeared");
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("interrupted"));
     assert_eq!(

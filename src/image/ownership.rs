@@ -104,34 +104,23 @@ pub fn finish_file(
     ownership: Ownership,
     skipped: &mut Skipped,
 ) -> Result<(), Errno> {
-    match ownership {
-        Ownership::Root => {
-            let (u, g) = ids(meta);
-            rustix::fs::fchown(fd, u, g)?;
-            set_fd_xattrs(fd, &meta.xattrs, skipped)?;
-            rustix::fs::fchmod(fd, crate::sys::fs::mode(meta.mode))?;
-        }
-        Ownership::Xattr => {
-            set_fd_xattrs(fd, &meta.xattrs, skipped)?;
-            let value = override_stat_value(meta.uid, meta.gid, 0, meta.mode);
-            rustix::fs::fsetxattr(
-                fd,
-                OVERRIDE_STAT_XATTR,
-                value.as_bytes(),
-                XattrFlags::empty(),
-            )?;
-            rustix::fs::fchmod(fd, crate::sys::fs::mode((meta.mode & 0o777) | 0o600))?;
-        }
-    }
+    set_owner(fd, meta, ownership, 0, skipped)?;
+    let mode = match ownership {
+        Ownership::Root => meta.mode,
+        Ownership::Xattr => (meta.mode & 0o777) | 0o600,
+    };
+    rustix::fs::fchmod(fd, crate::sys::fs::mode(mode))?;
     rustix::fs::futimens(fd, &timestamps(meta.mtime))
 }
 
-/// Applies what can be applied to a directory at creation: ownership and xattrs. Mode and mtime
-/// come in the final pass ([`finish_dir_late`]).
-pub fn finish_dir_early(
+/// Ownership and xattrs of an open entry: a real `fchown` (root mode), or the
+/// [`OVERRIDE_STAT_XATTR`] with the entry's `type_bits` (xattr mode); the image's xattrs either
+/// way, after the `fchown` (which clears capabilities).
+fn set_owner(
     fd: BorrowedFd<'_>,
     meta: &EntryMeta,
     ownership: Ownership,
+    type_bits: u32,
     skipped: &mut Skipped,
 ) -> Result<(), Errno> {
     match ownership {
@@ -142,15 +131,31 @@ pub fn finish_dir_early(
         }
         Ownership::Xattr => {
             set_fd_xattrs(fd, &meta.xattrs, skipped)?;
-            let value = override_stat_value(meta.uid, meta.gid, S_IFDIR, meta.mode);
-            rustix::fs::fsetxattr(
-                fd,
-                OVERRIDE_STAT_XATTR,
-                value.as_bytes(),
-                XattrFlags::empty(),
-            )
+            set_override_stat(fd, meta, type_bits)
         }
     }
+}
+
+/// Writes the [`OVERRIDE_STAT_XATTR`] of an open entry: its ids, `type_bits` and mode.
+fn set_override_stat(fd: BorrowedFd<'_>, meta: &EntryMeta, type_bits: u32) -> Result<(), Errno> {
+    let value = override_stat_value(meta.uid, meta.gid, type_bits, meta.mode);
+    rustix::fs::fsetxattr(
+        fd,
+        OVERRIDE_STAT_XATTR,
+        value.as_bytes(),
+        XattrFlags::empty(),
+    )
+}
+
+/// Applies what can be applied to a directory at creation: ownership and xattrs. Mode and mtime
+/// come in the final pass ([`finish_dir_late`]).
+pub fn finish_dir_early(
+    fd: BorrowedFd<'_>,
+    meta: &EntryMeta,
+    ownership: Ownership,
+    skipped: &mut Skipped,
+) -> Result<(), Errno> {
+    set_owner(fd, meta, ownership, S_IFDIR, skipped)
 }
 
 /// The final mode and mtime of a directory, once nothing more is renamed into it. In xattr mode
@@ -175,13 +180,7 @@ pub fn finish_node_as_file(
     meta: &EntryMeta,
     type_bits: u32,
 ) -> Result<(), Errno> {
-    let value = override_stat_value(meta.uid, meta.gid, type_bits, meta.mode);
-    rustix::fs::fsetxattr(
-        fd,
-        OVERRIDE_STAT_XATTR,
-        value.as_bytes(),
-        XattrFlags::empty(),
-    )?;
+    set_override_stat(fd, meta, type_bits)?;
     rustix::fs::fchmod(fd, Mode::from_raw_mode(0o600))?;
     rustix::fs::futimens(fd, &timestamps(meta.mtime))
 }

@@ -298,6 +298,14 @@ async fn serve_client(
     let _ = tokio::time::timeout(limits.total(), conn).await;
 }
 
+/// The `host[:port]` a proxy request names in its URI (CONNECT or absolute form), or "".
+fn uri_authority<B>(req: &Request<B>) -> String {
+    req.uri()
+        .authority()
+        .map(|a| a.as_str().to_string())
+        .unwrap_or_default()
+}
+
 /// A short plain-text response from the gateway itself.
 fn text(status: StatusCode, msg: &str) -> Response<ProxyBody> {
     let body = Full::new(Bytes::from(format!("krbottle gateway: {msg}\n")))
@@ -376,11 +384,7 @@ impl Shared {
         mut req: Request<Incoming>,
         permit: Arc<OwnedSemaphorePermit>,
     ) -> Response<ProxyBody> {
-        let authority = req
-            .uri()
-            .authority()
-            .map(|a| a.as_str().to_string())
-            .unwrap_or_default();
+        let authority = uri_authority(&req);
         let (host, port) = match parse_authority(&authority, None) {
             Ok(hp) => hp,
             Err(e) => {

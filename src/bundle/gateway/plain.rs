@@ -23,11 +23,7 @@ impl Shared {
         peer: SocketAddr,
         req: Request<Incoming>,
     ) -> Response<ProxyBody> {
-        let authority = req
-            .uri()
-            .authority()
-            .map(|a| a.as_str().to_string())
-            .unwrap_or_default();
+        let authority = super::uri_authority(&req);
         if req.uri().scheme_str() != Some("http") {
             return self.deny(
                 peer,
