@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::bundle::host::{Host, HostRule};
+use crate::net::host::{Host, HostRule};
 
 /// The manifest's file name in a project directory.
 pub const MANIFEST_FILE: &str = "krbottle.toml";

@@ -378,7 +378,7 @@ fn echo_upstream_main() {
 #[test]
 fn route_through_the_bundle_container() {
     use krbottle::bundle::container;
-    use krbottle::bundle::gateway::config::GatewayConfig;
+    use krbottle::daemon::gateway::config::GatewayConfig;
     use krbottle::manifest::{Manifest, Route};
 
     if !docker_available() {

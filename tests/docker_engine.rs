@@ -6,7 +6,7 @@ use std::io::Read;
 
 use common::{BASE_IMAGE, require_docker};
 use indicatif::ProgressBar;
-use krbottle::image::docker::{DockerError, Engine};
+use krbottle::docker::{DockerError, Engine};
 
 fn entry_names(reader: impl Read) -> Vec<String> {
     let mut archive = tar::Archive::new(reader);

@@ -97,7 +97,7 @@ fn gateway_denies_logs_and_stops_on_sigterm() {
 #[test]
 fn gateway_refuses_to_start_without_a_route_token() {
     let dir = tempfile::tempdir().unwrap();
-    krbottle::bundle::ca::BottleCa::generate("cli")
+    krbottle::ca::BottleCa::generate("cli")
         .unwrap()
         .write(&dir.path().join("ca.pem"), &dir.path().join("ca.key"))
         .unwrap();
@@ -142,7 +142,7 @@ fn gateway_config_errors_name_the_file() {
 #[test]
 fn route_token_is_not_on_the_command_line() {
     let dir = tempfile::tempdir().unwrap();
-    krbottle::bundle::ca::BottleCa::generate("cli")
+    krbottle::ca::BottleCa::generate("cli")
         .unwrap()
         .write(&dir.path().join("ca.pem"), &dir.path().join("ca.key"))
         .unwrap();

@@ -10,7 +10,7 @@ use std::process::Command;
 
 use common::oracle;
 use common::{BASE_IMAGE, docker_build, require_docker, require_test_user, run_krbottle};
-use krbottle::image::docker::Engine;
+use krbottle::docker::Engine;
 
 /// Unpacks `image` in `mode` and compares it with Docker's export; returns the unpacked dir.
 fn unpack_and_compare(image: &str, mode: &str) -> tempfile::TempDir {

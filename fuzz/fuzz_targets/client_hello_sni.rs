@@ -2,7 +2,7 @@
 //! (once a ClientHello is complete, trailing bytes do not change the answer).
 #![no_main]
 
-use krbottle::bundle::gateway::sni::{SniParse, parse_client_hello};
+use krbottle::daemon::gateway::sni::{SniParse, parse_client_hello};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -2,7 +2,7 @@
 //! printed form again gives the same host and port).
 #![no_main]
 
-use krbottle::bundle::host::parse_authority;
+use krbottle::net::host::parse_authority;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &str| {

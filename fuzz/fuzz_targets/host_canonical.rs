@@ -2,7 +2,7 @@
 //! that could change its meaning downstream (userinfo, port, path, upper case, trailing dot).
 #![no_main]
 
-use krbottle::bundle::host::{Host, HostRule};
+use krbottle::net::host::{Host, HostRule};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &str| {

@@ -26,12 +26,12 @@ use futures_util::{Stream, StreamExt};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::bundle::ca::{BottleCa, CaError, write_atomic};
-use crate::bundle::gateway::config::GatewayConfig;
 use crate::bundle::layout::{
     CA_CERT_FILE, CA_KEY_FILE, CONFIG_DIR, Daemon, GATEWAY_CONFIG_FILE, LABEL_BOTTLE,
     LABEL_OWNER_PID, LABEL_ROLE, LABEL_STATE_DIR, ROLE_BUNDLE, container_name, network_name,
 };
+use crate::ca::{BottleCa, CaError, write_atomic};
+use crate::daemon::gateway::config::GatewayConfig;
 use crate::manifest::Bottle;
 
 /// How long the daemons get to answer after the container started.

@@ -463,7 +463,7 @@ fn pack_context(plan: &Plan) -> std::io::Result<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bundle::ca::BottleCa;
+    use crate::ca::BottleCa;
 
     #[test]
     fn hash_changes_with_each_input() {

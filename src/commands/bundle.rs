@@ -8,16 +8,17 @@ use futures_util::StreamExt;
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::bundle::container::{self, BundleRecord, Removed};
-use crate::bundle::gateway::Gateway;
-use crate::bundle::gateway::config::GatewayConfig;
-use crate::bundle::gateway::log::DecisionLog;
-use crate::bundle::gateway::resolve::SystemResolver;
+use crate::bundle::image;
 use crate::bundle::layout::Daemon;
-use crate::bundle::{image, init};
 use crate::cli::{
     BundleBottleArgs, BundleCommand, BundleGcArgs, BundleInitArgs, BundleLogsArgs, BundleUpArgs,
     GatewayArgs,
 };
+use crate::daemon::gateway::Gateway;
+use crate::daemon::gateway::config::GatewayConfig;
+use crate::daemon::gateway::log::DecisionLog;
+use crate::daemon::gateway::resolve::SystemResolver;
+use crate::daemon::init;
 use crate::exit;
 use crate::manifest::Manifest;
 use crate::output::{Reporter, print_json};

@@ -10,9 +10,9 @@ use indicatif::ProgressBar;
 use crate::cli::{
     BuildArgs, ImageCommand, LsArgs, OwnershipMode, PrepareArgs, PruneArgs, UnpackArgs,
 };
+use crate::docker::{DockerError, Engine};
 use crate::exit;
 use crate::image::cache::{Cache, CacheKey};
-use crate::image::docker::{DockerError, Engine};
 #[cfg(target_os = "linux")]
 use crate::image::rootless::{self, unpack_in_userns};
 use crate::image::{Ownership, UnpackOptions, UnpackSummary, unpack_save};

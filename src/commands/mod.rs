@@ -1,6 +1,5 @@
 //! One module per verb; each turns parsed arguments into calls on the library.
 
-pub mod bench;
 pub mod bundle;
 #[cfg(target_os = "linux")]
 pub mod debug;
@@ -26,7 +25,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<u8> {
         Command::Debug(cmd) => debug::run(cmd, &reporter),
         #[cfg(not(target_os = "linux"))]
         Command::Run(_) | Command::Doctor(_) | Command::Debug(_) => not_on_this_os("the VM"),
-        Command::Bench(cmd) => bench::run(cmd, &reporter),
+        Command::Bench(cmd) => crate::bench::run(cmd, &reporter),
         Command::UnpackChild { dest } => image::unpack_child(&dest),
         Command::RemoveTreeChild { path } => image::remove_tree_child(&path),
         Command::Bundle(cmd) => bundle::run(cmd, &reporter),

@@ -16,7 +16,6 @@
 
 pub mod cache;
 pub mod clone;
-pub mod docker;
 pub mod layer;
 pub mod layout;
 pub mod merge;

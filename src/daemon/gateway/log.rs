@@ -10,7 +10,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
-use crate::bundle::secrets::SecretSet;
+use crate::secrets::SecretSet;
 
 /// What the gateway did with a connection or request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]

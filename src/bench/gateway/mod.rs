@@ -44,7 +44,7 @@ use self::client::{
 use self::proxies::{Mitmdump, find_mitmdump, mitmdump_version, start_gateway};
 use self::ready::BundleReady;
 use self::upstream::{UpstreamPki, spawn_upstream};
-use crate::bundle::ca::BottleCa;
+use crate::ca::BottleCa;
 use crate::cli::BenchGatewayArgs;
 use crate::exit;
 use crate::output::{Reporter, print_json};

@@ -18,7 +18,7 @@ use rustls_pki_types::{CertificateDer, ServerName};
 use tokio::net::TcpStream;
 
 use super::{BoxError, Shared};
-use crate::bundle::host::{Host, is_public};
+use crate::net::host::{Host, is_public};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 

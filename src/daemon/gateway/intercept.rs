@@ -21,7 +21,7 @@ use tokio::sync::Mutex;
 use super::log::Action;
 use super::upstream::Sender;
 use super::{BoxError, ProxyBody, Shared, body::ObservedBody, strip_hop_headers, text};
-use crate::bundle::host::{Host, parse_authority};
+use crate::net::host::{Host, parse_authority};
 
 /// Credentials a client may send; all are dropped before the route's own header is set.
 const CLIENT_CREDENTIALS: &[&str] = &[

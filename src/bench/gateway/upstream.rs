@@ -132,7 +132,7 @@ mod tests {
     use super::*;
     use http_body_util::BodyExt;
 
-    use crate::commands::bench::gateway::CLIENT_CREDENTIAL;
+    use crate::bench::gateway::CLIENT_CREDENTIAL;
 
     /// The upstream is what keeps a peer that does not intercept from posting a number.
     #[test]

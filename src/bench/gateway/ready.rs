@@ -13,10 +13,10 @@ use std::time::Instant;
 use anyhow::Context;
 use serde::Serialize;
 
+use crate::bench::{median, ms, time_docker};
 use crate::bundle::container;
-use crate::bundle::gateway::config::GatewayConfig;
 use crate::bundle::image;
-use crate::commands::bench::{median, ms, time_docker};
+use crate::daemon::gateway::config::GatewayConfig;
 use crate::manifest::Bottle;
 use crate::output::Reporter;
 

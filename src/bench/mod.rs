@@ -27,7 +27,7 @@ pub fn run(cmd: BenchCommand, reporter: &Reporter) -> anyhow::Result<u8> {
         #[cfg(target_os = "linux")]
         BenchCommand::Run(args) => run::run(args, reporter),
         #[cfg(not(target_os = "linux"))]
-        BenchCommand::Run(_) => super::not_on_this_os("bench run (the VM)"),
+        BenchCommand::Run(_) => crate::commands::not_on_this_os("bench run (the VM)"),
         BenchCommand::Gateway(args) => gateway::run(args, reporter),
     }
 }

@@ -12,9 +12,9 @@ use anyhow::{Context, bail};
 use tokio::net::TcpStream;
 
 use super::{MITMDUMP_START_TIMEOUT, ROUTE_HOST, SPLICE_HOST, TOKEN, TOKEN_ENV};
-use crate::bundle::ca::BottleCa;
-use crate::bundle::gateway::config::{GatewayConfig, Limits};
+use crate::ca::BottleCa;
 use crate::commands::bundle::GATEWAY_LISTENING;
+use crate::daemon::gateway::config::{GatewayConfig, Limits};
 use crate::env_vars;
 use crate::manifest::Route;
 

@@ -25,9 +25,9 @@ use crate::bundle::layout::GATEWAY_PORT;
 use crate::cli::{BenchRunArgs, RunArgs, VmArgs};
 use crate::commands::image::{default_ownership, unpack_stream};
 use crate::commands::run::prepare;
+use crate::docker::Engine;
 use crate::exit;
 use crate::image::cache::remove_tree;
-use crate::image::docker::Engine;
 use crate::output::{Reporter, print_json};
 use crate::vm::launch::{Outcome, launch_timed};
 

@@ -13,8 +13,8 @@ use hyper_util::rt::TokioIo;
 
 use super::log::Action;
 use super::{BoxError, ProxyBody, Shared, body, strip_hop_headers, text, upstream};
-use crate::bundle::host::parse_authority;
-use crate::bundle::policy::Verdict;
+use crate::net::host::parse_authority;
+use crate::net::policy::Verdict;
 
 impl Shared {
     /// Plain HTTP through the proxy (`GET http://host/path`): policy, scan, forward.

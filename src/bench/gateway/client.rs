@@ -20,7 +20,7 @@ use super::{
     CLIENT_CREDENTIAL, CONCURRENCY, INJECTED_HEADER, LARGE_PATH, Latency, SMALL_PATH, STEP_TIMEOUT,
     Throughput,
 };
-use crate::commands::bench::{ms, percentile};
+use crate::bench::{ms, percentile};
 
 pub(super) fn host_port(host: &str, port: u16) -> String {
     format!("{host}:{port}")

@@ -3,7 +3,7 @@
 //! Deny by default. Route hosts are intercepted; other listed hosts are spliced. IP literals and
 //! `localhost` names pass only through an exact rule that names them: a wildcard never does.
 
-use crate::bundle::host::{Host, HostError, HostRule};
+use crate::net::host::{Host, HostError, HostRule};
 
 /// What to do with a connection to one host.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -19,10 +19,10 @@ use serde::Serialize;
 
 use super::median;
 use crate::cli::BenchUnpackArgs;
+use crate::docker::Engine;
 use crate::exit;
 use crate::image::cache::{Cache, CacheKey, remove_tree};
 use crate::image::clone::copy_tree;
-use crate::image::docker::Engine;
 use crate::image::unpack::{Ownership, UnpackOptions, unpack_save};
 use crate::output::{Reporter, print_json};
 

@@ -9,7 +9,7 @@ use http_body_util::BodyExt;
 use hyper::body::{Body, Frame, SizeHint};
 
 use super::{BoxError, ProxyBody};
-use crate::bundle::secrets::Scrubber;
+use crate::secrets::Scrubber;
 
 pub struct ObservedBody {
     inner: ProxyBody,

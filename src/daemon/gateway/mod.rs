@@ -49,11 +49,11 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use self::config::{GatewayConfig, Limits};
 use self::log::{Action, Decision, DecisionLog};
 use self::resolve::Resolver;
-use crate::bundle::ca::{BottleCa, CaError};
-use crate::bundle::host::{Host, HostError, parse_authority};
-use crate::bundle::policy::{Policy, Verdict};
-use crate::bundle::secrets::{SecretError, SecretSet};
+use crate::ca::{BottleCa, CaError};
 use crate::manifest::Route;
+use crate::net::host::{Host, HostError, parse_authority};
+use crate::net::policy::{Policy, Verdict};
+use crate::secrets::{SecretError, SecretSet};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// The body type of every response the gateway sends to a client.
