@@ -5,7 +5,6 @@
 //! hosts with it; the guest only ever receives the certificate. The issuer name is a function
 //! of the bottle name, so the gateway can sign with the key alone (no certificate parser).
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -14,6 +13,8 @@ use rcgen::{
     Issuer, KeyPair, KeyUsagePurpose, PKCS_ECDSA_P256_SHA256,
 };
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+
+use crate::sys::fs::write_atomic;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CaError {
@@ -127,8 +128,14 @@ impl BottleCa {
 
     /// Writes the certificate (mode 0644) and the key (mode 0600), each atomically.
     pub fn write(&self, cert_path: &Path, key_path: &Path) -> Result<(), CaError> {
-        write_atomic(key_path, self.key.serialize_pem().as_bytes(), 0o600)?;
-        write_atomic(cert_path, self.cert_pem.as_bytes(), 0o644)
+        let write = |path: &Path, data: &[u8], mode| {
+            write_atomic(path, data, mode).map_err(|source| CaError::Write {
+                path: path.to_path_buf(),
+                source,
+            })
+        };
+        write(key_path, self.key.serialize_pem().as_bytes(), 0o600)?;
+        write(cert_path, self.cert_pem.as_bytes(), 0o644)
     }
 
     /// The CA certificate, for the guest's trust store.
@@ -159,25 +166,6 @@ impl BottleCa {
         let key_der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
         Ok((vec![cert.der().clone()], key_der))
     }
-}
-
-/// Writes `data` to a temporary file next to `path` with `mode`, then renames it into place.
-pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> Result<(), CaError> {
-    use std::os::unix::fs::PermissionsExt;
-    let write = |source| CaError::Write {
-        path: path.to_path_buf(),
-        source,
-    };
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty());
-    let mut tmp = tempfile::NamedTempFile::new_in(dir.unwrap_or(Path::new("."))).map_err(write)?;
-    // Set the mode before any byte of a key is written.
-    tmp.as_file()
-        .set_permissions(std::fs::Permissions::from_mode(mode))
-        .map_err(write)?;
-    tmp.write_all(data).map_err(write)?;
-    tmp.as_file().sync_all().map_err(write)?;
-    tmp.persist(path).map_err(|e| write(e.error))?;
-    Ok(())
 }
 
 #[cfg(test)]

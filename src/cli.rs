@@ -1,11 +1,23 @@
-//! Command-line interface: clap structs only. Help text is the doc comment of each field.
-//! The work behind each verb lives in `commands/<verb>.rs`.
+//! Command-line interface: clap structs only. Help text is the doc comment of each field; value
+//! parsers turn strings into the library's typed values at the edge. Each verb is a thin
+//! `commands/<verb>.rs` over one library call.
 
+use std::ffi::OsString;
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 
 use crate::exit::HELP_TABLE;
+use crate::hidden;
+use crate::image::Ownership;
+use crate::resources::{DEFAULT_CPUS, DEFAULT_MEMORY_MIB, MAX_CPUS, MIN_MEMORY_MIB};
+use crate::vm::config::{Endpoint, EnvVar, GuestUser, Overlay, Share};
+
+/// The parser, with the bundle's daemons (from their table, `daemon::DAEMONS`) listed in
+/// `krbottle bundle --help`.
+pub fn command() -> clap::Command {
+    Cli::command().mut_subcommand("bundle", |c| c.after_help(crate::daemon::help()))
+}
 
 /// Run AI coding agents in libkrun microVMs whose only way out is a sidecar bundle.
 #[derive(Debug, Parser)]
@@ -46,13 +58,13 @@ pub enum Command {
     #[command(subcommand)]
     Bundle(BundleCommand),
     /// Internal: the unpacker child of `--ownership userns`. Not for direct use.
-    #[command(name = "__unpack", hide = true)]
+    #[command(name = hidden::UNPACK_CHILD, hide = true)]
     UnpackChild { dest: PathBuf },
     /// Internal: deletes a tree unpacked with `--ownership userns`, from its user namespace.
-    #[command(name = "__remove-tree", hide = true)]
+    #[command(name = hidden::REMOVE_TREE_CHILD, hide = true)]
     RemoveTreeChild { path: PathBuf },
     /// Internal: the VMM child that `run` starts. Not for direct use.
-    #[command(name = "__vmm", hide = true)]
+    #[command(name = hidden::VMM_CHILD, hide = true)]
     Vmm,
 }
 
@@ -75,7 +87,7 @@ pub enum BenchCommand {
 #[derive(Debug, Args)]
 pub struct BenchRunArgs {
     /// A Docker image reference in the local engine; unpacked once (not timed) and booted.
-    #[arg(default_value = crate::bundle::image::BASE_IMAGE)]
+    #[arg(default_value = crate::image::BASE_IMAGE)]
     pub image: String,
     /// Timed runs per contender (the median is reported).
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
@@ -121,21 +133,23 @@ pub struct BenchUnpackArgs {
 pub struct VmArgs {
     /// Guest-facing endpoint: a listener on 127.0.0.1:GUESTPORT, the only address the guest can
     /// reach, relayed to HOST:PORT. Repeatable.
-    #[arg(long = "endpoint", value_name = "GUESTPORT=HOST:PORT")]
-    pub endpoints: Vec<String>,
+    #[arg(long = "endpoint", value_name = "GUESTPORT=HOST:PORT", value_parser = Endpoint::parse)]
+    pub endpoints: Vec<Endpoint>,
 }
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
     /// Number of virtual CPUs.
-    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u8).range(1..))]
+    #[arg(long, default_value_t = DEFAULT_CPUS,
+          value_parser = clap::value_parser!(u8).range(1..=i64::from(MAX_CPUS)))]
     pub cpus: u8,
     /// Guest RAM in MiB.
-    #[arg(long, default_value_t = 2048, value_parser = clap::value_parser!(u32).range(64..))]
+    #[arg(long, default_value_t = DEFAULT_MEMORY_MIB,
+          value_parser = clap::value_parser!(u32).range(i64::from(MIN_MEMORY_MIB)..))]
     pub memory: u32,
     /// Environment variable for CMD, NAME=VALUE. Repeatable; wins over --env-file.
-    #[arg(short, long = "env", value_name = "NAME=VALUE")]
-    pub env: Vec<String>,
+    #[arg(short, long = "env", value_name = "NAME=VALUE", value_parser = EnvVar::parse)]
+    pub env: Vec<EnvVar>,
     /// File of NAME=VALUE lines (blank lines and # comments skipped).
     #[arg(long)]
     pub env_file: Option<PathBuf>,
@@ -143,16 +157,16 @@ pub struct RunArgs {
     #[arg(short, long, default_value = "/")]
     pub workdir: String,
     /// Numeric UID:GID CMD runs as in the guest.
-    #[arg(short, long, default_value = "0:0")]
-    pub user: String,
+    #[arg(short, long, default_value = "0:0", value_parser = GuestUser::parse)]
+    pub user: GuestUser,
     /// Share a host directory with the guest as virtio-fs tag GUESTDIR. Repeatable.
-    #[arg(long = "share", value_name = "HOSTDIR:GUESTDIR[:ro]")]
-    pub shares: Vec<String>,
+    #[arg(long = "share", value_name = "HOSTDIR:GUESTDIR[:ro]", value_parser = Share::parse)]
+    pub shares: Vec<Share>,
     /// Boot an overlay of LOWER (read-only, e.g. the cached rootfs) and the writable state dir
     /// UPPER (`diff/` and `work/` in it), mounted on ROOTFS in the VMM's own mount namespace.
     /// LOWER is never written; ROOTFS must be an existing directory.
-    #[arg(long, value_name = "LOWER:UPPER")]
-    pub overlay: Option<String>,
+    #[arg(long, value_name = "LOWER:UPPER", value_parser = Overlay::parse)]
+    pub overlay: Option<Overlay>,
     #[command(flatten)]
     pub vm: VmArgs,
     /// Root filesystem directory to boot (e.g. from `krbottle image unpack`).
@@ -187,11 +201,6 @@ pub struct NetProbeArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum BundleCommand {
-    /// Run the gateway, the bottle's HTTP proxy (inside the bundle container).
-    ///
-    /// Prints one JSON line per decision on stdout. Route tokens are read from this process's
-    /// environment, under the names the config gives.
-    Gateway(GatewayArgs),
     /// Build the bundle image if needed, start BOTTLE's bundle and print its endpoints.
     ///
     /// Route tokens are read from this environment under the names the manifest gives and
@@ -205,6 +214,10 @@ pub enum BundleCommand {
     Gc(BundleGcArgs),
     /// Supervise the selected daemons (the bundle container's entrypoint).
     Init(BundleInitArgs),
+    /// One daemon, `krbottle bundle DAEMON --config FILE` (inside the bundle container; see
+    /// the list below).
+    #[command(external_subcommand)]
+    Daemon(Vec<OsString>),
 }
 
 #[derive(Debug, Args)]
@@ -246,17 +259,19 @@ pub struct BundleGcArgs {
 
 #[derive(Debug, Args)]
 pub struct BundleInitArgs {
-    /// Comma-separated daemons to run: gateway.
-    #[arg(long, value_delimiter = ',', default_value = "gateway")]
-    pub daemons: Vec<String>,
+    /// Comma-separated daemons to run (see `krbottle bundle --help`).
+    #[arg(long, value_delimiter = ',', default_value = "gateway",
+          value_parser = crate::daemon::parse_name)]
+    pub daemons: Vec<&'static crate::daemon::DaemonSpec>,
     /// Directory holding the daemons' configuration.
-    #[arg(long, default_value = crate::bundle::layout::CONFIG_DIR)]
+    #[arg(long, default_value = crate::daemon::CONFIG_DIR)]
     pub config_dir: PathBuf,
 }
 
-#[derive(Debug, Args)]
-pub struct GatewayArgs {
-    /// The gateway's JSON config (written by `krbottle bundle up`).
+/// The arguments every daemon takes (`krbottle bundle DAEMON …`).
+#[derive(Debug, Parser)]
+pub struct DaemonArgs {
+    /// The daemon's JSON config (written by `krbottle bundle up`).
     #[arg(long)]
     pub config: PathBuf,
 }
@@ -296,7 +311,7 @@ pub struct PrepareArgs {
     pub image: String,
     /// Ownership mode. Default: `root` when run as root, `userns` otherwise.
     #[arg(long, value_enum)]
-    pub ownership: Option<OwnershipMode>,
+    pub ownership: Option<Ownership>,
     /// Print the cache entry as JSON on stdout.
     #[arg(long)]
     pub json: bool,
@@ -319,18 +334,6 @@ pub struct PruneArgs {
     pub json: bool,
 }
 
-/// Who owns the unpacked files, and how.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum OwnershipMode {
-    /// Real `lchown` to the image's uid/gid (needs root).
-    Root,
-    /// Unpack inside a user namespace mapped from /etc/subuid and /etc/subgid.
-    Userns,
-    /// Files owned by you; the image's uid:gid:mode in the `user.containers.override_stat` xattr.
-    Xattr,
-}
-
 #[derive(Debug, Args)]
 pub struct UnpackArgs {
     /// A Docker image reference (read from the local engine) or the path of a `docker save` tar.
@@ -339,7 +342,7 @@ pub struct UnpackArgs {
     pub dest: PathBuf,
     /// Ownership mode. Default: `root` when run as root, `userns` otherwise.
     #[arg(long, value_enum)]
-    pub ownership: Option<OwnershipMode>,
+    pub ownership: Option<Ownership>,
     /// Print a JSON summary on stdout.
     #[arg(long)]
     pub json: bool,

@@ -1,34 +1,34 @@
-//! The Docker engine, through its API (bollard): inspect, build, save, and a container's export.
+//! The one Docker engine client (bollard), shared by the image pipeline, the bundle, doctor and
+//! `start`. Nothing else in the crate constructs a `bollard::Docker`.
 //!
-//! krbottle's image pipeline is synchronous (the unpacker is a pair of threads), so [`Engine`]
-//! owns a small tokio runtime and exposes blocking calls. Streams from the engine (`docker save`,
-//! container export) are bridged into [`std::io::Read`] through a bounded channel: the unpacker
-//! reads the save stream as it arrives, with no temporary tarball, and back-pressure reaches the
-//! engine's socket.
+//! The client is async and lives on the process's one tokio runtime (see `commands::dispatch`).
+//! Byte streams from the engine (`docker save`, a container's export) are bridged into a
+//! blocking [`std::io::Read`] through a bounded channel, for the unpacker, which runs on a
+//! blocking thread (`tokio::task::spawn_blocking`): it reads the stream as it arrives, with no
+//! temporary tarball, and back-pressure reaches the engine's socket. Those readers must never be
+//! read from an async task.
 
 use std::collections::HashMap;
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use bollard::Docker;
 use bollard::models::ContainerCreateBody;
 use bollard::query_parameters::{
-    BuildImageOptionsBuilder, CreateContainerOptionsBuilder, RemoveContainerOptionsBuilder,
-    RemoveImageOptionsBuilder,
+    BuildImageOptions, CreateContainerOptionsBuilder, RemoveContainerOptionsBuilder,
 };
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
-use indicatif::ProgressBar;
 use tokio::sync::mpsc;
 
 /// Chunks buffered between the engine's socket and a blocking reader.
 const STREAM_BUFFER_CHUNKS: usize = 32;
 
+/// Docker label put on every container and image krbottle creates, so leftovers can be found.
+pub const LABEL_TOOL: &str = "dev.krbottle.tool";
+
 #[derive(Debug, thiserror::Error)]
 pub enum DockerError {
-    #[error("Cannot start the async runtime for the Docker client")]
-    Runtime(#[source] io::Error),
     #[error(
         "Cannot reach the Docker engine ({endpoint}): start it (e.g. `systemctl start docker`) or point DOCKER_HOST at it"
     )]
@@ -53,11 +53,11 @@ pub enum DockerError {
         #[source]
         source: io::Error,
     },
-    #[error("Building {context} failed: {message}")]
-    Build { context: PathBuf, message: String },
-    #[error("Building {context} failed")]
+    #[error("Building {what} failed: {message}")]
+    Build { what: String, message: String },
+    #[error("Building {what} failed")]
     BuildRequest {
-        context: PathBuf,
+        what: String,
         #[source]
         source: bollard::errors::Error,
     },
@@ -67,12 +67,25 @@ pub enum DockerError {
         #[source]
         source: bollard::errors::Error,
     },
-    #[error("Cannot remove image `{image}`")]
-    RemoveImage {
-        image: String,
-        #[source]
-        source: bollard::errors::Error,
-    },
+}
+
+/// The parts of an image's own config that decide how its process runs (`docker inspect`'s
+/// `Config`): what a bottle's plan starts from.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ImageConfig {
+    /// `USER`: a name or `uid[:gid]`; empty means root.
+    #[serde(default)]
+    pub user: String,
+    /// `WORKDIR`; empty means `/`.
+    #[serde(default)]
+    pub working_dir: String,
+    #[serde(default)]
+    pub entrypoint: Vec<String>,
+    #[serde(default)]
+    pub cmd: Vec<String>,
+    /// `ENV`, as `NAME=VALUE` entries.
+    #[serde(default)]
+    pub env: Vec<String>,
 }
 
 /// What krbottle needs to know about an image.
@@ -84,67 +97,60 @@ pub struct ImageInfo {
     pub diff_ids: Vec<String>,
     pub tags: Vec<String>,
     /// Uncompressed size in bytes, as the engine reports it.
-    pub size: Option<i64>,
+    pub size: Option<u64>,
+    pub config: ImageConfig,
 }
 
-impl ImageInfo {
-    /// The hex part of the ID: a safe directory name for the cache.
-    pub fn id_hex(&self) -> &str {
-        self.id.strip_prefix("sha256:").unwrap_or(&self.id)
-    }
-}
-
-struct Inner {
-    docker: Docker,
-    rt: tokio::runtime::Runtime,
+/// One image build: the context as a tar, and what to ask the engine for.
+#[derive(Debug, Default)]
+pub struct BuildRequest {
+    /// What is built, for messages (a directory, or "the bundle image").
+    pub what: String,
+    pub context_tar: Vec<u8>,
+    /// Relative to the context; `Dockerfile` when empty.
+    pub dockerfile: String,
+    pub tag: String,
+    /// The stage to build (`--target`), if any.
+    pub target: Option<String>,
+    pub build_args: HashMap<String, String>,
+    pub labels: HashMap<String, String>,
 }
 
 /// A connection to the local Docker engine. Cheap to clone.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct Engine {
-    inner: Arc<Inner>,
+    client: Docker,
 }
 
 impl Engine {
-    /// Connects with the usual defaults (`DOCKER_HOST`, else the local socket) and negotiates the
-    /// API version, so older engines (this project's CI runs 20.10, API 1.41) work.
-    pub fn connect() -> Result<Self, DockerError> {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .thread_name("krbottle-docker")
-            .enable_all()
-            .build()
-            .map_err(DockerError::Runtime)?;
+    /// Connects with the usual defaults (`DOCKER_HOST`, else the local socket), negotiates the
+    /// API version, so older engines (this project's CI runs 20.10, API 1.41) work, and pings.
+    pub async fn connect() -> Result<Self, DockerError> {
         let endpoint = std::env::var(crate::env_vars::DOCKER_HOST)
             .unwrap_or_else(|_| "unix:///var/run/docker.sock".to_string());
         let connect_err = |source| DockerError::Connect {
             endpoint: endpoint.clone(),
             source,
         };
-        let docker = Docker::connect_with_defaults().map_err(connect_err)?;
-        let docker = rt
-            .block_on(async {
-                let docker = docker.negotiate_version().await?;
-                docker.ping().await?;
-                Ok(docker)
-            })
+        let client = Docker::connect_with_defaults()
+            .map_err(connect_err)?
+            .negotiate_version()
+            .await
             .map_err(connect_err)?;
-        Ok(Engine {
-            inner: Arc::new(Inner { docker, rt }),
-        })
+        client.ping().await.map_err(connect_err)?;
+        Ok(Engine { client })
     }
 
-    /// ID, layer digests and tags of a local image.
-    pub fn inspect(&self, image: &str) -> Result<ImageInfo, DockerError> {
-        let res = self
-            .inner
-            .rt
-            .block_on(self.inner.docker.inspect_image(image));
-        let info = match res {
+    /// The bollard client, for the bundle's container and network calls.
+    pub fn client(&self) -> &Docker {
+        &self.client
+    }
+
+    /// ID, layer digests, tags and config of a local image.
+    pub async fn inspect(&self, image: &str) -> Result<ImageInfo, DockerError> {
+        let info = match self.client.inspect_image(image).await {
             Ok(info) => info,
-            Err(bollard::errors::Error::DockerResponseServerError {
-                status_code: 404, ..
-            }) => {
+            Err(e) if is_not_found(&e) => {
                 return Err(DockerError::ImageNotFound {
                     image: image.to_string(),
                 });
@@ -159,131 +165,160 @@ impl Engine {
         let id = info.id.ok_or_else(|| DockerError::MissingId {
             image: image.to_string(),
         })?;
+        let config = info.config.unwrap_or_default();
         Ok(ImageInfo {
             id,
             diff_ids: info.root_fs.and_then(|r| r.layers).unwrap_or_default(),
             tags: info.repo_tags.unwrap_or_default(),
-            size: info.size,
+            size: info.size.and_then(|s| u64::try_from(s).ok()),
+            config: ImageConfig {
+                user: config.user.unwrap_or_default(),
+                working_dir: config.working_dir.unwrap_or_default(),
+                entrypoint: config.entrypoint.unwrap_or_default(),
+                cmd: config.cmd.unwrap_or_default(),
+                env: config.env.unwrap_or_default(),
+            },
         })
     }
 
-    /// `docker save IMAGE` as a blocking reader over the engine's stream.
+    /// Whether the engine has `image` (`Ok(false)` only for a definite "no such image").
+    pub async fn has_image(&self, image: &str) -> Result<bool, DockerError> {
+        match self.inspect(image).await {
+            Ok(_) => Ok(true),
+            Err(DockerError::ImageNotFound { .. }) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// `docker save IMAGE` as a blocking reader over the engine's stream. Must be called from
+    /// within the runtime (an async task or a `spawn_blocking` thread); the reader must be read
+    /// from a blocking thread.
     pub fn save(&self, image: &str) -> StreamReader {
-        let docker = self.inner.docker.clone();
+        let client = self.client.clone();
         let image = image.to_string();
-        self.reader(move || docker.export_image(&image))
+        StreamReader::spawn(async move { client.export_image(&image) })
     }
 
     /// The flattened filesystem of an image, as Docker itself sees it: a container is created (not
-    /// started) and exported; it is removed when the returned reader is dropped.
-    pub fn export_filesystem(&self, image: &str) -> Result<ExportReader, DockerError> {
+    /// started) and exported. Remove it with [`Export::remove`] once read.
+    pub async fn export_filesystem(&self, image: &str) -> Result<Export, DockerError> {
         let opts = CreateContainerOptionsBuilder::default().build();
         let body = ContainerCreateBody {
             image: Some(image.to_string()),
             cmd: Some(vec!["true".to_string()]),
             labels: Some(HashMap::from([(
-                crate::image::LABEL_TOOL.to_string(),
+                LABEL_TOOL.to_string(),
                 "export".to_string(),
             )])),
             ..Default::default()
         };
         let created = self
-            .inner
-            .rt
-            .block_on(self.inner.docker.create_container(Some(opts), body))
+            .client
+            .create_container(Some(opts), body)
+            .await
             .map_err(|source| DockerError::CreateContainer {
                 image: image.to_string(),
                 source,
             })?;
-        let docker = self.inner.docker.clone();
+        let client = self.client.clone();
         let id = created.id.clone();
-        let reader = self.reader(move || docker.export_container(&id));
-        Ok(ExportReader {
-            reader,
+        let reader = StreamReader::spawn(async move { client.export_container(&id) });
+        Ok(Export {
+            reader: Some(reader),
             engine: self.clone(),
             container: created.id,
         })
     }
 
-    /// Builds `context` (a directory with a Dockerfile) and tags the result `tag`. Build output
-    /// goes to `log` line by line; returns the new image's ID.
-    pub fn build(
+    /// Builds `request` and returns the new image's ID. Build output goes to `on_line` line by
+    /// line (the caller shows it as progress or with `-v`).
+    pub async fn build(
         &self,
-        context: &Path,
-        dockerfile: Option<&str>,
-        tag: &str,
-        progress: &ProgressBar,
-        mut log: impl FnMut(&str),
+        request: BuildRequest,
+        mut on_line: impl FnMut(&str),
     ) -> Result<String, DockerError> {
-        let body = tar_context(context).map_err(|source| DockerError::Context {
-            path: context.to_path_buf(),
-            source,
-        })?;
-        let opts = BuildImageOptionsBuilder::default()
-            .dockerfile(dockerfile.unwrap_or("Dockerfile"))
-            .t(tag)
-            .rm(true)
-            .forcerm(true)
-            .build();
-        let docker = &self.inner.docker;
+        let options = BuildImageOptions {
+            dockerfile: if request.dockerfile.is_empty() {
+                "Dockerfile".into()
+            } else {
+                request.dockerfile.clone()
+            },
+            t: Some(request.tag.clone()),
+            target: request.target.clone().unwrap_or_default(),
+            rm: true,
+            forcerm: true,
+            buildargs: Some(request.build_args.clone()),
+            labels: Some(request.labels.clone()),
+            ..Default::default()
+        };
+        let what = request.what.clone();
+        let mut stream = self.client.build_image(
+            options,
+            None,
+            Some(bollard::body_full(Bytes::from(request.context_tar))),
+        );
         let mut image_id = None;
-        self.inner.rt.block_on(async {
-            let mut stream = docker.build_image(opts, None, Some(bollard::body_full(body.into())));
-            while let Some(item) = stream.next().await {
-                let info = item.map_err(|source| match source {
-                    bollard::errors::Error::DockerStreamError { error } => DockerError::Build {
-                        context: context.to_path_buf(),
-                        message: error,
-                    },
-                    source => DockerError::BuildRequest {
-                        context: context.to_path_buf(),
-                        source,
-                    },
-                })?;
-                if let Some(detail) = info.error_detail {
-                    return Err(DockerError::Build {
-                        context: context.to_path_buf(),
-                        message: detail.message.unwrap_or_else(|| "unknown error".into()),
-                    });
-                }
-                if let Some(line) = info.stream.as_deref() {
-                    for l in line.lines().filter(|l| !l.trim().is_empty()) {
-                        progress.set_message(l.trim().chars().take(70).collect::<String>());
-                        log(l);
-                    }
-                }
-                if let Some(id) = info.aux.and_then(|a| a.id) {
-                    image_id = Some(id);
+        while let Some(item) = stream.next().await {
+            let info = item.map_err(|source| match source {
+                bollard::errors::Error::DockerStreamError { error } => DockerError::Build {
+                    what: what.clone(),
+                    message: error,
+                },
+                source => DockerError::BuildRequest {
+                    what: what.clone(),
+                    source,
+                },
+            })?;
+            if let Some(detail) = info.error_detail {
+                return Err(DockerError::Build {
+                    what,
+                    message: detail.message.unwrap_or_else(|| "unknown error".into()),
+                });
+            }
+            if let Some(text) = info.stream.as_deref() {
+                for line in text.lines().filter(|l| !l.trim().is_empty()) {
+                    on_line(line);
                 }
             }
-            Ok(())
-        })?;
+            if let Some(id) = info.aux.and_then(|a| a.id) {
+                image_id = Some(id);
+            }
+        }
         match image_id {
             Some(id) => Ok(id),
-            None => Ok(self.inspect(tag)?.id),
+            None => Ok(self.inspect(&request.tag).await?.id),
         }
     }
+}
 
-    /// Removes an image (used by tests and `image prune` of build leftovers).
-    pub fn remove_image(&self, image: &str) -> Result<(), DockerError> {
-        let opts = RemoveImageOptionsBuilder::default().force(true).build();
-        self.inner
-            .rt
-            .block_on(self.inner.docker.remove_image(image, Some(opts), None))
-            .map(|_| ())
-            .map_err(|source| DockerError::RemoveImage {
-                image: image.to_string(),
-                source,
-            })
-    }
+/// Whether a bollard error is the engine's "404 no such object".
+pub fn is_not_found(e: &bollard::errors::Error) -> bool {
+    matches!(
+        e,
+        bollard::errors::Error::DockerResponseServerError {
+            status_code: 404,
+            ..
+        }
+    )
+}
 
-    fn reader<S, F>(&self, make: F) -> StreamReader
+/// A blocking [`Read`] over a byte stream from the engine. Must be read from a plain or blocking
+/// thread, never from inside an async task.
+pub struct StreamReader {
+    rx: mpsc::Receiver<io::Result<Bytes>>,
+    chunk: Bytes,
+    done: bool,
+}
+
+impl StreamReader {
+    /// Starts pumping the stream `make` opens on the current runtime.
+    fn spawn<S, F>(make: F) -> StreamReader
     where
-        F: FnOnce() -> S + Send + 'static,
+        F: std::future::Future<Output = S> + Send + 'static,
         S: Stream<Item = Result<Bytes, bollard::errors::Error>> + Send + 'static,
     {
         let (tx, rx) = mpsc::channel(STREAM_BUFFER_CHUNKS);
-        self.inner.rt.spawn(pump(make(), tx));
+        tokio::runtime::Handle::current().spawn(async move { pump(make.await, tx).await });
         StreamReader {
             rx,
             chunk: Bytes::new(),
@@ -308,14 +343,6 @@ where
     }
 }
 
-/// A blocking [`Read`] over a byte stream from the engine. Must be read from a plain thread,
-/// never from inside an async task.
-pub struct StreamReader {
-    rx: mpsc::Receiver<io::Result<Bytes>>,
-    chunk: Bytes,
-    done: bool,
-}
-
 impl Read for StreamReader {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         while self.chunk.is_empty() {
@@ -337,40 +364,58 @@ impl Read for StreamReader {
     }
 }
 
-/// A container's exported filesystem; the container is removed on drop.
-pub struct ExportReader {
-    reader: StreamReader,
+/// A container's exported filesystem. The container is removed by [`Export::remove`]; one
+/// dropped without it is removed in the background.
+pub struct Export {
+    reader: Option<StreamReader>,
     engine: Engine,
     container: String,
 }
 
-impl Read for ExportReader {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.reader.read(buf)
+impl Export {
+    /// The export stream (once).
+    pub fn take_reader(&mut self) -> Option<StreamReader> {
+        self.reader.take()
+    }
+
+    /// Removes the container.
+    pub async fn remove(mut self) {
+        let container = std::mem::take(&mut self.container);
+        remove_export_container(&self.engine, &container).await;
     }
 }
 
-impl Drop for ExportReader {
+impl Drop for Export {
     fn drop(&mut self) {
-        let opts = RemoveContainerOptionsBuilder::default().force(true).build();
-        let inner = &self.engine.inner;
-        if let Err(e) = inner
-            .rt
-            .block_on(inner.docker.remove_container(&self.container, Some(opts)))
-        {
-            tracing::warn!("could not remove export container {}: {e}", self.container);
+        if self.container.is_empty() {
+            return;
+        }
+        let (engine, container) = (self.engine.clone(), std::mem::take(&mut self.container));
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            handle.spawn(async move { remove_export_container(&engine, &container).await });
         }
     }
 }
 
-/// The build context as an in-memory tar (contexts are small: a Dockerfile and a few files).
-/// `.git` and `target` directories are left out.
-fn tar_context(dir: &Path) -> io::Result<Vec<u8>> {
+async fn remove_export_container(engine: &Engine, container: &str) {
+    let opts = RemoveContainerOptionsBuilder::default().force(true).build();
+    if let Err(e) = engine.client.remove_container(container, Some(opts)).await {
+        tracing::warn!("could not remove export container {container}: {e}");
+    }
+}
+
+/// A build context directory as an in-memory tar (contexts are small: a Dockerfile and a few
+/// files). `.git` and `target` directories are left out; symlinks are stored, not followed.
+pub fn tar_context(dir: &Path) -> Result<Vec<u8>, DockerError> {
+    let err = |source| DockerError::Context {
+        path: dir.to_path_buf(),
+        source,
+    };
     let mut builder = tar::Builder::new(Vec::new());
     builder.follow_symlinks(false);
     builder.mode(tar::HeaderMode::Complete);
-    append_dir(&mut builder, dir, Path::new(""))?;
-    builder.into_inner()
+    append_dir(&mut builder, dir, Path::new("")).map_err(err)?;
+    builder.into_inner().map_err(err)
 }
 
 fn append_dir(builder: &mut tar::Builder<Vec<u8>>, root: &Path, rel: &Path) -> io::Result<()> {

@@ -1,7 +1,9 @@
 //! Process exit codes, defined once and documented in `--help`.
 //!
-//! Codes below 100 that a guest command returns are passed through unchanged by `krbottle run`;
-//! krbottle's own failures use the distinct high codes below so a script can tell them apart.
+//! `run` and `start` exit with the guest command's own code, whatever it is. krbottle's own
+//! failures before the guest runs exit with [`FAILURE`] (1), like most tools; once the guest
+//! was started, the one code a guest cannot be told apart from is [`VMM_FAILED`] (125, the code
+//! `docker run` uses for the same case), so a script that must know checks for it.
 
 /// Success.
 pub const OK: u8 = 0;

@@ -1,9 +1,25 @@
 //! krbottle: run AI coding agents in libkrun microVMs whose only way out is a sidecar bundle.
 //!
-//! The binary (`src/main.rs`) is a thin shell over these modules; each module owns one concern
-//! and one error type. See `ARCHITECTURE.md` in the shared docs for the flow of `krbottle start`.
+//! The binary (`src/main.rs`) is a thin shell over these modules; each owns one concern and one
+//! error type. They follow the flow of `krbottle start`:
+//!
+//! ```text
+//! manifest → plan → image → rootfs → provision → bundle → vmm → teardown
+//! ```
+//!
+//! - verbs: `cli` (clap structs, typed values), `commands` (one thin file per verb);
+//! - flows: `image` (build, unpack, cache), `bundle` (its host side: image, container),
+//!   `daemon` (what runs inside the bundle: init, gateway), `vm` (prepare, the confined VMM
+//!   child, libkrun), `bench` (the benchmarks behind `krbottle bench`);
+//! - shared below them: `manifest`, `docker` (the one Docker client), `net` (host names,
+//!   policy), `secrets`, `ca`, `state`, `lockfile`, `output`;
+//! - each name and number once: `env_vars`, `ports`, `resources`, `exit`, `hidden`;
+//! - `sys`: the operating system, where the `unsafe` outside libkrun lives.
+//!
+//! Modules are public where the binary or the integration tests use them; the rest is private
+//! to the crate, so the compiler reports what nothing uses.
 
-pub mod bench;
+pub(crate) mod bench;
 pub mod bundle;
 pub mod ca;
 pub mod cli;
@@ -12,12 +28,17 @@ pub mod daemon;
 pub mod docker;
 pub mod env_vars;
 pub mod exit;
+pub(crate) mod hidden;
 pub mod image;
-pub mod lockfile;
+pub(crate) mod lockfile;
 pub mod manifest;
-pub mod net;
-pub mod output;
-pub mod secrets;
+pub(crate) mod net;
+pub(crate) mod output;
+pub(crate) mod plan;
+pub(crate) mod ports;
+pub(crate) mod provision;
+pub(crate) mod resources;
+pub(crate) mod secrets;
 pub mod state;
-pub mod sys;
-pub mod vm;
+pub(crate) mod sys;
+pub(crate) mod vm;

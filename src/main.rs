@@ -2,14 +2,18 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
-use krbottle::{cli::Cli, commands, env_vars, exit};
+use clap::FromArgMatches;
+use krbottle::{cli, commands, env_vars, exit};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let matches = cli::command().get_matches();
+    let cli = match cli::Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
     // The VMM child leaves the process-wide logger to libkrun, which installs its own.
-    if !matches!(cli.command, krbottle::cli::Command::Vmm) {
+    if !matches!(cli.command, cli::Command::Vmm) {
         init_logging(cli.global.verbose);
     }
     match commands::dispatch(cli) {

@@ -13,14 +13,10 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use crate::net::host::{Host, HostRule};
+use crate::resources::{DEFAULT_CPUS, DEFAULT_MEMORY_MIB, MAX_CPUS, MIN_MEMORY_MIB};
 
 /// The manifest's file name in a project directory.
 pub const MANIFEST_FILE: &str = "krbottle.toml";
-
-const DEFAULT_CPUS: u8 = 2;
-const DEFAULT_MEMORY_MIB: u32 = 2048;
-const MIN_MEMORY_MIB: u32 = 256;
-const MAX_CPUS: u8 = 64;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ManifestError {
@@ -59,9 +55,9 @@ pub struct Agent {
     pub image: ImageSource,
     /// The command to run in the guest; empty means the image's own entrypoint and command.
     pub command: Vec<String>,
-    /// A prompt file, relative to the manifest's directory.
+    /// A prompt file (resolved against the manifest's directory).
     pub prompt: Option<PathBuf>,
-    /// Skill directories, relative to the manifest's directory.
+    /// Skill directories (resolved against the manifest's directory).
     pub skills: Vec<PathBuf>,
     /// The bottle the agent runs in (a key of [`Manifest::bottles`]).
     pub bottle: String,
@@ -73,6 +69,9 @@ pub enum ImageSource {
     Image(String),
     /// A Dockerfile, relative to the manifest's directory; its directory is the build context.
     Dockerfile(PathBuf),
+    /// A `docker save` archive, relative to the manifest's directory: no Docker engine needed
+    /// for the image (machines without one, the emulated-hypervisor harness).
+    Archive(PathBuf),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -84,6 +83,21 @@ pub struct Bottle {
     /// Hosts reachable through the gateway without interception (route hosts come on top).
     pub allow: Vec<HostRule>,
     pub routes: Vec<Route>,
+    /// git's `user.name` and `user.email` in the guest.
+    pub git_user: Option<GitUser>,
+    /// Fixed addresses the gateway uses for these names, with no DNS lookup (like curl's
+    /// `--resolve`): an internal mirror, a test upstream. Keys are canonical host names.
+    pub resolve: BTreeMap<String, std::net::IpAddr>,
+    /// Extra CA certificates (PEM, a host path) the gateway trusts for upstreams, besides the
+    /// public roots: a corporate TLS proxy, a test upstream.
+    pub upstream_ca_file: Option<PathBuf>,
+}
+
+/// git's identity in the guest.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GitUser {
+    pub name: String,
+    pub email: String,
 }
 
 /// A host whose requests the gateway intercepts to inject a token.
@@ -114,6 +128,7 @@ struct RawManifest {
 struct RawAgent {
     image: Option<Spanned<String>>,
     dockerfile: Option<Spanned<String>>,
+    image_archive: Option<Spanned<String>>,
     #[serde(default)]
     command: Vec<String>,
     prompt: Option<Spanned<String>>,
@@ -133,6 +148,17 @@ struct RawBottle {
     allow: Vec<Spanned<String>>,
     #[serde(default)]
     routes: Vec<Spanned<RawRoute>>,
+    git_user: Option<Spanned<RawGitUser>>,
+    #[serde(default)]
+    resolve: BTreeMap<Spanned<String>, Spanned<String>>,
+    upstream_ca_file: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawGitUser {
+    name: String,
+    email: String,
 }
 
 #[derive(Deserialize)]
@@ -209,6 +235,12 @@ struct Validator<'a> {
 }
 
 impl Validator<'_> {
+    /// A path of the manifest, relative to its directory unless absolute.
+    fn relative(&self, p: &str) -> PathBuf {
+        let dir = self.path.parent().unwrap_or(Path::new(""));
+        dir.join(p)
+    }
+
     fn err(&self, span: Range<usize>, key: String, message: impl Into<String>) -> ManifestError {
         ManifestError::Validate {
             path: self.path.to_path_buf(),
@@ -294,6 +326,40 @@ impl Validator<'_> {
             }
             routes.push(r);
         }
+        let git_user = match raw.git_user {
+            Some(g) => {
+                let span = g.span();
+                let g = g.into_inner();
+                let ok = |v: &str| !v.trim().is_empty() && !v.contains(['\n', '\r', '\0']);
+                if !ok(&g.name) || !ok(&g.email) {
+                    return Err(self.err(
+                        span,
+                        key("git_user"),
+                        "`name` and `email` must be one non-empty line each",
+                    ));
+                }
+                Some(GitUser {
+                    name: g.name,
+                    email: g.email,
+                })
+            }
+            None => None,
+        };
+        let mut resolve = BTreeMap::new();
+        for (host, ip) in raw.resolve {
+            let k = key(&format!("resolve.{}", host.get_ref()));
+            let canonical = Host::parse(host.get_ref())
+                .map_err(|e| self.err(host.span(), k.clone(), e.to_string()))?;
+            let addr = ip.get_ref().parse::<std::net::IpAddr>().map_err(|_| {
+                self.err(
+                    ip.span(),
+                    k.clone(),
+                    "must be an IP address, e.g. \"10.0.0.5\"",
+                )
+            })?;
+            resolve.insert(canonical.to_string(), addr);
+        }
+        let upstream_ca_file = raw.upstream_ca_file.map(|f| self.relative(f.get_ref()));
         Ok(Bottle {
             name,
             cpus,
@@ -301,6 +367,9 @@ impl Validator<'_> {
             env,
             allow,
             routes,
+            git_user,
+            resolve,
+            upstream_ca_file,
         })
     }
 
@@ -362,27 +431,35 @@ impl Validator<'_> {
         let raw = raw.into_inner();
         let name = self.name(name, "agents")?;
         let key = |k: &str| format!("agents.{name}.{k}");
-        let image = match (raw.image, raw.dockerfile) {
-            (Some(i), None) if !i.get_ref().trim().is_empty() => ImageSource::Image(i.into_inner()),
-            (None, Some(d)) if !d.get_ref().is_empty() => {
-                ImageSource::Dockerfile(PathBuf::from(d.into_inner()))
-            }
-            (Some(i), Some(_)) => {
-                return Err(self.err(
-                    i.span(),
-                    key("image"),
-                    "give `image` or `dockerfile`, not both",
-                ));
-            }
-            (Some(i), None) => return Err(self.err(i.span(), key("image"), "is empty")),
-            (None, Some(d)) => return Err(self.err(d.span(), key("dockerfile"), "is empty")),
-            (None, None) => {
+        let given: Vec<(&str, Spanned<String>)> = [
+            ("image", raw.image),
+            ("dockerfile", raw.dockerfile),
+            ("image_archive", raw.image_archive),
+        ]
+        .into_iter()
+        .filter_map(|(k, v)| v.map(|v| (k, v)))
+        .collect();
+        let image = match given.as_slice() {
+            [] => {
                 return Err(self.err(
                     span,
                     format!("agents.{name}"),
-                    "needs `image` or `dockerfile`",
+                    "needs one of `image`, `dockerfile` or `image_archive`",
                 ));
             }
+            [(_, first), (k, _), ..] => {
+                return Err(self.err(
+                    first.span(),
+                    key(k),
+                    "give one of `image`, `dockerfile` or `image_archive`",
+                ));
+            }
+            [(k, v)] if v.get_ref().trim().is_empty() => {
+                return Err(self.err(v.span(), key(k), "is empty"));
+            }
+            [("image", v)] => ImageSource::Image(v.get_ref().clone()),
+            [("dockerfile", v)] => ImageSource::Dockerfile(self.relative(v.get_ref())),
+            [(_, v)] => ImageSource::Archive(self.relative(v.get_ref())),
         };
         let bottle = match raw.bottle {
             Some(b) if bottles.contains_key(b.get_ref()) => b.into_inner(),
@@ -410,11 +487,11 @@ impl Validator<'_> {
             name,
             image,
             command: raw.command,
-            prompt: raw.prompt.map(|p| PathBuf::from(p.into_inner())),
+            prompt: raw.prompt.map(|p| self.relative(p.get_ref())),
             skills: raw
                 .skills
-                .into_iter()
-                .map(|s| PathBuf::from(s.into_inner()))
+                .iter()
+                .map(|s| self.relative(s.get_ref()))
                 .collect(),
             bottle,
         })

@@ -113,3 +113,16 @@ pub fn print_json<T: serde::Serialize>(value: &T) -> std::io::Result<()> {
         other => other,
     }
 }
+
+/// An error and its sources on one line, `: `-separated (for messages passed on as text, e.g.
+/// from the VMM child to its parent).
+pub fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut msg = err.to_string();
+    let mut source = err.source();
+    while let Some(s) = source {
+        msg.push_str(": ");
+        msg.push_str(&s.to_string());
+        source = s.source();
+    }
+    msg
+}

@@ -127,7 +127,7 @@ impl BottleDirs {
 
     /// The bottle's own writable root over the cached `image_rootfs`, created on first use and
     /// kept afterwards. On Linux an overlay the VMM child mounts (nothing is copied); elsewhere a
-    /// private copy (`clonefile` on macOS, else [`copy_tree`]).
+    /// private copy ([`copy_tree`], which shares file data where the filesystem can).
     pub fn writable_root(
         &self,
         image_rootfs: &Path,

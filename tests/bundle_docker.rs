@@ -426,22 +426,26 @@ fn route_through_the_bundle_container() {
     }];
     gateway.internal_hosts = vec!["upstream.test".into(), "route.test".into()];
     gateway.upstream_ca_file =
-        Some(Path::new(krbottle::bundle::layout::CONFIG_DIR).join("upstream-ca.pem"));
-    let bundle_dir = container::bundle_dir(state, &bottle_name);
-    std::fs::create_dir_all(&bundle_dir).unwrap();
-    std::fs::write(bundle_dir.join("upstream-ca.pem"), ca_cert.pem()).unwrap();
+        Some(Path::new(krbottle::daemon::CONFIG_DIR).join("upstream-ca.pem"));
 
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let record = runtime.block_on(async {
-        let docker = container::connect().await.unwrap();
-        let image = krbottle::bundle::image::ensure(&docker, Origin::Host(BIN.into()))
+        let engine = krbottle::docker::Engine::connect().await.unwrap();
+        let image = krbottle::bundle::image::ensure(&engine, Origin::Host(BIN.into()))
             .await
             .unwrap();
-        container::up(&docker, bottle, &gateway, &image, state, |name| {
-            (name == "KRB_DOCKER_TEST_TOKEN").then(|| TOKEN.to_string())
-        })
-        .await
-        .unwrap()
+        let mut request = container::BundleRequest::for_bottle(bottle, &image).unwrap();
+        for (daemon, config) in &mut request.daemons {
+            if daemon.name == "gateway" {
+                *config = serde_json::to_vec(&gateway).unwrap();
+            }
+        }
+        request.files = vec![("upstream-ca.pem".into(), ca_cert.pem().into_bytes())];
+        request.extra_secrets = vec![("KRB_DOCKER_TEST_TOKEN".into(), TOKEN.into())];
+        let state = krbottle::state::StateRoot::at(state);
+        container::up(&engine, &request, &state, |_| None)
+            .await
+            .unwrap()
     });
     let proxy = format!("http://{}", record.endpoints["gateway"]);
 
@@ -513,7 +517,11 @@ fn route_through_the_bundle_container() {
     );
 
     // Route: the upstream sees the real token, never the client's; the client never sees it.
-    let bottle_ca = bundle_dir.join("ca.pem");
+    let bottle_ca = krbottle::state::StateRoot::at(state)
+        .bottle(&bottle_name)
+        .unwrap()
+        .bundle_dir()
+        .join(krbottle::daemon::CA_CERT_FILE);
     let answer = curl(&[
         "--cacert",
         bottle_ca.to_str().unwrap(),
@@ -578,7 +586,7 @@ fn interrupted_up_removes_what_it_created() {
     rustix::process::kill_process(pid, rustix::process::Signal::INT).unwrap();
     let out = up.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("interrupted"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("Interrupted"));
     assert_eq!(
         leftovers(bottle).trim(),
         "",
@@ -692,8 +700,8 @@ fn a_binary_that_cannot_run_in_the_bundle_fails_the_build() {
     }
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
-        let docker = krbottle::bundle::container::connect().await.unwrap();
-        let err = krbottle::bundle::image::ensure(&docker, Origin::Host("/bin/false".into()))
+        let engine = krbottle::docker::Engine::connect().await.unwrap();
+        let err = krbottle::bundle::image::ensure(&engine, Origin::Host("/bin/false".into()))
             .await
             .unwrap_err()
             .to_string();
@@ -702,9 +710,12 @@ fn a_binary_that_cannot_run_in_the_bundle_fails_the_build() {
             "{err}"
         );
         assert!(err.contains("KRBOTTLE_BUNDLE_FROM=source"), "{err}");
-        let tag = krbottle::bundle::image::current_tag(&docker, Origin::Host("/bin/false".into()))
+        let tag = krbottle::bundle::image::current_tag(&engine, Origin::Host("/bin/false".into()))
             .await
             .unwrap();
-        assert!(docker.inspect_image(&tag).await.is_err(), "{tag} was kept");
+        assert!(
+            engine.client().inspect_image(&tag).await.is_err(),
+            "{tag} was kept"
+        );
     });
 }

@@ -5,8 +5,7 @@ mod common;
 use std::io::Read;
 
 use common::{BASE_IMAGE, require_docker};
-use indicatif::ProgressBar;
-use krbottle::docker::{DockerError, Engine};
+use krbottle::docker::{BuildRequest, DockerError, Engine, tar_context};
 
 fn entry_names(reader: impl Read) -> Vec<String> {
     let mut archive = tar::Archive::new(reader);
@@ -17,36 +16,62 @@ fn entry_names(reader: impl Read) -> Vec<String> {
         .collect()
 }
 
+fn build_request(dir: &std::path::Path, tag: &str) -> BuildRequest {
+    BuildRequest {
+        what: dir.display().to_string(),
+        context_tar: tar_context(dir).unwrap(),
+        tag: tag.to_string(),
+        ..Default::default()
+    }
+}
+
 #[test]
 fn build_inspect_save_and_export_through_the_api() {
     if !require_docker("build_inspect_save_and_export_through_the_api") {
         return;
     }
-    let engine = Engine::connect().unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let engine = rt.block_on(Engine::connect()).unwrap();
     let ctx = tempfile::tempdir().unwrap();
     std::fs::write(
         ctx.path().join("Dockerfile"),
-        format!("FROM {BASE_IMAGE}\nCOPY hello /hello\nRUN echo built > /built\n"),
+        format!(
+            "FROM {BASE_IMAGE}\nCOPY hello /hello\nRUN echo built > /built\nUSER 1000:1000\nWORKDIR /w\nENV A=1\nCMD [\"sh\"]\n"
+        ),
     )
     .unwrap();
     std::fs::write(ctx.path().join("hello"), "hi\n").unwrap();
     let tag = "krbottle-test/engine:latest";
     let mut lines = Vec::new();
-    let id = engine
-        .build(ctx.path(), None, tag, &ProgressBar::hidden(), |l| {
+    let id = rt
+        .block_on(engine.build(build_request(ctx.path(), tag), |l| {
             lines.push(l.to_string())
-        })
+        }))
         .unwrap();
     assert!(id.starts_with("sha256:"), "{id}");
     assert!(lines.iter().any(|l| l.contains("COPY hello")), "{lines:?}");
 
-    let info = engine.inspect(tag).unwrap();
+    let info = rt.block_on(engine.inspect(tag)).unwrap();
     assert_eq!(info.id, id);
-    let base = engine.inspect(BASE_IMAGE).unwrap();
+    let base = rt.block_on(engine.inspect(BASE_IMAGE)).unwrap();
     assert_eq!(info.diff_ids.len(), base.diff_ids.len() + 2);
     assert!(info.tags.iter().any(|t| t == tag));
+    assert_eq!(info.config.user, "1000:1000");
+    assert_eq!(info.config.working_dir, "/w");
+    assert_eq!(info.config.cmd, ["sh"]);
+    assert!(
+        info.config.env.iter().any(|e| e == "A=1"),
+        "{:?}",
+        info.config.env
+    );
 
-    let saved = entry_names(engine.save(tag));
+    // The streams are read on a blocking thread, as the unpacker reads them.
+    let e = engine.clone();
+    let saved = rt
+        .block_on(tokio::task::spawn_blocking(move || {
+            entry_names(e.save(tag))
+        }))
+        .unwrap();
     assert!(saved.iter().any(|n| n == "manifest.json"), "{saved:?}");
     let layers = saved
         .iter()
@@ -54,7 +79,12 @@ fn build_inspect_save_and_export_through_the_api() {
         .count();
     assert!(layers >= info.diff_ids.len(), "{saved:?}");
 
-    let exported = entry_names(engine.export_filesystem(tag).unwrap());
+    let mut export = rt.block_on(engine.export_filesystem(tag)).unwrap();
+    let reader = export.take_reader().unwrap();
+    let exported = rt
+        .block_on(tokio::task::spawn_blocking(move || entry_names(reader)))
+        .unwrap();
+    rt.block_on(export.remove());
     assert!(exported.iter().any(|n| n == "hello"), "export lacks /hello");
     assert!(exported.iter().any(|n| n == "built"), "export lacks /built");
 }
@@ -64,9 +94,10 @@ fn errors_name_the_image_or_the_failing_step() {
     if !require_docker("errors_name_the_image_or_the_failing_step") {
         return;
     }
-    let engine = Engine::connect().unwrap();
-    let err = engine
-        .inspect("krbottle-test/does-not-exist:nope")
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let engine = rt.block_on(Engine::connect()).unwrap();
+    let err = rt
+        .block_on(engine.inspect("krbottle-test/does-not-exist:nope"))
         .unwrap_err();
     assert!(matches!(err, DockerError::ImageNotFound { .. }), "{err:?}");
     assert!(
@@ -80,14 +111,11 @@ fn errors_name_the_image_or_the_failing_step() {
         format!("FROM {BASE_IMAGE}\nRUN exit 3\n"),
     )
     .unwrap();
-    let err = engine
-        .build(
-            ctx.path(),
-            None,
-            "krbottle-test/fails:latest",
-            &ProgressBar::hidden(),
+    let err = rt
+        .block_on(engine.build(
+            build_request(ctx.path(), "krbottle-test/fails:latest"),
             |_| {},
-        )
+        ))
         .unwrap_err();
     assert!(matches!(err, DockerError::Build { .. }), "{err:?}");
     assert!(

@@ -10,7 +10,6 @@ use std::process::Command;
 
 use common::oracle;
 use common::{BASE_IMAGE, docker_build, require_docker, require_test_user, run_krbottle};
-use krbottle::docker::Engine;
 
 /// Unpacks `image` in `mode` and compares it with Docker's export; returns the unpacked dir.
 fn unpack_and_compare(image: &str, mode: &str) -> tempfile::TempDir {
@@ -32,8 +31,7 @@ fn unpack_and_compare(image: &str, mode: &str) -> tempfile::TempDir {
     let summary: serde_json::Value = serde_json::from_str(&stdout).expect("--json prints JSON");
     assert!(summary["entries"].as_u64().unwrap() > 100, "{summary}");
 
-    let engine = Engine::connect().unwrap();
-    let expected = oracle::from_export(engine.export_filesystem(image).unwrap());
+    let expected = oracle::from_export(common::docker_export(image));
     let actual = oracle::from_dir(&dest, &|id| id, &|id| id);
     oracle::assert_same(&expected, &actual, &format!("krbottle unpack of {image}"));
     work
@@ -118,15 +116,18 @@ fn layer_features_match_docker_in_root_mode() {
     assert_eq!(n, 20);
 }
 
-/// Builds the shipped example agent image (`examples/agent`) through the API; returns its tag.
-fn build_example_agent() -> (Engine, &'static str) {
-    let engine = Engine::connect().unwrap();
+/// Builds the shipped example agent image (`examples/agent`) with `krbottle image build`
+/// (through the API); returns its tag.
+fn build_example_agent() -> &'static str {
     let ctx = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/agent");
     let tag = "krbottle-test/example-agent:latest";
-    engine
-        .build(&ctx, None, tag, &indicatif::ProgressBar::hidden(), |_| {})
-        .unwrap();
-    (engine, tag)
+    let cache = tempfile::tempdir().unwrap();
+    let (code, _, stderr) = run_krbottle(
+        cache.path(),
+        &["image", "build", ctx.to_str().unwrap(), "--tag", tag],
+    );
+    assert_eq!(code, 0, "image build failed:\n{stderr}");
+    tag
 }
 
 #[test]
@@ -134,7 +135,7 @@ fn example_agent_image_matches_docker_and_uid_1000_can_work() {
     if !require_docker("example_agent_image_matches_docker_and_uid_1000_can_work") {
         return;
     }
-    let (_, tag) = build_example_agent();
+    let tag = build_example_agent();
     let work = unpack_and_compare(tag, "root");
     let root = work.path().join("rootfs");
     // What the replaced system had to `chown -R` after boot: the agent user can write its home
@@ -192,7 +193,7 @@ fn rootless_userns_mode_matches_docker_and_uid_1000_can_work() {
     let Some((user, uid)) = require_test_user(test) else {
         return;
     };
-    let (engine, tag) = build_example_agent();
+    let tag = build_example_agent();
     // The unprivileged user gets a save file (it has no access to Docker) and a dir of its own.
     let work = tempfile::tempdir().unwrap();
     let save = work.path().join("image.tar");
@@ -271,7 +272,7 @@ fn rootless_userns_mode_matches_docker_and_uid_1000_can_work() {
             }
         }
     };
-    let mut expected = oracle::from_export(engine.export_filesystem(tag).unwrap());
+    let mut expected = oracle::from_export(common::docker_export(tag));
     // No device nodes can be made in a user namespace: they are skipped and counted (the guest's
     // init mounts devtmpfs). Every one of them, and nothing else, must be accounted for.
     // Docker's init layer masks some of the image's devices (dev/console) in the export, so they

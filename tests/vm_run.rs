@@ -37,37 +37,44 @@ fn bad_input_is_one_line_with_the_next_step() {
         .port();
     let unreachable = format!("8888=127.0.0.1:{closed_port}");
 
-    let cases: Vec<(Vec<&str>, &str)> = vec![
+    // Syntax is checked by the command line's parsers (usage, exit 2); the rest by `run`.
+    let cases: Vec<(Vec<&str>, u8, &str)> = vec![
         (
             vec![missing.to_str().unwrap(), "--", "sh"],
+            1,
             "is not a directory; unpack an image there first",
         ),
-        (vec![root, "--", "sh"], "Command `sh` not found in"),
+        (vec![root, "--", "sh"], 1, "Command `sh` not found in"),
         (
             vec!["--endpoint", "8888", root, "--", "sh"],
+            2,
             "Bad --endpoint `8888`: expected GUESTPORT=HOST:PORT",
         ),
         (
             vec!["--env", "NOEQ", root, "--", "sh"],
+            2,
             "Bad environment entry `NOEQ`: expected NAME=VALUE",
         ),
         (
             vec!["--env", "=x", root, "--", "sh"],
+            2,
             "cannot be given to the guest",
         ),
-        (vec!["--user", "me", root, "--", "sh"], "Bad --user `me`"),
+        (vec!["--user", "me", root, "--", "sh"], 2, "Bad --user `me`"),
         (
             vec!["--workdir", "rel", root, "--", "sh"],
+            1,
             "must be an absolute path",
         ),
         (
             vec!["--share", "/nonexistent-dir:/x", root, "--", "sh"],
+            1,
             "does not exist; create it or fix --share",
         ),
     ];
-    for (args, want) in &cases {
+    for (args, want_code, want) in &cases {
         let (code, stderr) = run_args(args);
-        assert_eq!(code, Some(1), "{args:?}: {stderr}");
+        assert_eq!(code, Some(i32::from(*want_code)), "{args:?}: {stderr}");
         assert!(
             first_error_line(&stderr).contains(want),
             "{args:?}: {stderr}"

@@ -8,29 +8,15 @@
 //! - `run`: `krbottle run` setup up to `krun_start_enter` against `docker run --rm IMAGE true`;
 //! - `gateway`: splice latency and route throughput against a direct connection and mitmproxy.
 
-mod gateway;
+pub mod gateway;
 #[cfg(target_os = "linux")]
-mod run;
-mod unpack;
+pub mod run;
+pub mod unpack;
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-
-use crate::cli::BenchCommand;
-use crate::output::Reporter;
-
-pub fn run(cmd: BenchCommand, reporter: &Reporter) -> anyhow::Result<u8> {
-    match cmd {
-        BenchCommand::Unpack(args) => unpack::unpack(args, reporter),
-        #[cfg(target_os = "linux")]
-        BenchCommand::Run(args) => run::run(args, reporter),
-        #[cfg(not(target_os = "linux"))]
-        BenchCommand::Run(_) => crate::commands::not_on_this_os("bench run (the VM)"),
-        BenchCommand::Gateway(args) => gateway::run(args, reporter),
-    }
-}
 
 /// The median of `v` (the lower one for an even count). `v` must not be empty.
 fn median(v: Vec<Duration>) -> Duration {

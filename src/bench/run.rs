@@ -2,7 +2,7 @@
 //! against `docker run --rm IMAGE true` of the same image, timed in the same run.
 //!
 //! The image is unpacked once (not timed). Each krbottle run is made in-process through the
-//! same library calls as `krbottle run` (`commands::run::prepare`, then
+//! same library calls as `krbottle run` (`vm::prepare::prepare`, then
 //! `vm::launch::launch_timed`, which reports its phases as durations, not log lines), plus the
 //! start of a fresh krbottle process (`krbottle --version`) for the exec that an invocation
 //! pays. A run boots the cached rootfs through an overlay (as a bottle does) with one endpoint
@@ -12,7 +12,7 @@
 //! over, relative to a container start; it is not a boot-to-boot comparison.
 
 use std::net::TcpListener;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -21,15 +21,23 @@ use indicatif::ProgressBar;
 use serde::Serialize;
 
 use super::{median, ms, time_docker};
-use crate::bundle::layout::GATEWAY_PORT;
-use crate::cli::{BenchRunArgs, RunArgs, VmArgs};
-use crate::commands::image::{default_ownership, unpack_stream};
-use crate::commands::run::prepare;
 use crate::docker::Engine;
-use crate::exit;
-use crate::image::cache::remove_tree;
-use crate::output::{Reporter, print_json};
+use crate::image::Ownership;
+use crate::image::prepare::unpack_stream;
+use crate::image::tree::remove_tree;
+use crate::output::Reporter;
+use crate::vm::config::{Endpoint, GuestUser, Overlay};
 use crate::vm::launch::{Outcome, launch_timed};
+use crate::vm::prepare::{Endpoints, Root, VmRequest, prepare};
+
+/// What to measure.
+#[derive(Clone, Debug)]
+pub struct RunBench {
+    /// An image reference in the local engine; unpacked once (not timed) and booted.
+    pub image: String,
+    /// Timed runs per contender (the median is reported).
+    pub runs: u32,
+}
 
 /// The ratio this bench is judged against: krbottle's setup ≤ a tenth of `docker run … true`.
 const TARGET_RATIO: f64 = 0.1;
@@ -62,7 +70,7 @@ struct PhaseReport {
 }
 
 #[derive(Debug, Serialize)]
-struct RunReport {
+pub struct RunReport {
     image: String,
     runs: u32,
     /// krbottle's phases, medians of each phase over the runs.
@@ -79,14 +87,20 @@ struct RunReport {
     vmm_outcome: String,
 }
 
-pub(super) fn run(args: BenchRunArgs, reporter: &Reporter) -> anyhow::Result<u8> {
-    let engine = Engine::connect()?;
-    engine.inspect(&args.image).with_context(|| {
+/// Runs the bench; the timed runs are blocking and run on a blocking thread.
+pub async fn run(args: &RunBench, reporter: &Reporter) -> anyhow::Result<RunReport> {
+    let engine = Engine::connect().await?;
+    engine.inspect(&args.image).await.with_context(|| {
         format!(
             "Image {} is not in the local Docker engine; build it (scripts/build-base-image.sh for the default) or name another",
             args.image
         )
     })?;
+    let (args, reporter) = (args.clone(), reporter.clone());
+    tokio::task::spawn_blocking(move || measure(&engine, &args, &reporter)).await?
+}
+
+fn measure(engine: &Engine, args: &RunBench, reporter: &Reporter) -> anyhow::Result<RunReport> {
     let work = tempfile::Builder::new()
         .prefix("krbottle-bench-run-")
         .tempdir()
@@ -96,14 +110,18 @@ pub(super) fn run(args: BenchRunArgs, reporter: &Reporter) -> anyhow::Result<u8>
     unpack_stream(
         engine.save(&args.image),
         &lower,
-        default_ownership(),
+        Ownership::default_here(),
         &ProgressBar::hidden(),
     )
     .with_context(|| format!("Could not unpack {}", args.image))?;
 
     // The endpoint's upstream: `run` checks it accepts connections before launching.
     let upstream = TcpListener::bind("127.0.0.1:0").context("Could not listen on 127.0.0.1")?;
-    let endpoint = format!("{GATEWAY_PORT}={}", upstream.local_addr()?);
+    let endpoint = Endpoint {
+        guest_port: crate::ports::GATEWAY,
+        host: "127.0.0.1".into(),
+        port: upstream.local_addr()?.port(),
+    };
     std::thread::spawn(move || {
         for conn in upstream.incoming() {
             drop(conn);
@@ -148,8 +166,8 @@ pub(super) fn run(args: BenchRunArgs, reporter: &Reporter) -> anyhow::Result<u8>
     let phase = |f: fn(&RunPhases) -> Duration| ms(median(ours.iter().map(f).collect()));
     let krbottle_total = median(ours.iter().map(RunPhases::total).collect());
     let docker_run = median(docker);
-    let report = RunReport {
-        image: args.image,
+    Ok(RunReport {
+        image: args.image.clone(),
         runs: args.runs,
         phases: vec![
             PhaseReport {
@@ -184,13 +202,7 @@ pub(super) fn run(args: BenchRunArgs, reporter: &Reporter) -> anyhow::Result<u8>
         target_ratio: TARGET_RATIO,
         boot_included: false,
         vmm_outcome: outcome,
-    };
-    if args.json {
-        print_json(&report)?;
-    } else {
-        print_report(&report);
-    }
-    Ok(exit::OK)
+    })
 }
 
 /// One krbottle run of `true` in an overlay of `lower` (upper under `dir`) mounted on `root`.
@@ -199,7 +211,7 @@ fn time_krbottle_run(
     lower: &Path,
     dir: &Path,
     root: &Path,
-    endpoint: &str,
+    endpoint: &Endpoint,
 ) -> anyhow::Result<(RunPhases, Outcome)> {
     let t = Instant::now();
     let status = Command::new(exe)
@@ -212,29 +224,33 @@ fn time_krbottle_run(
     }
     let process_start = t.elapsed();
 
-    let args = RunArgs {
+    let request = VmRequest {
         cpus: 1,
-        memory: 512,
-        env: Vec::new(),
-        env_file: None,
-        workdir: "/".into(),
-        user: "0:0".into(),
-        shares: Vec::new(),
-        overlay: Some(format!(
-            "{}:{}",
-            lower.display(),
-            dir.join("upper").display()
-        )),
-        vm: VmArgs {
-            endpoints: vec![endpoint.to_owned()],
+        memory_mib: 512,
+        root: Root::Overlay {
+            mount_point: root.to_path_buf(),
+            overlay: Overlay::new(lower.to_path_buf(), dir.join("upper"))?,
         },
-        rootfs: PathBuf::from(root),
-        command: vec!["true".into()],
+        shares: Vec::new(),
+        argv: vec!["true".into()],
+        env_files: Vec::new(),
+        env: Vec::new(),
+        workdir: "/".into(),
+        user: GuestUser::ROOT,
+        endpoints: Endpoints::Now(vec![endpoint.clone()]),
+        binds: Vec::new(),
+        provision: Vec::new(),
     };
     let t = Instant::now();
-    let (config, mapping) = prepare(args, &Reporter::silent())?;
-    let prepared = t.elapsed();
-    let (outcome, phases) = launch_timed(&config, &mapping)?;
+    let prepared = prepare(request, &Reporter::silent())?;
+    let prepared_in = t.elapsed();
+    let upstreams = prepared.upstreams.clone();
+    let (outcome, phases) = launch_timed(
+        &prepared.config,
+        &prepared.mapping,
+        move || Ok(upstreams),
+        |_| {},
+    )?;
     let Some(entered) = phases.entered else {
         bail!(
             "The VMM child ended before krun_start_enter ({}); rerun `krbottle run` with -v to see why",
@@ -244,7 +260,7 @@ fn time_krbottle_run(
     Ok((
         RunPhases {
             process_start,
-            prepare: prepared,
+            prepare: prepared_in,
             namespaces: phases.spawned,
             config_and_relays: phases.configured.saturating_sub(phases.spawned),
             libkrun_config: entered.saturating_sub(phases.configured),
@@ -260,28 +276,31 @@ fn describe(outcome: &Outcome) -> String {
     }
 }
 
-fn print_report(r: &RunReport) {
-    println!("bench run {} (median of {} runs)", r.image, r.runs);
-    println!(
-        "  krbottle run, from invocation to krun_start_enter (overlay root, 1 endpoint relayed):"
-    );
-    for p in &r.phases {
-        println!("    {:<18} {:>9.2} ms  {}", p.name, p.median_ms, p.what);
-    }
-    println!("    {:<18} {:>9.2} ms", "total", r.krbottle_total_ms);
-    println!(
-        "  docker run --rm IMAGE true  {:>9.2} ms  create, start, run `true`, remove",
-        r.docker_run_ms
-    );
-    println!(
-        "  ratio krbottle / docker: {:.3}x (target <= {})",
-        r.ratio, r.target_ratio
-    );
-    println!(
-        "  Meaning: krbottle's work before the hypervisor takes over costs {:.1}% of a whole \
+impl RunReport {
+    pub fn print(&self) {
+        let r = self;
+        println!("bench run {} (median of {} runs)", r.image, r.runs);
+        println!(
+            "  krbottle run, from invocation to krun_start_enter (overlay root, 1 endpoint relayed):"
+        );
+        for p in &r.phases {
+            println!("    {:<18} {:>9.2} ms  {}", p.name, p.median_ms, p.what);
+        }
+        println!("    {:<18} {:>9.2} ms", "total", r.krbottle_total_ms);
+        println!(
+            "  docker run --rm IMAGE true  {:>9.2} ms  create, start, run `true`, remove",
+            r.docker_run_ms
+        );
+        println!(
+            "  ratio krbottle / docker: {:.3}x (target <= {})",
+            r.ratio, r.target_ratio
+        );
+        println!(
+            "  Meaning: krbottle's work before the hypervisor takes over costs {:.1}% of a whole \
          `docker run … true`. The guest's boot is NOT included (docker's time includes its \
          container's start and `true`).",
-        r.ratio * 100.0
-    );
-    println!("  After krun_start_enter here: {}", r.vmm_outcome);
+            r.ratio * 100.0
+        );
+        println!("  After krun_start_enter here: {}", r.vmm_outcome);
+    }
 }

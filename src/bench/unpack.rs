@@ -18,13 +18,23 @@ use indicatif::ProgressBar;
 use serde::Serialize;
 
 use super::median;
-use crate::cli::BenchUnpackArgs;
 use crate::docker::Engine;
-use crate::exit;
-use crate::image::cache::{Cache, CacheKey, remove_tree};
+use crate::image::cache::{Cache, CacheKey};
 use crate::image::clone::copy_tree;
-use crate::image::unpack::{Ownership, UnpackOptions, unpack_save};
-use crate::output::{Reporter, print_json};
+use crate::image::tree::remove_tree;
+use crate::image::{Ownership, UnpackOptions, unpack_save};
+use crate::output::Reporter;
+
+/// What to measure.
+#[derive(Clone, Debug)]
+pub struct UnpackBench {
+    /// An image reference in the local engine.
+    pub image: String,
+    /// Timed runs per contender (the median is reported).
+    pub runs: usize,
+    /// Where scratch trees go (default: the temp dir).
+    pub scratch: Option<PathBuf>,
+}
 
 #[derive(Debug, Serialize)]
 struct Timing {
@@ -35,7 +45,7 @@ struct Timing {
 }
 
 #[derive(Debug, Serialize)]
-struct UnpackReport {
+pub struct UnpackReport {
     image: String,
     layers: usize,
     layer_bytes: u64,
@@ -50,6 +60,7 @@ struct UnpackReport {
     cache_hit_micros: f64,
 }
 
+/// Times `f` on a fresh destination `runs` times (each removed afterwards); the median.
 fn time_runs(
     runs: usize,
     scratch: &Path,
@@ -66,44 +77,161 @@ fn time_runs(
     Ok(median(times))
 }
 
-pub(super) fn unpack(args: BenchUnpackArgs, reporter: &Reporter) -> anyhow::Result<u8> {
-    if args.runs == 0 {
+/// Runs the bench. The timed work is blocking and runs on a blocking thread; the export
+/// contender's containers are created and removed through the engine around it.
+pub async fn run(opts: &UnpackBench, reporter: &Reporter) -> anyhow::Result<UnpackReport> {
+    if opts.runs == 0 {
         bail!("--runs must be at least 1");
     }
-    let engine = Engine::connect()?;
-    let info = engine.inspect(&args.image)?;
+    let engine = Engine::connect().await?;
+    let info = engine.inspect(&opts.image).await?;
     let work = tempfile::Builder::new()
         .prefix("krbottle-bench-")
-        .tempdir_in(args.scratch.as_deref().unwrap_or(&std::env::temp_dir()))
+        .tempdir_in(opts.scratch.as_deref().unwrap_or(&std::env::temp_dir()))
         .context("cannot create the scratch dir (pick another with --scratch)")?;
     let save_path = work.path().join("save.tar");
-    reporter.status(format!("saving {} (not timed)", args.image));
-    io::copy(
-        &mut engine.save(&args.image),
-        &mut File::create(&save_path)?,
-    )?;
+    reporter.status(format!("saving {} (not timed)", opts.image));
+    let (e, image, path) = (engine.clone(), opts.image.clone(), save_path.clone());
+    tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+        io::copy(&mut e.save(&image), &mut File::create(&path)?)?;
+        Ok(())
+    })
+    .await??;
     let layer_files = extract_layer_files(&save_path, &work.path().join("layers"))?;
-
-    let ownership = Ownership::Root;
-    let opts = UnpackOptions {
-        ownership,
-        ..Default::default()
-    };
     let scratch = work.path().join("out");
     std::fs::create_dir(&scratch)?;
-    let mut layer_bytes = 0;
+    let runs = opts.runs;
 
+    // The export path's containers, one per run, created before timing starts would not be
+    // fair (creation is part of the path): each run creates its own, inside the timed closure,
+    // through the runtime handle of this blocking thread's runtime.
+    let handle = tokio::runtime::Handle::current();
+    let (s, e, image) = (scratch.clone(), engine.clone(), opts.image.clone());
+    let reporter2 = reporter.clone();
+    let timed = tokio::task::spawn_blocking(move || {
+        time_all(
+            &save_path,
+            &layer_files,
+            &s,
+            runs,
+            &e,
+            &image,
+            &handle,
+            &reporter2,
+        )
+    })
+    .await??;
+
+    // Cache hit: fill a private cache once, then time lookups.
+    let cache = Cache::at(work.path().join("cache"));
+    let key =
+        CacheKey::new(&info.id, Ownership::Root).context("image ID is not a sha256 digest")?;
+    let opts_unpack = UnpackOptions::default();
+    let save = work.path().join("save.tar");
+    let (entry, _) = cache.get_or_fill(&key, |dest| {
+        unpack_save(
+            File::open(&save)?,
+            dest,
+            &opts_unpack,
+            &ProgressBar::hidden(),
+        )
+        .map(|s| (info.tags.clone(), s))
+        .map_err(io::Error::other)
+    })?;
+    let hits: Vec<Duration> = (0..101)
+        .map(|_| {
+            let t = Instant::now();
+            let found = cache.get_or_fill(&key, |_| -> Result<_, io::Error> {
+                unreachable!("the entry exists")
+            });
+            let d = t.elapsed();
+            found.map(|_| d)
+        })
+        .collect::<Result<_, _>>()?;
+    let hit = median(hits);
+
+    reporter.status("timing a bottle's private copy against cp -a");
+    let copy = time_runs(runs, &scratch, |dest| {
+        copy_tree(&entry.rootfs, dest, &ProgressBar::hidden())?;
+        Ok(())
+    })?;
+    let cp = time_runs(runs, &scratch, |dest| {
+        let status = Command::new("cp")
+            .arg("-a")
+            .arg(&entry.rootfs)
+            .arg(dest)
+            .status()?;
+        if !status.success() {
+            bail!("cp -a failed");
+        }
+        Ok(())
+    })?;
+
+    let Timed {
+        ours,
+        gnu,
+        export,
+        layer_bytes,
+        layers,
+    } = timed;
+    let mbps = |d: Duration| layer_bytes as f64 / d.as_secs_f64() / 1e6;
+    let timing = |name, d: Duration| Timing {
+        name,
+        seconds: d.as_secs_f64(),
+        mb_per_s: mbps(d),
+    };
+    Ok(UnpackReport {
+        image: opts.image.clone(),
+        layers,
+        layer_bytes,
+        runs,
+        timings: vec![
+            timing("krbottle unpack (verify + whiteouts + merge)", ours),
+            timing("GNU tar -x of the layers", gnu),
+            timing("docker create + export + tar -x", export),
+            timing("bottle copy (copy_tree)", copy),
+            timing("cp -a", cp),
+        ],
+        ratio_vs_gnu_tar: gnu.as_secs_f64() / ours.as_secs_f64(),
+        ratio_vs_export: export.as_secs_f64() / ours.as_secs_f64(),
+        copy_ratio_vs_cp: copy.as_secs_f64() / cp.as_secs_f64(),
+        cache_hit_micros: hit.as_secs_f64() * 1e6,
+    })
+}
+
+/// The three unpack contenders' medians.
+struct Timed {
+    ours: Duration,
+    gnu: Duration,
+    export: Duration,
+    layer_bytes: u64,
+    layers: usize,
+}
+
+#[allow(clippy::too_many_arguments)]
+fn time_all(
+    save_path: &Path,
+    layer_files: &[PathBuf],
+    scratch: &Path,
+    runs: usize,
+    engine: &Engine,
+    image: &str,
+    handle: &tokio::runtime::Handle,
+    reporter: &Reporter,
+) -> anyhow::Result<Timed> {
+    let opts = UnpackOptions::default();
+    let mut layer_bytes = 0;
     reporter.status("timing krbottle unpack");
-    let ours = time_runs(args.runs, &scratch, |dest| {
-        let summary = unpack_save(File::open(&save_path)?, dest, &opts, &ProgressBar::hidden())?;
+    let ours = time_runs(runs, scratch, |dest| {
+        let summary = unpack_save(File::open(save_path)?, dest, &opts, &ProgressBar::hidden())?;
         layer_bytes = summary.bytes;
         Ok(())
     })?;
 
     reporter.status("timing GNU tar -x of the layer files");
-    let gnu = time_runs(args.runs, &scratch, |dest| {
+    let gnu = time_runs(runs, scratch, |dest| {
         std::fs::create_dir(dest)?;
-        for layer in &layer_files {
+        for layer in layer_files {
             let status = Command::new("tar")
                 .args(["-x", "--numeric-owner", "-p", "-f"])
                 .arg(layer)
@@ -120,7 +248,7 @@ pub(super) fn unpack(args: BenchUnpackArgs, reporter: &Reporter) -> anyhow::Resu
     })?;
 
     reporter.status("timing docker create + export + tar -x");
-    let export = time_runs(args.runs, &scratch, |dest| {
+    let export = time_runs(runs, scratch, |dest| {
         std::fs::create_dir(dest)?;
         let mut tar = Command::new("tar")
             .args(["-x", "--numeric-owner", "-p", "-C"])
@@ -130,107 +258,38 @@ pub(super) fn unpack(args: BenchUnpackArgs, reporter: &Reporter) -> anyhow::Resu
             .spawn()
             .context("cannot run GNU tar")?;
         let mut stdin = tar.stdin.take().context("tar stdin")?;
-        let mut reader = engine.export_filesystem(&args.image)?;
+        // This is a blocking thread of the runtime, not a task: waiting on the engine here is
+        // what the user's `docker create` waits for too.
+        let mut export = handle.block_on(engine.export_filesystem(image))?;
+        let mut reader = export.take_reader().context("the export stream")?;
         io::copy(&mut reader, &mut stdin)?;
         drop(stdin);
         drop(reader);
+        handle.block_on(export.remove());
         if !tar.wait()?.success() {
             bail!("tar -x of the export failed");
         }
         Ok(())
     })?;
-
-    // Cache hit: fill a private cache once, then time lookups.
-    let cache = Cache::at(work.path().join("cache"));
-    let key = CacheKey::new(&info.id, "root").context("image ID is not a sha256 digest")?;
-    let (entry, _) = cache.get_or_fill(&key, |dest| {
-        unpack_save(File::open(&save_path)?, dest, &opts, &ProgressBar::hidden())
-            .map(|s| {
-                (
-                    info.tags.clone(),
-                    serde_json::to_value(s).unwrap_or_default(),
-                )
-            })
-            .map_err(io::Error::other)
-    })?;
-    let hits: Vec<Duration> = (0..101)
-        .map(|_| {
-            let t = Instant::now();
-            let found = cache.get_or_fill(&key, |_| -> Result<_, io::Error> {
-                unreachable!("the entry exists")
-            });
-            let d = t.elapsed();
-            found.map(|_| d)
-        })
-        .collect::<Result<_, _>>()?;
-    let hit = median(hits);
-
-    reporter.status("timing a bottle's private copy against cp -a");
-    let copy = time_runs(args.runs, &scratch, |dest| {
-        copy_tree(&entry.rootfs, dest, &ProgressBar::hidden())?;
-        Ok(())
-    })?;
-    let cp = time_runs(args.runs, &scratch, |dest| {
-        let status = Command::new("cp")
-            .arg("-a")
-            .arg(&entry.rootfs)
-            .arg(dest)
-            .status()?;
-        if !status.success() {
-            bail!("cp -a failed");
-        }
-        Ok(())
-    })?;
-
-    let mbps = |d: Duration| layer_bytes as f64 / d.as_secs_f64() / 1e6;
-    let report = UnpackReport {
-        image: args.image.clone(),
-        layers: layer_files.len(),
+    Ok(Timed {
+        ours,
+        gnu,
+        export,
         layer_bytes,
-        runs: args.runs,
-        timings: vec![
-            Timing {
-                name: "krbottle unpack (verify + whiteouts + merge)",
-                seconds: ours.as_secs_f64(),
-                mb_per_s: mbps(ours),
-            },
-            Timing {
-                name: "GNU tar -x of the layers",
-                seconds: gnu.as_secs_f64(),
-                mb_per_s: mbps(gnu),
-            },
-            Timing {
-                name: "docker create + export + tar -x",
-                seconds: export.as_secs_f64(),
-                mb_per_s: mbps(export),
-            },
-            Timing {
-                name: "bottle copy (copy_tree)",
-                seconds: copy.as_secs_f64(),
-                mb_per_s: mbps(copy),
-            },
-            Timing {
-                name: "cp -a",
-                seconds: cp.as_secs_f64(),
-                mb_per_s: mbps(cp),
-            },
-        ],
-        ratio_vs_gnu_tar: gnu.as_secs_f64() / ours.as_secs_f64(),
-        ratio_vs_export: export.as_secs_f64() / ours.as_secs_f64(),
-        copy_ratio_vs_cp: copy.as_secs_f64() / cp.as_secs_f64(),
-        cache_hit_micros: hit.as_secs_f64() * 1e6,
-    };
-    if args.json {
-        print_json(&report)?;
-    } else {
+        layers: layer_files.len(),
+    })
+}
+
+impl UnpackReport {
+    pub fn print(&self) {
         println!(
             "bench unpack {} ({} layers, {:.1} MB uncompressed, median of {} runs)",
-            report.image,
-            report.layers,
-            layer_bytes as f64 / 1e6,
-            report.runs
+            self.image,
+            self.layers,
+            self.layer_bytes as f64 / 1e6,
+            self.runs
         );
-        for t in &report.timings {
+        for t in &self.timings {
             println!(
                 "  {:<46} {:>8.3} s {:>8.1} MB/s",
                 t.name, t.seconds, t.mb_per_s
@@ -238,22 +297,21 @@ pub(super) fn unpack(args: BenchUnpackArgs, reporter: &Reporter) -> anyhow::Resu
         }
         println!(
             "  throughput vs GNU tar -x:        {:.2}x (target >= 1.0)",
-            report.ratio_vs_gnu_tar
+            self.ratio_vs_gnu_tar
         );
         println!(
             "  throughput vs export + tar -x:   {:.2}x (target >= 2.0)",
-            report.ratio_vs_export
+            self.ratio_vs_export
         );
         println!(
             "  bottle copy time vs cp -a:       {:.2}x",
-            report.copy_ratio_vs_cp
+            self.copy_ratio_vs_cp
         );
         println!(
             "  cache hit:                       {:.0} µs",
-            report.cache_hit_micros
+            self.cache_hit_micros
         );
     }
-    Ok(exit::OK)
 }
 
 /// Writes each layer blob of a saved image to its own file, in stack order, using the

@@ -27,12 +27,15 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::bundle::layout::{
-    CA_CERT_FILE, CA_KEY_FILE, CONFIG_DIR, Daemon, GATEWAY_CONFIG_FILE, LABEL_BOTTLE,
-    LABEL_OWNER_PID, LABEL_ROLE, LABEL_STATE_DIR, ROLE_BUNDLE, container_name, network_name,
+    LABEL_BOTTLE, LABEL_OWNER_PID, LABEL_ROLE, LABEL_STATE_DIR, ROLE_BUNDLE, container_name,
+    network_name,
 };
-use crate::ca::{BottleCa, CaError, write_atomic};
-use crate::daemon::gateway::config::GatewayConfig;
+use crate::ca::{BottleCa, CaError};
+use crate::daemon::{CA_CERT_FILE, CA_KEY_FILE, CONFIG_DIR, DaemonError, DaemonSpec};
+use crate::docker::{Engine, is_not_found};
 use crate::manifest::Bottle;
+use crate::state::{StateError, StateRoot};
+use crate::sys::fs::write_atomic;
 
 /// How long the daemons get to answer after the container started.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -41,9 +44,17 @@ const READY_PROBE_EVERY: Duration = Duration::from_millis(25);
 const UP_RECORD_FILE: &str = "up.json";
 
 #[derive(Debug, thiserror::Error)]
-pub enum BundleError {
-    #[error("cannot reach the Docker engine; start it or set DOCKER_HOST")]
-    Connect(#[source] bollard::errors::Error),
+pub enum ContainerError {
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error(transparent)]
+    DaemonConfig(#[from] DaemonError),
+    #[error("Cannot read the bottle's upstream_ca_file {}; fix the path in the manifest", path.display())]
+    ReadUpstreamCa {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error(
         "route {host} of bottle {bottle}: the environment variable {env} is not set; export the token under that name"
     )]
@@ -64,11 +75,12 @@ pub enum BundleError {
         #[source]
         source: CaError,
     },
-    #[error("cannot write the gateway config of bottle {bottle}")]
+    #[error("cannot write {} for bottle {bottle}", path.display())]
     WriteConfig {
         bottle: String,
+        path: PathBuf,
         #[source]
-        source: CaError,
+        source: std::io::Error,
     },
     #[error(
         "the bundle of bottle {bottle} is already up; run `krbottle bundle down {bottle}` first"
@@ -128,7 +140,13 @@ pub enum BundleError {
     WriteRecord {
         path: PathBuf,
         #[source]
-        source: CaError,
+        source: std::io::Error,
+    },
+    #[error("cannot encode the up record of bottle {bottle}")]
+    EncodeRecord {
+        bottle: String,
+        #[source]
+        source: serde_json::Error,
     },
     #[error("cannot read the logs of bottle {bottle}")]
     Logs {
@@ -159,23 +177,44 @@ pub struct Removed {
     pub images: Vec<String>,
 }
 
-/// Connects to the engine and negotiates the API version (Docker 20.10 speaks 1.41).
-pub async fn connect() -> Result<Docker, BundleError> {
-    Docker::connect_with_defaults()
-        .map_err(BundleError::Connect)?
-        .negotiate_version()
-        .await
-        .map_err(BundleError::Connect)
+/// What to start for a bottle: its bundle image, its daemons with their config files, and any
+/// extra files for the config dir (e.g. an upstream CA a test or an operator adds).
+#[derive(Clone, Debug)]
+pub struct BundleRequest<'a> {
+    pub bottle: &'a Bottle,
+    pub image: String,
+    /// The daemons to run and each one's config file contents.
+    pub daemons: Vec<(&'static DaemonSpec, Vec<u8>)>,
+    /// Extra `(file name, contents)` in the config dir.
+    pub files: Vec<(String, Vec<u8>)>,
+    /// Extra `(variable, value)` secrets in the container's environment, besides the routes'
+    /// tokens (tests use it with their own gateway config).
+    pub extra_secrets: Vec<(String, String)>,
 }
 
-/// The root of krbottle's per-bottle state (see `state`).
-pub fn state_root() -> PathBuf {
-    crate::state::StateRoot::open_default().path().to_path_buf()
-}
-
-/// The host directory with a bottle's bundle files (config, CA, up record).
-pub fn bundle_dir(state_root: &Path, bottle: &str) -> PathBuf {
-    state_root.join("bottles").join(bottle).join("bundle")
+impl<'a> BundleRequest<'a> {
+    /// The bottle's daemons (`daemon::enabled_for`), each with the config its table line makes.
+    pub fn for_bottle(bottle: &'a Bottle, image: &str) -> Result<Self, ContainerError> {
+        let daemons = crate::daemon::enabled_for(bottle)
+            .into_iter()
+            .map(|d| Ok((d, (d.config)(bottle)?)))
+            .collect::<Result<Vec<_>, DaemonError>>()?;
+        let mut files = Vec::new();
+        if let Some(path) = &bottle.upstream_ca_file {
+            let pem = std::fs::read(path).map_err(|source| ContainerError::ReadUpstreamCa {
+                path: path.clone(),
+                source,
+            })?;
+            files.push((crate::daemon::UPSTREAM_CA_FILE.to_string(), pem));
+        }
+        Ok(BundleRequest {
+            bottle,
+            image: image.to_string(),
+            daemons,
+            files,
+            extra_secrets: Vec::new(),
+        })
+    }
 }
 
 fn labels(state_root: &Path, bottle: &str) -> HashMap<String, String> {
@@ -202,56 +241,55 @@ fn filters(state_root: &Path, bottle: Option<&str>) -> HashMap<String, Vec<Strin
     HashMap::from([("label".to_string(), label)])
 }
 
-/// Starts the bundle of `bottle` from `image` with the gateway config `gateway` (usually
-/// [`GatewayConfig::for_bottle`]) and waits until its daemons answer. `env` reads the host
-/// environment (the route tokens). Files put in [`bundle_dir`] beforehand are visible to the
-/// daemons under [`CONFIG_DIR`].
+/// Starts the bundle `request` describes and waits until its daemons answer. `env` reads the
+/// host environment (the route tokens). The daemons' config files and the bottle's CA go in the
+/// bottle's bundle directory, visible to them under [`CONFIG_DIR`].
 pub async fn up(
-    docker: &Docker,
-    bottle: &Bottle,
-    gateway: &GatewayConfig,
-    image: &str,
-    state_root: &Path,
+    engine: &Engine,
+    request: &BundleRequest<'_>,
+    state: &StateRoot,
     env: impl Fn(&str) -> Option<String>,
-) -> Result<BundleRecord, BundleError> {
+) -> Result<BundleRecord, ContainerError> {
+    let docker = engine.client();
+    let bottle = request.bottle;
     let name = &bottle.name;
     let mut secrets = Vec::new();
-    for route in &gateway.routes {
-        let token = env(&route.token_env).ok_or_else(|| BundleError::ReadToken {
+    for route in &bottle.routes {
+        let token = env(&route.token_env).ok_or_else(|| ContainerError::ReadToken {
             bottle: name.clone(),
             host: route.host.clone(),
             env: route.token_env.clone(),
         })?;
         secrets.push(format!("{}={token}", route.token_env));
     }
-    let dir = bundle_dir(state_root, name);
+    for (var, token) in &request.extra_secrets {
+        secrets.push(format!("{var}={token}"));
+    }
+    let dir = state.bottle(name)?.bundle_dir();
     create_private_dir(&dir)?;
-    let (cert, key) = (dir.join(CA_CERT_FILE), dir.join(CA_KEY_FILE));
-    if !(cert.exists() && key.exists()) {
-        let ca = BottleCa::generate(name).map_err(|source| BundleError::Ca {
+    ensure_ca(&dir, name)?;
+    let files = request
+        .daemons
+        .iter()
+        .map(|(d, config)| (d.config_file.to_string(), config))
+        .chain(request.files.iter().map(|(n, c)| (n.clone(), c)));
+    for (file, contents) in files {
+        let path = dir.join(&file);
+        write_atomic(&path, contents, 0o644).map_err(|source| ContainerError::WriteConfig {
             bottle: name.clone(),
-            source,
-        })?;
-        ca.write(&cert, &key).map_err(|source| BundleError::Ca {
-            bottle: name.clone(),
+            path: path.clone(),
             source,
         })?;
     }
-    let config_path = dir.join(GATEWAY_CONFIG_FILE);
-    let json = serde_json::to_vec_pretty(gateway).unwrap_or_default();
-    write_atomic(&config_path, &json, 0o644).map_err(|source| BundleError::WriteConfig {
-        bottle: name.clone(),
-        source,
-    })?;
 
     let container = container_name(name);
     if docker.inspect_container(&container, None).await.is_ok() {
-        return Err(BundleError::AlreadyUp {
+        return Err(ContainerError::AlreadyUp {
             bottle: name.clone(),
         });
     }
     let network = network_name(name);
-    let labels = labels(state_root, name);
+    let labels = labels(state.path(), name);
     let created = docker
         .create_network(NetworkCreateRequest {
             name: network.clone(),
@@ -261,83 +299,128 @@ pub async fn up(
         })
         .await;
     if let Err(source) = created {
-        return Err(BundleError::CreateNetwork {
+        return Err(ContainerError::CreateNetwork {
             name: network,
             source,
         });
     }
-    let result = create_and_wait(
-        docker, bottle, image, &dir, &container, &network, labels, secrets,
-    )
-    .await;
-    match result {
-        Ok(record) => {
-            let path = dir.join(UP_RECORD_FILE);
-            let json = serde_json::to_vec_pretty(&record).unwrap_or_default();
-            if let Err(source) = write_atomic(&path, &json, 0o644) {
-                let _ = remove_all(docker, state_root, name).await;
-                return Err(BundleError::WriteRecord { path, source });
-            }
-            Ok(record)
+    let daemons: Vec<_> = request.daemons.iter().map(|(d, _)| *d).collect();
+    let spec = ContainerSpec {
+        bottle: name,
+        image: &request.image,
+        dir: &dir,
+        container: &container,
+        network: &network,
+        daemons: &daemons,
+    };
+    let result = create_and_wait(docker, &spec, labels, secrets).await;
+    let removed_on_error = |e| async {
+        // Nothing half-done: what this call created goes away with the error.
+        let _ = remove_all(docker, state.path(), name).await;
+        Err(e)
+    };
+    let record = match result {
+        Ok(record) => record,
+        Err(e) => return removed_on_error(e).await,
+    };
+    let path = dir.join(UP_RECORD_FILE);
+    let json = match serde_json::to_vec_pretty(&record) {
+        Ok(json) => json,
+        Err(source) => {
+            let e = ContainerError::EncodeRecord {
+                bottle: name.clone(),
+                source,
+            };
+            return removed_on_error(e).await;
         }
-        Err(e) => {
-            // Nothing half-done: what this call created goes away with the error.
-            let _ = remove_all(docker, state_root, name).await;
-            Err(e)
-        }
+    };
+    if let Err(source) = write_atomic(&path, &json, 0o644) {
+        return removed_on_error(ContainerError::WriteRecord { path, source }).await;
     }
+    Ok(record)
 }
 
-fn create_private_dir(dir: &Path) -> Result<(), BundleError> {
+/// The bottle's CA in its bundle dir: made once, kept for the bottle's life (the guest trusts
+/// it from its provisioned trust store).
+fn ensure_ca(dir: &Path, bottle: &str) -> Result<(), ContainerError> {
+    let (cert, key) = (dir.join(CA_CERT_FILE), dir.join(CA_KEY_FILE));
+    if cert.exists() && key.exists() {
+        return Ok(());
+    }
+    let ca_err = |source| ContainerError::Ca {
+        bottle: bottle.to_string(),
+        source,
+    };
+    BottleCa::generate(bottle)
+        .map_err(ca_err)?
+        .write(&cert, &key)
+        .map_err(ca_err)
+}
+
+fn create_private_dir(dir: &Path) -> Result<(), ContainerError> {
     use std::os::unix::fs::DirBuilderExt;
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
         .create(dir)
-        .map_err(|source| BundleError::CreateDir {
+        .map_err(|source| ContainerError::CreateDir {
             path: dir.to_path_buf(),
             source,
         })
 }
 
-#[allow(clippy::too_many_arguments)]
+/// The container to create for one bundle.
+struct ContainerSpec<'a> {
+    bottle: &'a str,
+    image: &'a str,
+    dir: &'a Path,
+    container: &'a str,
+    network: &'a str,
+    daemons: &'a [&'static DaemonSpec],
+}
+
 async fn create_and_wait(
     docker: &Docker,
-    bottle: &Bottle,
-    image: &str,
-    dir: &Path,
-    container: &str,
-    network: &str,
+    spec: &ContainerSpec<'_>,
     labels: HashMap<String, String>,
     secrets: Vec<String>,
-) -> Result<BundleRecord, BundleError> {
-    let daemons = [Daemon::Gateway];
-    let port_bindings = daemons
+) -> Result<BundleRecord, ContainerError> {
+    let port_bindings = spec
+        .daemons
         .iter()
         .map(|d| {
             let binding = PortBinding {
                 host_ip: Some("127.0.0.1".into()),
                 host_port: Some(String::new()),
             };
-            (format!("{}/tcp", d.port()), Some(vec![binding]))
+            (format!("{}/tcp", d.port), Some(vec![binding]))
         })
         .collect();
-    let daemon_list = daemons.map(Daemon::name).join(",");
+    let daemon_list = spec
+        .daemons
+        .iter()
+        .map(|d| d.name)
+        .collect::<Vec<_>>()
+        .join(",");
+    let container = spec.container;
     let body = ContainerCreateBody {
-        image: Some(image.to_string()),
+        image: Some(spec.image.to_string()),
         cmd: Some(vec!["--daemons".into(), daemon_list]),
         env: Some(secrets),
         labels: Some(labels),
         exposed_ports: Some(
-            daemons
+            spec.daemons
                 .iter()
-                .map(|d| format!("{}/tcp", d.port()))
+                .map(|d| format!("{}/tcp", d.port))
                 .collect(),
         ),
         host_config: Some(HostConfig {
-            binds: Some(vec![format!("{}:{CONFIG_DIR}:ro", dir.to_string_lossy())]),
+            binds: Some(vec![format!(
+                "{}:{CONFIG_DIR}:ro",
+                spec.dir.to_string_lossy()
+            )]),
             port_bindings: Some(port_bindings),
-            network_mode: Some(network.to_string()),
+            network_mode: Some(spec.network.to_string()),
             init: Some(true),
             cap_drop: Some(vec!["ALL".into()]),
             security_opt: Some(vec!["no-new-privileges".into()]),
@@ -352,21 +435,21 @@ async fn create_and_wait(
     let created = docker
         .create_container(Some(options), body)
         .await
-        .map_err(|source| BundleError::CreateContainer {
+        .map_err(|source| ContainerError::CreateContainer {
             name: container.to_string(),
             source,
         })?;
     docker
         .start_container(container, None)
         .await
-        .map_err(|source| BundleError::StartContainer {
+        .map_err(|source| ContainerError::StartContainer {
             name: container.to_string(),
             source,
         })?;
     let inspect = docker
         .inspect_container(container, None)
         .await
-        .map_err(|source| BundleError::InspectContainer {
+        .map_err(|source| ContainerError::InspectContainer {
             name: container.to_string(),
             source,
         })?;
@@ -375,29 +458,29 @@ async fn create_and_wait(
         .and_then(|n| n.ports)
         .unwrap_or_default();
     let mut endpoints = BTreeMap::new();
-    for d in daemons {
+    for d in spec.daemons {
         let addr = ports
-            .get(&format!("{}/tcp", d.port()))
+            .get(&format!("{}/tcp", d.port))
             .and_then(|b| b.as_ref())
             .and_then(|b| b.first())
             .and_then(|b| b.host_port.as_deref())
             .and_then(|p| p.parse::<u16>().ok())
             .map(|p| SocketAddr::from(([127, 0, 0, 1], p)))
-            .ok_or(BundleError::FindPort {
+            .ok_or(ContainerError::FindPort {
                 name: container.to_string(),
-                daemon: d.name(),
+                daemon: d.name,
             })?;
-        endpoints.insert(d.name().to_string(), addr);
+        endpoints.insert(d.name.to_string(), addr);
     }
-    for d in daemons {
-        wait_ready(docker, &bottle.name, container, d, endpoints[d.name()]).await?;
+    for d in spec.daemons {
+        wait_ready(docker, spec.bottle, container, d, endpoints[d.name]).await?;
     }
     Ok(BundleRecord {
-        bottle: bottle.name.clone(),
+        bottle: spec.bottle.to_string(),
         container_id: created.id,
         container: container.to_string(),
-        network: network.to_string(),
-        image: image.to_string(),
+        network: spec.network.to_string(),
+        image: spec.image.to_string(),
         endpoints,
     })
 }
@@ -408,9 +491,9 @@ async fn wait_ready(
     docker: &Docker,
     bottle: &str,
     container: &str,
-    daemon: Daemon,
+    daemon: &DaemonSpec,
     addr: SocketAddr,
-) -> Result<(), BundleError> {
+) -> Result<(), ContainerError> {
     let deadline = tokio::time::Instant::now() + READY_TIMEOUT;
     let mut probes = 0u32;
     while tokio::time::Instant::now() < deadline {
@@ -428,16 +511,16 @@ async fn wait_ready(
                 .and_then(|s| s.running)
                 .unwrap_or(false);
             if !running {
-                return Err(BundleError::Exited {
+                return Err(ContainerError::Exited {
                     bottle: bottle.to_string(),
                 });
             }
         }
         tokio::time::sleep(READY_PROBE_EVERY).await;
     }
-    Err(BundleError::WaitReady {
+    Err(ContainerError::WaitReady {
         bottle: bottle.to_string(),
-        daemon: daemon.name(),
+        daemon: daemon.name,
         addr,
     })
 }
@@ -462,12 +545,17 @@ pub async fn health_ok(addr: SocketAddr) -> bool {
 
 /// Removes the bundle of `bottle` (container, then network) and its up record.
 pub async fn down(
-    docker: &Docker,
-    state_root: &Path,
+    engine: &Engine,
+    state: &StateRoot,
     bottle: &str,
-) -> Result<Removed, BundleError> {
-    let removed = remove_all(docker, state_root, bottle).await?;
-    let _ = std::fs::remove_file(bundle_dir(state_root, bottle).join(UP_RECORD_FILE));
+) -> Result<Removed, ContainerError> {
+    let removed = remove_all(engine.client(), state.path(), bottle).await?;
+    let record = state.bottle(bottle)?.bundle_dir().join(UP_RECORD_FILE);
+    match std::fs::remove_file(&record) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => tracing::warn!("could not remove {}: {e}", record.display()),
+    }
     Ok(removed)
 }
 
@@ -475,9 +563,9 @@ async fn remove_all(
     docker: &Docker,
     state_root: &Path,
     bottle: &str,
-) -> Result<Removed, BundleError> {
+) -> Result<Removed, ContainerError> {
     let mut removed = Removed::default();
-    let list_err = |source| BundleError::List {
+    let list_err = |source| ContainerError::List {
         bottle: bottle.to_string(),
         source,
     };
@@ -508,7 +596,7 @@ async fn remove_all(
     Ok(removed)
 }
 
-async fn remove_container(docker: &Docker, id: &str) -> Result<(), BundleError> {
+async fn remove_container(docker: &Docker, id: &str) -> Result<(), ContainerError> {
     let options = RemoveContainerOptions {
         force: true,
         v: true,
@@ -517,23 +605,19 @@ async fn remove_container(docker: &Docker, id: &str) -> Result<(), BundleError> 
     match docker.remove_container(id, Some(options)).await {
         Ok(()) => Ok(()),
         // Already gone (a concurrent down, or auto-removal): the goal is reached.
-        Err(bollard::errors::Error::DockerResponseServerError {
-            status_code: 404, ..
-        }) => Ok(()),
-        Err(source) => Err(BundleError::Remove {
+        Err(e) if is_not_found(&e) => Ok(()),
+        Err(source) => Err(ContainerError::Remove {
             what: format!("container {id}"),
             source,
         }),
     }
 }
 
-async fn remove_network(docker: &Docker, id: &str) -> Result<(), BundleError> {
+async fn remove_network(docker: &Docker, id: &str) -> Result<(), ContainerError> {
     match docker.remove_network(id).await {
         Ok(()) => Ok(()),
-        Err(bollard::errors::Error::DockerResponseServerError {
-            status_code: 404, ..
-        }) => Ok(()),
-        Err(source) => Err(BundleError::Remove {
+        Err(e) if is_not_found(&e) => Ok(()),
+        Err(source) => Err(ContainerError::Remove {
             what: format!("network {id}"),
             source,
         }),
@@ -556,16 +640,18 @@ fn owner_alive(labels: Option<&HashMap<String, String>>) -> bool {
     }
 }
 
-fn read_record(state_root: &Path, bottle: &str) -> Option<BundleRecord> {
-    let text = std::fs::read(bundle_dir(state_root, bottle).join(UP_RECORD_FILE)).ok()?;
+fn read_record(state: &StateRoot, bottle: &str) -> Option<BundleRecord> {
+    let dir = state.bottle(bottle).ok()?.bundle_dir();
+    let text = std::fs::read(dir.join(UP_RECORD_FILE)).ok()?;
     serde_json::from_slice(&text).ok()
 }
 
 /// Removes this state root's bundle objects that no up record accounts for and whose creator
 /// is gone: what a crash or a kill in the middle of `up` left behind.
-pub async fn gc(docker: &Docker, state_root: &Path) -> Result<Removed, BundleError> {
+pub async fn gc(engine: &Engine, state: &StateRoot) -> Result<Removed, ContainerError> {
+    let (docker, state_root) = (engine.client(), state.path());
     let mut removed = Removed::default();
-    let list_err = |source| BundleError::List {
+    let list_err = |source| ContainerError::List {
         bottle: "*".to_string(),
         source,
     };
@@ -586,7 +672,7 @@ pub async fn gc(docker: &Docker, state_root: &Path) -> Result<Removed, BundleErr
             .and_then(|l| l.get(LABEL_BOTTLE))
             .cloned()
             .unwrap_or_default();
-        let recorded = read_record(state_root, &bottle).is_some_and(|r| r.container_id == id);
+        let recorded = read_record(state, &bottle).is_some_and(|r| r.container_id == id);
         if recorded || owner_alive(c.labels.as_ref()) {
             kept_bottles.push(bottle);
             continue;
@@ -619,12 +705,13 @@ pub async fn gc(docker: &Docker, state_root: &Path) -> Result<Removed, BundleErr
 
 /// The bundle's log stream (stdout and stderr of its daemons and init).
 pub fn logs<'a>(
-    docker: &'a Docker,
+    engine: &'a Engine,
     bottle: &str,
     follow: bool,
-) -> impl Stream<Item = Result<bollard::container::LogOutput, BundleError>> + 'a {
+) -> impl Stream<Item = Result<bollard::container::LogOutput, ContainerError>> + 'a {
     let bottle_name = bottle.to_string();
-    docker
+    engine
+        .client()
         .logs(
             &container_name(bottle),
             Some(LogsOptions {
@@ -636,7 +723,7 @@ pub fn logs<'a>(
             }),
         )
         .map(move |item| {
-            item.map_err(|source| BundleError::Logs {
+            item.map_err(|source| ContainerError::Logs {
                 bottle: bottle_name.clone(),
                 source,
             })

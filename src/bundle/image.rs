@@ -9,16 +9,16 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use bollard::Docker;
 use bollard::models::ContainerCreateBody;
 use bollard::query_parameters::{
-    BuildImageOptions, CreateContainerOptions, ListImagesOptions, LogsOptions,
-    RemoveContainerOptions, RemoveImageOptions, StartContainerOptions, WaitContainerOptions,
+    CreateContainerOptions, ListImagesOptions, LogsOptions, RemoveContainerOptions,
+    RemoveImageOptions, StartContainerOptions, WaitContainerOptions,
 };
 use futures_util::StreamExt;
 use sha2::{Digest, Sha256};
 
 use crate::bundle::layout::{BINARY, LABEL_IMAGE_INPUTS};
+use crate::docker::{BuildRequest, DockerError, Engine};
 use crate::env_vars;
 
 /// The Dockerfile, carried in the binary so an installed krbottle can build its bundle.
@@ -77,7 +77,7 @@ pub enum ImageError {
     Build {
         tag: String,
         #[source]
-        source: bollard::errors::Error,
+        source: DockerError,
     },
     #[error("building the bundle image {tag} failed: {message}{hint}")]
     BuildStep {
@@ -130,7 +130,7 @@ fn go_arch(rust_arch: &str) -> &str {
 
 /// Where the binary comes from: [`env_vars::KRBOTTLE_BUNDLE_FROM`] when set, else the host's
 /// `binary` when this is Linux on the engine's OS and architecture, else a source build.
-pub async fn choose_origin(docker: &Docker, binary: &Path) -> Result<Origin, ImageError> {
+pub async fn choose_origin(engine: &Engine, binary: &Path) -> Result<Origin, ImageError> {
     let profile = match std::env::var(env_vars::KRBOTTLE_BUNDLE_PROFILE) {
         Ok(p) if is_profile_name(&p) => p,
         Ok(value) => return Err(ImageError::BadProfile { value }),
@@ -147,7 +147,11 @@ pub async fn choose_origin(docker: &Docker, binary: &Path) -> Result<Origin, Ima
         }
         Err(_) => {}
     }
-    let engine = docker.version().await.map_err(ImageError::EngineVersion)?;
+    let engine = engine
+        .client()
+        .version()
+        .await
+        .map_err(ImageError::EngineVersion)?;
     let same_platform = cfg!(target_os = "linux")
         && engine.os.as_deref() == Some("linux")
         && engine.arch.as_deref() == Some(go_arch(std::env::consts::ARCH));
@@ -165,7 +169,7 @@ fn is_profile_name(p: &str) -> bool {
 }
 
 /// A planned build: the tag, the inputs' hash, and the build context.
-struct Plan {
+struct BuildPlan {
     tag: String,
     hash: String,
     origin: Origin,
@@ -176,7 +180,8 @@ struct Plan {
     build_cas: Vec<String>,
 }
 
-async fn plan(docker: &Docker, origin: Origin) -> Result<Plan, ImageError> {
+async fn plan(engine: &Engine, origin: Origin) -> Result<BuildPlan, ImageError> {
+    let docker = engine.client();
     let base = docker
         .inspect_image(BASE_IMAGE)
         .await
@@ -211,7 +216,7 @@ async fn plan(docker: &Docker, origin: Origin) -> Result<Plan, ImageError> {
         (Origin::Source { .. }, Some(path)) => read_build_cas(Path::new(&path))?,
         _ => Vec::new(),
     };
-    Ok(Plan {
+    Ok(BuildPlan {
         tag: format!("{IMAGE_REPO}:{}", &hash[..16]),
         hash,
         origin,
@@ -252,13 +257,14 @@ fn pem(label: &str, der: &[u8]) -> String {
 }
 
 /// The tag of the bundle image for `origin` (built or not).
-pub async fn current_tag(docker: &Docker, origin: Origin) -> Result<String, ImageError> {
-    Ok(plan(docker, origin).await?.tag)
+pub async fn current_tag(engine: &Engine, origin: Origin) -> Result<String, ImageError> {
+    Ok(plan(engine, origin).await?.tag)
 }
 
 /// Removes the bundle image tags other than `keep` whose image no container uses; returns
 /// the removed tags. Untagging by name leaves images that other repositories share.
-pub async fn prune_stale(docker: &Docker, keep: &str) -> Result<Vec<String>, ImageError> {
+pub async fn prune_stale(engine: &Engine, keep: &str) -> Result<Vec<String>, ImageError> {
+    let docker = engine.client();
     let prune = |source| ImageError::Prune { source };
     let images = docker
         .list_images(Some(ListImagesOptions {
@@ -292,8 +298,9 @@ pub async fn prune_stale(docker: &Docker, keep: &str) -> Result<Vec<String>, Ima
 
 /// Makes sure the bundle image with a binary from `origin` exists; returns its tag. A source
 /// build takes minutes the first time (`-v` shows its output); later calls find the image.
-pub async fn ensure(docker: &Docker, origin: Origin) -> Result<String, ImageError> {
-    let plan = plan(docker, origin).await?;
+pub async fn ensure(engine: &Engine, origin: Origin) -> Result<String, ImageError> {
+    let docker = engine.client();
+    let plan = plan(engine, origin).await?;
     let tag = plan.tag.clone();
     if let Ok(existing) = docker.inspect_image(&tag).await {
         let label = existing
@@ -316,41 +323,28 @@ pub async fn ensure(docker: &Docker, origin: Origin) -> Result<String, ImageErro
             ("from-source", SOURCE_BUILD_HINT)
         }
     };
-    let options = BuildImageOptions {
-        dockerfile: "Dockerfile".into(),
-        target: target.into(),
-        t: Some(tag.clone()),
-        rm: true,
-        forcerm: true,
-        labels: Some(HashMap::from([(
-            LABEL_IMAGE_INPUTS.to_string(),
-            plan.hash.clone(),
-        )])),
-        buildargs: Some(buildargs),
+    let request = BuildRequest {
+        what: format!("the bundle image {tag}"),
+        context_tar: context,
+        tag: tag.clone(),
+        target: Some(target.into()),
+        build_args: buildargs,
+        labels: HashMap::from([(LABEL_IMAGE_INPUTS.to_string(), plan.hash.clone())]),
         ..Default::default()
     };
-    let mut stream = docker.build_image(
-        options,
-        None,
-        Some(bollard::body_full(bytes::Bytes::from(context))),
-    );
-    while let Some(item) = stream.next().await {
-        let info = item.map_err(|source| ImageError::Build {
-            tag: tag.clone(),
-            source,
-        })?;
-        if let Some(detail) = info.error_detail {
-            return Err(ImageError::BuildStep {
-                tag,
-                message: detail.message.unwrap_or_default(),
-                hint,
-            });
+    let built = engine
+        .build(request, |line| {
+            tracing::debug!("bundle build: {}", line.trim_end())
+        })
+        .await;
+    match built {
+        Ok(_) => {}
+        Err(DockerError::Build { message, .. }) => {
+            return Err(ImageError::BuildStep { tag, message, hint });
         }
-        if let Some(line) = info.stream {
-            tracing::debug!("bundle build: {}", line.trim_end());
-        }
+        Err(source) => return Err(ImageError::Build { tag, source }),
     }
-    if let Err(e) = check_runs(docker, &tag).await {
+    if let Err(e) = check_runs(engine, &tag).await {
         // Not kept: a later call would take it for a good image.
         let _ = docker
             .remove_image(&tag, None::<RemoveImageOptions>, None)
@@ -363,7 +357,8 @@ pub async fn ensure(docker: &Docker, origin: Origin) -> Result<String, ImageErro
 /// Runs `krbottle --version` in a throwaway container of `tag`, so a binary that cannot run in
 /// the base (say, a host binary linked against a newer glibc) fails here, with a hint, rather
 /// than as a bundle whose daemons never answer.
-async fn check_runs(docker: &Docker, tag: &str) -> Result<(), ImageError> {
+async fn check_runs(engine: &Engine, tag: &str) -> Result<(), ImageError> {
+    let docker = engine.client();
     let fail = |output: String| ImageError::BinaryDoesNotRun {
         tag: tag.to_string(),
         output,
@@ -421,7 +416,7 @@ async fn check_runs(docker: &Docker, tag: &str) -> Result<(), ImageError> {
 
 /// The build context: the Dockerfile, `bin/` (the host binary, or empty) and `source/` (the
 /// packed source, or empty).
-fn pack_context(plan: &Plan) -> std::io::Result<Vec<u8>> {
+fn pack_context(plan: &BuildPlan) -> std::io::Result<Vec<u8>> {
     let mut tar = tar::Builder::new(Vec::new());
     let dir = |tar: &mut tar::Builder<Vec<u8>>, name: &str| {
         let mut header = tar::Header::new_gnu();
@@ -558,7 +553,7 @@ mod tests {
     #[test]
     fn context_holds_one_binary_origin() {
         let list = |origin: Origin, binary: &[u8]| {
-            let plan = Plan {
+            let plan = BuildPlan {
                 tag: String::new(),
                 hash: String::new(),
                 origin,

@@ -1,115 +1,55 @@
 //! `krbottle bundle …`: the sidecar bundle, from the host (up, down, logs, gc) and from inside
-//! its container (init, gateway).
+//! its container (init and the daemons).
 
-use std::sync::Arc;
+use clap::Parser;
 
-use anyhow::Context;
-use futures_util::StreamExt;
-use tokio::signal::unix::{SignalKind, signal};
-
-use crate::bundle::container::{self, BundleRecord, Removed};
-use crate::bundle::image;
-use crate::bundle::layout::Daemon;
-use crate::cli::{
-    BundleBottleArgs, BundleCommand, BundleGcArgs, BundleInitArgs, BundleLogsArgs, BundleUpArgs,
-    GatewayArgs,
-};
-use crate::daemon::gateway::Gateway;
-use crate::daemon::gateway::config::GatewayConfig;
-use crate::daemon::gateway::log::DecisionLog;
-use crate::daemon::gateway::resolve::SystemResolver;
-use crate::daemon::init;
+use crate::bundle::{self, BundleRecord, Removed};
+use crate::cli::{BundleCommand, DaemonArgs};
 use crate::exit;
-use crate::manifest::Manifest;
 use crate::output::{Reporter, print_json};
 
-pub fn run(cmd: BundleCommand, reporter: &Reporter) -> anyhow::Result<u8> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
-    runtime.block_on(async {
-        match cmd {
-            BundleCommand::Gateway(args) => gateway(args).await,
-            BundleCommand::Up(args) => up(args, reporter).await,
-            BundleCommand::Down(args) => down(args, reporter).await,
-            BundleCommand::Logs(args) => logs(args).await,
-            BundleCommand::Gc(args) => gc(args, reporter).await,
-            BundleCommand::Init(args) => init_daemons(args).await,
+pub async fn run(cmd: BundleCommand, reporter: &Reporter) -> anyhow::Result<u8> {
+    match cmd {
+        BundleCommand::Up(args) => {
+            let record = bundle::up(&args.manifest, &args.bottle, reporter).await?;
+            print_record(&record, args.json, reporter)?;
         }
-    })
-}
-
-/// What the gateway prints on stderr before the address it listens on.
-pub(crate) const GATEWAY_LISTENING: &str = "krbottle gateway listening on ";
-
-async fn gateway(args: GatewayArgs) -> anyhow::Result<u8> {
-    let config = GatewayConfig::load(&args.config)?;
-    let log = DecisionLog::new(&config.bottle, Box::new(std::io::stdout()));
-    let gateway = Gateway::new(
-        &config,
-        |name| std::env::var(name).ok(),
-        Arc::new(SystemResolver),
-        log,
-    )?;
-    let listener = gateway.bind().await?;
-    // Orchestration and tests read the bound address (the port may be 0 in the config).
-    eprintln!("{GATEWAY_LISTENING}{}", listener.local_addr()?);
-    let mut term = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
-    tokio::select! {
-        () = gateway.serve(listener) => {}
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
+        BundleCommand::Down(args) => {
+            let removed = bundle::down(&args.bottle).await?;
+            print_removed(&removed, args.json, reporter)?;
+        }
+        BundleCommand::Gc(args) => {
+            let removed = bundle::gc().await?;
+            print_removed(&removed, args.json, reporter)?;
+        }
+        BundleCommand::Logs(args) => {
+            bundle::logs(
+                &args.bottle,
+                args.follow,
+                std::io::stdout(),
+                std::io::stderr(),
+            )
+            .await?;
+        }
+        BundleCommand::Init(args) => {
+            crate::daemon::init::run(&args.daemons, &args.config_dir).await?;
+        }
+        BundleCommand::Daemon(argv) => {
+            let name = argv.first().map(|n| n.to_string_lossy().into_owned());
+            let daemon = name
+                .as_deref()
+                .and_then(crate::daemon::find)
+                .ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "Unknown bundle command {:?}; see `krbottle bundle --help`",
+                        name.unwrap_or_default()
+                    )
+                })?;
+            let args = DaemonArgs::try_parse_from(&argv)?;
+            (daemon.run)(args.config).await?;
+        }
     }
     Ok(exit::OK)
-}
-
-async fn up(args: BundleUpArgs, reporter: &Reporter) -> anyhow::Result<u8> {
-    let manifest = Manifest::load(&args.manifest)?;
-    let bottle = manifest.bottles.get(&args.bottle).with_context(|| {
-        format!(
-            "no bottle {:?} in {} (it has: {:?})",
-            args.bottle,
-            args.manifest.display(),
-            manifest.bottles.keys().collect::<Vec<_>>()
-        )
-    })?;
-    let docker = container::connect().await?;
-    let binary = std::env::current_exe().context("cannot find the krbottle binary")?;
-    let origin = image::choose_origin(&docker, &binary).await?;
-    let spinner = reporter.spinner(match origin {
-        image::Origin::Host(_) => "building the bundle image",
-        image::Origin::Source { .. } => {
-            "building the bundle image, compiling krbottle in it (minutes, the first time only)"
-        }
-    });
-    let tag = image::ensure(&docker, origin).await;
-    spinner.finish_and_clear();
-    let tag = tag?;
-    let gateway = GatewayConfig::for_bottle(bottle);
-    let state_root = container::state_root();
-    let mut term = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
-    let mut int = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
-    let up = container::up(&docker, bottle, &gateway, &tag, &state_root, |name| {
-        std::env::var(name).ok()
-    });
-    let record = tokio::select! {
-        record = up => record?,
-        // Interrupted mid-way: take down what was created rather than leave it to `gc`.
-        _ = term.recv() => return interrupted(&docker, &state_root, &bottle.name).await,
-        _ = int.recv() => return interrupted(&docker, &state_root, &bottle.name).await,
-    };
-    print_record(&record, args.json, reporter)?;
-    Ok(exit::OK)
-}
-
-async fn interrupted(
-    docker: &bollard::Docker,
-    state_root: &std::path::Path,
-    bottle: &str,
-) -> anyhow::Result<u8> {
-    container::down(docker, state_root, bottle).await?;
-    anyhow::bail!("interrupted; what was started for bottle {bottle} has been removed")
 }
 
 fn print_record(record: &BundleRecord, json: bool, reporter: &Reporter) -> anyhow::Result<()> {
@@ -136,52 +76,4 @@ fn print_removed(removed: &Removed, json: bool, reporter: &Reporter) -> anyhow::
         ));
     }
     Ok(())
-}
-
-async fn down(args: BundleBottleArgs, reporter: &Reporter) -> anyhow::Result<u8> {
-    let docker = container::connect().await?;
-    let removed = container::down(&docker, &container::state_root(), &args.bottle).await?;
-    print_removed(&removed, args.json, reporter)?;
-    Ok(exit::OK)
-}
-
-async fn gc(args: BundleGcArgs, reporter: &Reporter) -> anyhow::Result<u8> {
-    let docker = container::connect().await?;
-    let mut removed = container::gc(&docker, &container::state_root()).await?;
-    // Old bundle images pile up with every new binary; keep only this binary's.
-    let binary = std::env::current_exe().context("cannot find the krbottle binary")?;
-    let origin = image::choose_origin(&docker, &binary).await?;
-    match image::current_tag(&docker, origin).await {
-        Ok(tag) => removed.images = image::prune_stale(&docker, &tag).await?,
-        Err(e) => tracing::debug!("not pruning bundle images: {e}"),
-    }
-    print_removed(&removed, args.json, reporter)?;
-    Ok(exit::OK)
-}
-
-async fn logs(args: BundleLogsArgs) -> anyhow::Result<u8> {
-    use std::io::Write;
-    let docker = container::connect().await?;
-    let mut stream = std::pin::pin!(container::logs(&docker, &args.bottle, args.follow));
-    while let Some(item) = stream.next().await {
-        match item? {
-            bollard::container::LogOutput::StdErr { message } => {
-                std::io::stderr().write_all(&message)?;
-            }
-            other => std::io::stdout().write_all(&other.into_bytes())?,
-        }
-    }
-    Ok(exit::OK)
-}
-
-async fn init_daemons(args: BundleInitArgs) -> anyhow::Result<u8> {
-    let daemons = args
-        .daemons
-        .iter()
-        .map(|name| {
-            Daemon::parse(name).with_context(|| format!("unknown daemon {name:?}; known: gateway"))
-        })
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    init::run(&daemons, &args.config_dir).await?;
-    Ok(exit::OK)
 }

@@ -12,8 +12,8 @@ struct Report {
     boot: BootVerdict,
 }
 
-pub fn run(args: DoctorArgs) -> anyhow::Result<u8> {
-    let facts = doctor::gather();
+pub async fn run(args: DoctorArgs) -> anyhow::Result<u8> {
+    let facts = doctor::gather().await;
     let boot = doctor::verdict(&facts);
     let code = match boot {
         BootVerdict::CanBoot => exit::OK,

@@ -1,258 +1,99 @@
 //! `krbottle image …`: build, unpack, prepare, list and prune root filesystems.
 
-use std::fs::File;
-use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use anyhow::Context;
-use indicatif::ProgressBar;
-
-use crate::cli::{
-    BuildArgs, ImageCommand, LsArgs, OwnershipMode, PrepareArgs, PruneArgs, UnpackArgs,
-};
-use crate::docker::{DockerError, Engine};
+use crate::cli::{BuildArgs, ImageCommand, LsArgs, PrepareArgs, PruneArgs, UnpackArgs};
+use crate::docker::Engine;
 use crate::exit;
-use crate::image::cache::{Cache, CacheKey};
-#[cfg(target_os = "linux")]
-use crate::image::rootless::{self, unpack_in_userns};
-use crate::image::{Ownership, UnpackOptions, UnpackSummary, unpack_save};
-use crate::output::{Reporter, Verbosity, print_json};
-#[cfg(target_os = "linux")]
-use crate::sys::userns::{self, IdMapping};
+use crate::image::prepare::{self, Source};
+use crate::image::{Ownership, UnpackSummary};
+use crate::output::{Reporter, print_json};
 
-pub fn run(cmd: ImageCommand, reporter: &Reporter) -> anyhow::Result<u8> {
+pub async fn run(cmd: ImageCommand, reporter: &Reporter) -> anyhow::Result<u8> {
     match cmd {
-        ImageCommand::Build(args) => build(args, reporter),
-        ImageCommand::Unpack(args) => unpack(args, reporter),
-        ImageCommand::Prepare(args) => prepare(args, reporter),
+        ImageCommand::Build(args) => build(args, reporter).await,
+        ImageCommand::Unpack(args) => unpack(args, reporter).await,
+        ImageCommand::Prepare(args) => prepare(args, reporter).await,
         ImageCommand::Ls(args) => ls(args),
-        ImageCommand::Prune(args) => prune(args, reporter),
+        ImageCommand::Prune(args) => prune(args, reporter).await,
     }
 }
 
-/// The ownership mode when none is given: real ids as root, a mapped user namespace otherwise
-/// (Linux); the override xattr on macOS, where ownership cannot be given away.
-pub fn default_ownership() -> OwnershipMode {
-    if cfg!(target_os = "macos") {
-        OwnershipMode::Xattr
-    } else if rustix::process::geteuid().is_root() {
-        OwnershipMode::Root
-    } else {
-        OwnershipMode::Userns
-    }
+/// The engine, when the source needs one.
+async fn engine_for(source: &Source) -> anyhow::Result<Option<Engine>> {
+    Ok(match source.needs_engine() {
+        true => Some(Engine::connect().await?),
+        false => None,
+    })
 }
 
-fn mode_name(mode: OwnershipMode) -> &'static str {
-    match mode {
-        OwnershipMode::Root => "root",
-        OwnershipMode::Userns => "userns",
-        OwnershipMode::Xattr => "xattr",
-    }
+async fn unpack(args: UnpackArgs, reporter: &Reporter) -> anyhow::Result<u8> {
+    let ownership = args.ownership.unwrap_or_else(Ownership::default_here);
+    let source = Source::parse(&args.image);
+    let engine = engine_for(&source).await?;
+    let summary =
+        prepare::unpack(engine.as_ref(), &source, &args.dest, ownership, reporter).await?;
+    print_summary(&summary, &args.dest, ownership, args.json, reporter)?;
+    Ok(exit::OK)
 }
 
-/// Where the save stream comes from.
-enum Source {
-    /// A `docker save` tar file.
-    File(PathBuf),
-    /// An image in the local Docker engine.
-    Image(String),
-}
-
-impl Source {
-    /// An existing file is a save tar; anything else is an image reference.
-    fn parse(arg: &str) -> Source {
-        let path = Path::new(arg);
-        if path.is_file() {
-            Source::File(path.to_path_buf())
-        } else {
-            Source::Image(arg.to_string())
-        }
-    }
-}
-
-/// Unpacks `reader` into `dest` with `mode`.
-pub(crate) fn unpack_stream(
-    reader: impl Read + Send,
+fn print_summary(
+    s: &UnpackSummary,
     dest: &Path,
-    mode: OwnershipMode,
-    bar: &ProgressBar,
-) -> anyhow::Result<UnpackSummary> {
-    let summary = match mode {
-        #[cfg(target_os = "linux")]
-        OwnershipMode::Userns => {
-            let mapping = IdMapping::for_current_user()?;
-            unpack_in_userns(reader, dest, &mapping, bar)?
-        }
-        #[cfg(not(target_os = "linux"))]
-        OwnershipMode::Userns => {
-            anyhow::bail!("--ownership userns needs Linux user namespaces; use --ownership xattr")
-        }
-        OwnershipMode::Root | OwnershipMode::Xattr => {
-            let ownership = match mode {
-                OwnershipMode::Xattr => Ownership::Xattr,
-                _ => Ownership::Root,
-            };
-            if ownership == Ownership::Root && !rustix::process::geteuid().is_root() {
-                anyhow::bail!(
-                    "--ownership root needs root; as a user, use --ownership userns (the image's ids in a user namespace)"
-                );
-            }
-            let opts = UnpackOptions {
-                ownership,
-                ..Default::default()
-            };
-            unpack_save(reader, dest, &opts, bar)?
-        }
-    };
-    Ok(summary)
-}
-
-fn unpack(args: UnpackArgs, reporter: &Reporter) -> anyhow::Result<u8> {
-    let mode = args.ownership.unwrap_or_else(default_ownership);
-    let summary = match Source::parse(&args.image) {
-        Source::File(path) => {
-            let file =
-                File::open(&path).with_context(|| format!("cannot open {}", path.display()))?;
-            let bar = reporter.bytes_bar("unpacking", file.metadata().ok().map(|m| m.len()));
-            let summary = unpack_stream(file, &args.dest, mode, &bar);
-            bar.finish_and_clear();
-            summary?
-        }
-        Source::Image(image) => {
-            let engine = Engine::connect()?;
-            let info = engine.inspect(&image)?;
-            let bar =
-                reporter.bytes_bar("unpacking", info.size.and_then(|s| u64::try_from(s).ok()));
-            let summary = unpack_stream(engine.save(&image), &args.dest, mode, &bar);
-            bar.finish_and_clear();
-            summary?
-        }
-    };
-    report_summary(&summary, &args.dest, mode, args.json, reporter)
-}
-
-fn report_summary(
-    summary: &UnpackSummary,
-    dest: &Path,
-    mode: OwnershipMode,
+    ownership: Ownership,
     json: bool,
     reporter: &Reporter,
-) -> anyhow::Result<u8> {
+) -> anyhow::Result<()> {
     if json {
-        let mut value = serde_json::to_value(summary)?;
+        let mut value = serde_json::to_value(s)?;
         value["dest"] = serde_json::json!(dest);
-        value["ownership"] = serde_json::json!(mode_name(mode));
+        value["ownership"] = serde_json::json!(ownership);
         print_json(&value)?;
-    } else {
-        reporter.status(format!(
-            "unpacked {} layers, {} entries, {} into {} in {:.2}s ({} ownership{})",
-            summary.layers,
-            summary.entries,
-            indicatif::HumanBytes(summary.bytes),
-            dest.display(),
-            summary.seconds,
-            mode_name(mode),
-            if summary.skipped_devices > 0 {
-                format!(", {} device nodes skipped", summary.skipped_devices)
-            } else {
-                String::new()
-            },
-        ));
+        return Ok(());
     }
-    Ok(exit::OK)
-}
-
-/// The `__remove-tree` child: enter the user namespace, delete `path` (a tree unpacked in
-/// `userns` mode, whose files are the namespace's own).
-#[cfg(target_os = "linux")]
-pub fn remove_tree_child(path: &Path) -> anyhow::Result<u8> {
-    if userns::enter_from_env()?.is_none() {
-        anyhow::bail!(
-            "{} is internal: `krbottle image prune` uses it",
-            rootless::REMOVE_SUBCOMMAND
-        );
-    }
-    crate::image::cache::remove_tree(path)
-        .with_context(|| format!("cannot delete {}", path.display()))?;
-    Ok(exit::OK)
-}
-
-#[cfg(not(target_os = "linux"))]
-pub fn remove_tree_child(_path: &Path) -> anyhow::Result<u8> {
-    super::not_on_this_os("the user-namespace remover")
-}
-
-#[cfg(not(target_os = "linux"))]
-pub fn unpack_child(_dest: &Path) -> anyhow::Result<u8> {
-    super::not_on_this_os("the user-namespace unpacker")
-}
-
-/// The `__unpack` child of the `userns` mode: enter the namespace, unpack stdin into `dest`
-/// with real `lchown`s, print the summary as JSON on stdout.
-#[cfg(target_os = "linux")]
-pub fn unpack_child(dest: &Path) -> anyhow::Result<u8> {
-    if userns::enter_from_env()?.is_none() {
-        anyhow::bail!(
-            "{} is internal: use `krbottle image unpack --ownership userns`",
-            rootless::CHILD_SUBCOMMAND
-        );
-    }
-    let opts = UnpackOptions {
-        ownership: Ownership::Root,
-        ..Default::default()
+    let devices = match s.skipped_devices {
+        0 => String::new(),
+        n => format!(", {n} device nodes skipped"),
     };
-    let summary = unpack_save(std::io::stdin(), dest, &opts, &ProgressBar::hidden())?;
-    serde_json::to_writer(std::io::stdout().lock(), &summary)?;
-    Ok(exit::OK)
+    reporter.status(format!(
+        "unpacked {} layers, {} entries, {} into {} in {:.2}s ({ownership} ownership{devices})",
+        s.layers,
+        s.entries,
+        indicatif::HumanBytes(s.bytes),
+        dest.display(),
+        s.seconds,
+    ));
+    Ok(())
 }
 
-fn prepare(args: PrepareArgs, reporter: &Reporter) -> anyhow::Result<u8> {
-    let mode = args.ownership.unwrap_or_else(default_ownership);
-    let cache = Cache::open_default()?;
-    let engine = Engine::connect()?;
-    let info = engine.inspect(&args.image)?;
-    let key = CacheKey::new(&info.id, mode_name(mode))
-        .with_context(|| format!("image ID {} is not a sha256 digest", info.id))?;
-    let (entry, hit) = cache.get_or_fill(&key, |dest| {
-        let bar = reporter.bytes_bar("unpacking", info.size.and_then(|s| u64::try_from(s).ok()));
-        let summary = unpack_stream(engine.save(&args.image), dest, mode, &bar);
-        bar.finish_and_clear();
-        let summary = summary.map_err(|e| std::io::Error::other(format!("{e:#}")))?;
-        Ok::<_, std::io::Error>((
-            info.tags.clone(),
-            serde_json::to_value(summary).unwrap_or_default(),
-        ))
-    })?;
+async fn prepare(args: PrepareArgs, reporter: &Reporter) -> anyhow::Result<u8> {
+    let ownership = args.ownership.unwrap_or_else(Ownership::default_here);
+    let source = Source::parse(&args.image);
+    let engine = engine_for(&source).await?;
+    let prepared = prepare::prepare(engine.as_ref(), &source, ownership, reporter).await?;
     if args.json {
-        let mut value = serde_json::to_value(&entry)?;
-        value["cache_hit"] = serde_json::json!(hit);
+        let mut value = serde_json::to_value(&prepared.entry)?;
+        value["cache_hit"] = serde_json::json!(prepared.cache_hit);
         print_json(&value)?;
     } else {
-        if !hit {
-            reporter.status(format!("cached {} ({})", args.image, mode_name(mode)));
+        if !prepared.cache_hit {
+            reporter.status(format!("cached {} ({ownership})", args.image));
         }
-        println!("{}", entry.rootfs.display());
+        println!("{}", prepared.entry.rootfs.display());
     }
     Ok(exit::OK)
 }
 
-fn build(args: BuildArgs, reporter: &Reporter) -> anyhow::Result<u8> {
-    let engine = Engine::connect()?;
-    let spinner = reporter.spinner(&format!("building {}", args.tag));
-    let verbose = reporter.verbosity() >= Verbosity::Verbose(1);
-    let id = engine.build(
+async fn build(args: BuildArgs, reporter: &Reporter) -> anyhow::Result<u8> {
+    let engine = Engine::connect().await?;
+    let id = prepare::build(
+        &engine,
         &args.context,
         args.file.as_deref(),
         &args.tag,
-        &spinner,
-        |line| {
-            if verbose {
-                spinner.suspend(|| eprintln!("  {line}"));
-            }
-        },
-    );
-    spinner.finish_and_clear();
-    let id = id?;
+        reporter,
+    )
+    .await?;
     if args.json {
         print_json(&serde_json::json!({ "tag": args.tag, "id": id }))?;
     } else {
@@ -262,69 +103,67 @@ fn build(args: BuildArgs, reporter: &Reporter) -> anyhow::Result<u8> {
 }
 
 fn ls(args: LsArgs) -> anyhow::Result<u8> {
-    let cache = Cache::open_default()?;
-    let entries = cache.list()?;
+    let (root, entries) = prepare::list()?;
     if args.json {
         print_json(&entries)?;
         return Ok(exit::OK);
     }
     if entries.is_empty() {
-        eprintln!("no cached root filesystems in {}", cache.root().display());
+        eprintln!("no cached root filesystems in {}", root.display());
         return Ok(exit::OK);
     }
     println!("{:<20} {:<8} {:>10}  TAGS", "IMAGE ID", "MODE", "SIZE");
     for e in entries {
         let id = e.meta.image_id.trim_start_matches("sha256:");
-        let bytes = e
-            .meta
-            .summary
-            .get("bytes")
-            .and_then(|b| b.as_u64())
-            .unwrap_or(0);
         println!(
             "{:<20} {:<8} {:>10}  {}",
             &id[..id.len().min(12)],
             e.meta.ownership,
-            indicatif::HumanBytes(bytes).to_string(),
+            indicatif::HumanBytes(e.meta.summary.bytes).to_string(),
             e.meta.tags.join(",")
         );
     }
     Ok(exit::OK)
 }
 
-fn prune(args: PruneArgs, reporter: &Reporter) -> anyhow::Result<u8> {
-    let cache = Cache::open_default()?;
-    let leftovers = cache.remove_leftovers()?;
-    let engine = if args.all {
-        None
-    } else {
-        Some(Engine::connect()?)
+async fn prune(args: PruneArgs, reporter: &Reporter) -> anyhow::Result<u8> {
+    let engine = match args.all {
+        true => None,
+        false => Some(Engine::connect().await?),
     };
-    let mut removed = Vec::new();
-    for entry in cache.list()? {
-        let keep = match &engine {
-            None => false,
-            Some(engine) => match engine.inspect(&entry.meta.image_id) {
-                Ok(_) => true,
-                Err(DockerError::ImageNotFound { .. }) => false,
-                Err(e) => return Err(e).context("cannot tell which images still exist"),
-            },
-        };
-        if keep {
-            continue;
-        }
-        if let Some(key) = cache.key_of(&entry) {
-            cache.remove(&key)?;
-            removed.push(entry.meta.image_id.clone());
-        }
-    }
+    let pruned = prepare::prune(engine.as_ref()).await?;
     if args.json {
-        print_json(&serde_json::json!({ "removed": removed, "leftovers": leftovers }))?;
+        print_json(&pruned)?;
     } else {
         reporter.status(format!(
-            "removed {} cached root filesystem(s) and {leftovers} leftover(s)",
-            removed.len()
+            "removed {} cached root filesystem(s) and {} leftover(s)",
+            pruned.removed.len(),
+            pruned.leftovers
         ));
     }
     Ok(exit::OK)
+}
+
+/// The `__unpack` child of the `userns` ownership mode.
+#[cfg(target_os = "linux")]
+pub fn unpack_child(dest: &Path) -> anyhow::Result<u8> {
+    crate::image::rootless::unpack_child_main(dest)?;
+    Ok(exit::OK)
+}
+
+/// The `__remove-tree` child of `image prune` and `rm` as a user.
+#[cfg(target_os = "linux")]
+pub fn remove_tree_child(path: &Path) -> anyhow::Result<u8> {
+    crate::image::rootless::remove_child_main(path)?;
+    Ok(exit::OK)
+}
+
+#[cfg(not(target_os = "linux"))]
+pub fn unpack_child(_dest: &Path) -> anyhow::Result<u8> {
+    super::not_on_this_os("the user-namespace unpacker")
+}
+
+#[cfg(not(target_os = "linux"))]
+pub fn remove_tree_child(_path: &Path) -> anyhow::Result<u8> {
+    super::not_on_this_os("the user-namespace remover")
 }

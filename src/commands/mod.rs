@@ -1,13 +1,17 @@
-//! One module per verb; each turns parsed arguments into calls on the library.
+//! One module per verb; each parses, calls one library function and prints. No verb imports
+//! another. The process's one tokio runtime is made here, for the verbs that need it; the
+//! hidden children (`__vmm`, `__unpack`, `__remove-tree`) run without one (the VMM child must
+//! stay single-threaded).
 
-pub mod bundle;
+mod bench;
+mod bundle;
 #[cfg(target_os = "linux")]
-pub mod debug;
+mod debug;
 #[cfg(target_os = "linux")]
-pub mod doctor;
-pub mod image;
+mod doctor;
+mod image;
 #[cfg(target_os = "linux")]
-pub mod run;
+mod run;
 
 use crate::cli::{Cli, Command};
 use crate::output::{Reporter, Verbosity};
@@ -16,30 +20,42 @@ use crate::output::{Reporter, Verbosity};
 pub fn dispatch(cli: Cli) -> anyhow::Result<u8> {
     let reporter = Reporter::new(Verbosity::from_flags(cli.global.verbose, cli.global.quiet));
     match cli.command {
-        Command::Image(cmd) => image::run(cmd, &reporter),
-        #[cfg(target_os = "linux")]
-        Command::Run(args) => run::run(args, &reporter),
-        #[cfg(target_os = "linux")]
-        Command::Doctor(args) => doctor::run(args),
-        #[cfg(target_os = "linux")]
-        Command::Debug(cmd) => debug::run(cmd, &reporter),
-        #[cfg(not(target_os = "linux"))]
-        Command::Run(_) | Command::Doctor(_) | Command::Debug(_) => not_on_this_os("the VM"),
-        Command::Bench(cmd) => crate::bench::run(cmd, &reporter),
-        Command::UnpackChild { dest } => image::unpack_child(&dest),
-        Command::RemoveTreeChild { path } => image::remove_tree_child(&path),
-        Command::Bundle(cmd) => bundle::run(cmd, &reporter),
-        Command::Vmm => Ok(krbottle_vmm_child()),
+        Command::UnpackChild { dest } => return image::unpack_child(&dest),
+        Command::RemoveTreeChild { path } => return image::remove_tree_child(&path),
+        Command::Vmm => return Ok(vmm_child()),
+        _ => {}
     }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| anyhow::anyhow!("Cannot start the async runtime: {e}"))?;
+    runtime.block_on(async move {
+        match cli.command {
+            Command::Image(cmd) => image::run(cmd, &reporter).await,
+            #[cfg(target_os = "linux")]
+            Command::Run(args) => run::run(args, &reporter).await,
+            #[cfg(target_os = "linux")]
+            Command::Doctor(args) => doctor::run(args).await,
+            #[cfg(target_os = "linux")]
+            Command::Debug(cmd) => debug::run(cmd).await,
+            #[cfg(not(target_os = "linux"))]
+            Command::Run(_) | Command::Doctor(_) | Command::Debug(_) => not_on_this_os("the VM"),
+            Command::Bench(cmd) => bench::run(cmd, &reporter).await,
+            Command::Bundle(cmd) => bundle::run(cmd, &reporter).await,
+            Command::UnpackChild { .. } | Command::RemoveTreeChild { .. } | Command::Vmm => {
+                unreachable!("handled above")
+            }
+        }
+    })
 }
 
 #[cfg(target_os = "linux")]
-fn krbottle_vmm_child() -> u8 {
+fn vmm_child() -> u8 {
     crate::vm::child::main()
 }
 
 #[cfg(not(target_os = "linux"))]
-fn krbottle_vmm_child() -> u8 {
+fn vmm_child() -> u8 {
     eprintln!("error: the VMM child is only implemented on Linux so far");
     crate::exit::FAILURE
 }

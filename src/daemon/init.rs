@@ -9,10 +9,11 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use tokio::process::{Child, Command};
-use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
 
-use crate::bundle::layout::Daemon;
+use crate::sys::signals::Termination;
+
+use crate::daemon::DaemonSpec;
 
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
@@ -23,11 +24,11 @@ const STOP_GRACE: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum InitError {
-    #[error("no daemon selected; pass --daemons gateway")]
+    #[error("No daemon selected; pass --daemons (see `krbottle bundle --help`)")]
     NoDaemons,
-    #[error("cannot find the krbottle binary to run the daemons")]
+    #[error("Cannot find the krbottle binary to run the daemons")]
     FindBinary(#[source] std::io::Error),
-    #[error("cannot handle signals")]
+    #[error("Cannot handle signals")]
     Signals(#[source] std::io::Error),
 }
 
@@ -40,26 +41,32 @@ pub fn next_backoff(current: Duration, ran: Duration) -> Duration {
     }
 }
 
+/// The arguments to this binary that run `daemon` with its config in `config_dir`.
+fn daemon_args(daemon: &DaemonSpec, config_dir: &Path) -> Vec<std::ffi::OsString> {
+    vec![
+        "bundle".into(),
+        daemon.name.into(),
+        "--config".into(),
+        config_dir.join(daemon.config_file).into(),
+    ]
+}
+
 /// Runs `daemons` until SIGTERM or SIGINT.
-pub async fn run(daemons: &[Daemon], config_dir: &Path) -> Result<(), InitError> {
+pub async fn run(daemons: &[&'static DaemonSpec], config_dir: &Path) -> Result<(), InitError> {
     if daemons.is_empty() {
         return Err(InitError::NoDaemons);
     }
     let binary = std::env::current_exe().map_err(InitError::FindBinary)?;
-    let mut term = signal(SignalKind::terminate()).map_err(InitError::Signals)?;
-    let mut int = signal(SignalKind::interrupt()).map_err(InitError::Signals)?;
+    let mut stop = Termination::listen().map_err(InitError::Signals)?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let tasks: Vec<_> = daemons
         .iter()
         .map(|&d| {
-            let args = d.args(&config_dir.to_string_lossy());
+            let args = daemon_args(d, config_dir);
             tokio::spawn(supervise(d, binary.clone(), args, stop_rx.clone()))
         })
         .collect();
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
+    stop.recv().await;
     let _ = stop_tx.send(true);
     for task in tasks {
         let _ = task.await;
@@ -69,9 +76,9 @@ pub async fn run(daemons: &[Daemon], config_dir: &Path) -> Result<(), InitError>
 
 /// Keeps one daemon running until `stop` turns true, then stops it.
 async fn supervise(
-    daemon: Daemon,
+    daemon: &'static DaemonSpec,
     binary: PathBuf,
-    args: Vec<String>,
+    args: Vec<std::ffi::OsString>,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut backoff = FIRST_BACKOFF;
@@ -80,7 +87,7 @@ async fn supervise(
         let mut child = match Command::new(&binary).args(&args).spawn() {
             Ok(c) => c,
             Err(e) => {
-                eprintln!("krbottle init: cannot start {}: {e}", daemon.name());
+                eprintln!("krbottle init: cannot start {}: {e}", daemon.name);
                 if wait_or_stop(&mut stop, backoff).await {
                     return;
                 }
@@ -93,7 +100,7 @@ async fn supervise(
                 let ran = started.elapsed();
                 eprintln!(
                     "krbottle init: {} exited ({}) after {:.1}s; restarting in {:?}",
-                    daemon.name(),
+                    daemon.name,
                     status.map_or_else(|e| e.to_string(), |s| s.to_string()),
                     ran.as_secs_f64(),
                     next_backoff(backoff, ran),

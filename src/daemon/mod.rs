@@ -1,5 +1,127 @@
-//! The daemons that run inside the bundle container: `init` supervises them, `gateway` is the
-//! agent-facing HTTP proxy.
+//! The daemons that run inside the bundle container, apart from the host side (`crate::bundle`)
+//! that starts them. `init` supervises them; each daemon is one module and one line of
+//! [`DAEMONS`], which is all the host side, `init` and the command line know about it.
+//!
+//! The contract every daemon keeps: it reads one JSON config file (written on the host by the
+//! daemon's `config` function, mounted read-only at [`CONFIG_DIR`]), listens on its port of
+//! `crate::ports`, and answers `GET /healthz` with `200` there once it serves (the readiness
+//! probe). Secrets reach it only through its environment.
 
 pub mod gateway;
 pub mod init;
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::pin::Pin;
+
+use crate::manifest::Bottle;
+
+/// Directory of the bundle's read-only configuration inside the container (mounted from the
+/// bottle's bundle directory on the host).
+pub const CONFIG_DIR: &str = "/etc/krbottle";
+/// The bottle CA's certificate and key, in [`CONFIG_DIR`] (and in the host-side bundle dir).
+pub const CA_CERT_FILE: &str = "ca.pem";
+pub const CA_KEY_FILE: &str = "ca.key";
+/// The bottle's extra upstream CAs (`upstream_ca_file` in the manifest), copied there.
+pub const UPSTREAM_CA_FILE: &str = "upstream-ca.pem";
+
+/// A daemon failed to configure or to run.
+#[derive(Debug, thiserror::Error)]
+#[error("The {daemon} daemon failed")]
+pub struct DaemonError {
+    pub daemon: &'static str,
+    #[source]
+    pub source: Box<dyn std::error::Error + Send + Sync>,
+}
+
+/// The future a daemon's `run` returns.
+pub type DaemonFuture = Pin<Box<dyn Future<Output = Result<(), DaemonError>> + Send>>;
+
+/// One daemon: what the host, `init` and the command line need to know about it.
+pub struct DaemonSpec {
+    /// Its name: `krbottle bundle NAME`, `--daemons NAME`, labels and logs.
+    pub name: &'static str,
+    /// One line for `krbottle bundle --help`.
+    pub about: &'static str,
+    /// Its port inside the container and in the guest (`crate::ports`).
+    pub port: u16,
+    /// Its config file's name in [`CONFIG_DIR`].
+    pub config_file: &'static str,
+    /// The path of its MCP endpoint, for a daemon the agent uses as an MCP server (written
+    /// into the guest's `~/.claude.json`).
+    pub mcp_path: Option<&'static str>,
+    /// Whether a bottle runs it.
+    pub enabled: fn(&Bottle) -> bool,
+    /// Its config file for a bottle (names, never secrets).
+    pub config: fn(&Bottle) -> Result<Vec<u8>, DaemonError>,
+    /// Runs it with its config file until SIGTERM or SIGINT.
+    pub run: fn(PathBuf) -> DaemonFuture,
+}
+
+impl std::fmt::Debug for DaemonSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name)
+    }
+}
+
+impl PartialEq for DaemonSpec {
+    fn eq(&self, other: &Self) -> bool {
+        self.name == other.name
+    }
+}
+
+/// Every daemon a bundle can run.
+pub static DAEMONS: &[DaemonSpec] = &[gateway::DAEMON];
+
+/// The daemon called `name`.
+pub fn find(name: &str) -> Option<&'static DaemonSpec> {
+    DAEMONS.iter().find(|d| d.name == name)
+}
+
+/// `find` as a clap value parser (`--daemons`).
+pub fn parse_name(name: &str) -> Result<&'static DaemonSpec, String> {
+    find(name).ok_or_else(|| format!("unknown daemon {name:?}; known: {}", names().join(", ")))
+}
+
+/// The daemons a bottle runs, in table order.
+pub fn enabled_for(bottle: &Bottle) -> Vec<&'static DaemonSpec> {
+    DAEMONS.iter().filter(|d| (d.enabled)(bottle)).collect()
+}
+
+fn names() -> Vec<&'static str> {
+    DAEMONS.iter().map(|d| d.name).collect()
+}
+
+/// The daemons' section of `krbottle bundle --help`.
+pub fn help() -> String {
+    let mut text = String::from(
+        "Daemons (inside the bundle container: `krbottle bundle DAEMON --config FILE`):\n",
+    );
+    for d in DAEMONS {
+        text.push_str(&format!("  {:<10} {} (port {})\n", d.name, d.about, d.port));
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_table_is_consistent() {
+        let mut seen = std::collections::HashSet::new();
+        for d in DAEMONS {
+            assert!(seen.insert(d.name), "{} twice", d.name);
+            assert_eq!(find(d.name), Some(d));
+            assert!(d.config_file.ends_with(".json"), "{}", d.config_file);
+            assert!(
+                !d.name.starts_with('_') && crate::manifest::is_valid_name(d.name),
+                "{}",
+                d.name
+            );
+        }
+        let ports: std::collections::HashSet<_> = DAEMONS.iter().map(|d| d.port).collect();
+        assert_eq!(ports.len(), DAEMONS.len(), "a port given to two daemons");
+        assert!(parse_name("nope").unwrap_err().contains("gateway"));
+    }
+}

@@ -19,6 +19,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
+use crate::image::{Ownership, UnpackSummary};
 use crate::{env_vars, lockfile};
 
 const IMAGES_DIR: &str = "images";
@@ -73,46 +74,52 @@ pub enum CacheError {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CacheKey {
     id_hex: String,
-    mode: String,
+    ownership: Ownership,
 }
 
 impl CacheKey {
-    /// `image_id` is `sha256:<hex>` or bare hex; `mode` is the ownership mode's name.
-    /// Anything but lowercase hex in the ID is refused (it becomes a directory name).
-    pub fn new(image_id: &str, mode: &str) -> Option<Self> {
+    /// `image_id` is `sha256:<hex>` or bare hex. Anything but lowercase hex in the ID is refused
+    /// (it becomes a directory name).
+    pub fn new(image_id: &str, ownership: Ownership) -> Option<Self> {
         let hex = image_id.strip_prefix("sha256:").unwrap_or(image_id);
         let hex_ok = hex.len() == 64
             && hex
                 .bytes()
                 .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase());
-        let mode_ok = !mode.is_empty() && mode.bytes().all(|b| b.is_ascii_lowercase());
-        (hex_ok && mode_ok).then(|| CacheKey {
+        hex_ok.then(|| CacheKey {
             id_hex: hex.to_string(),
-            mode: mode.to_string(),
+            ownership,
         })
     }
 
+    /// The key of a directory name made by [`CacheKey::name`].
+    fn from_name(name: &str) -> Option<Self> {
+        let (hex, mode) = name.split_once('.')?;
+        let ownership = <Ownership as clap::ValueEnum>::from_str(mode, false).ok()?;
+        CacheKey::new(hex, ownership)
+    }
+
     fn name(&self) -> String {
-        format!("{}.{}", self.id_hex, self.mode)
+        format!("{}.{}", self.id_hex, self.ownership)
     }
 }
 
 impl std::fmt::Display for CacheKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "sha256:{} ({})", &self.id_hex[..12], self.mode)
+        write!(f, "sha256:{} ({})", &self.id_hex[..12], self.ownership)
     }
 }
 
-/// What `meta.json` records about an entry.
+/// What an entry's `meta.json` records about it.
 #[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct EntryMeta {
+pub struct EntryRecord {
     pub image_id: String,
-    pub ownership: String,
+    pub ownership: Ownership,
     pub tags: Vec<String>,
     /// Seconds since the epoch.
     pub created: u64,
-    /// The unpacker's summary (entries, bytes, layers…).
-    pub summary: serde_json::Value,
+    /// The unpacker's summary (entries, bytes, layers, the image's process config).
+    pub summary: UnpackSummary,
 }
 
 /// A complete cache entry.
@@ -120,7 +127,7 @@ pub struct EntryMeta {
 pub struct Entry {
     pub dir: PathBuf,
     pub rootfs: PathBuf,
-    pub meta: EntryMeta,
+    pub meta: EntryRecord,
 }
 
 /// The cache at one root directory.
@@ -161,7 +168,7 @@ impl Cache {
     pub fn get_or_fill<E>(
         &self,
         key: &CacheKey,
-        fill: impl FnOnce(&Path) -> Result<(Vec<String>, serde_json::Value), E>,
+        fill: impl FnOnce(&Path) -> Result<(Vec<String>, UnpackSummary), E>,
     ) -> Result<(Entry, bool), CacheError>
     where
         E: std::error::Error + Send + Sync + 'static,
@@ -186,9 +193,9 @@ impl Cache {
             key: key.to_string(),
             source: Box::new(e),
         })?;
-        let meta = EntryMeta {
+        let meta = EntryRecord {
             image_id: format!("sha256:{}", key.id_hex),
-            ownership: key.mode.clone(),
+            ownership: key.ownership,
             tags,
             created: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
@@ -202,7 +209,7 @@ impl Cache {
             source,
         };
         let text = serde_json::to_vec_pretty(&meta).map_err(|e| write_err(io::Error::other(e)))?;
-        fs::write(&meta_path, text).map_err(write_err)?;
+        crate::sys::fs::write_atomic(&meta_path, &text, 0o644).map_err(write_err)?;
         let final_dir = images.join(key.name());
         let tmp_path = tmp.keep();
         fs::rename(&tmp_path, &final_dir).map_err(|source| {
@@ -284,13 +291,10 @@ impl Cache {
             let Some(rest) = name.strip_prefix(TMP_PREFIX) else {
                 continue;
             };
-            let Some(key_name) = rest.rsplit_once('-').map(|(k, _)| k) else {
-                continue;
-            };
-            let Some((hex, mode)) = key_name.split_once('.') else {
-                continue;
-            };
-            let Some(key) = CacheKey::new(hex, mode) else {
+            let Some(key) = rest
+                .rsplit_once('-')
+                .and_then(|(name, _)| CacheKey::from_name(name))
+            else {
                 continue;
             };
             let Ok(Some(_lock)) = self.try_lock(&key) else {
@@ -306,7 +310,7 @@ impl Cache {
     }
 
     pub fn key_of(&self, entry: &Entry) -> Option<CacheKey> {
-        CacheKey::new(&entry.meta.image_id, &entry.meta.ownership)
+        CacheKey::new(&entry.meta.image_id, entry.meta.ownership)
     }
 
     fn ensure_dir(&self, name: &str) -> Result<PathBuf, CacheError> {
@@ -352,7 +356,7 @@ fn read_entry(dir: &Path) -> Result<Option<Entry>, CacheError> {
             });
         }
     };
-    let meta: EntryMeta = serde_json::from_slice(&text).map_err(|e| CacheError::ReadMeta {
+    let meta: EntryRecord = serde_json::from_slice(&text).map_err(|e| CacheError::ReadMeta {
         path: meta_path.clone(),
         source: io::Error::new(io::ErrorKind::InvalidData, e),
     })?;
@@ -363,54 +367,9 @@ fn read_entry(dir: &Path) -> Result<Option<Entry>, CacheError> {
     }))
 }
 
-/// Deletes a tree of the cache. A tree unpacked in `userns` mode holds files owned by
-/// subordinate ids, which the user may not delete: when that stops us, the deletion is done
-/// again from a child in the user's id mapping, where they are its own.
+/// Deletes a tree of the cache (see [`crate::image::remove_tree_any_owner`]).
 fn delete(path: &Path) -> io::Result<()> {
-    match remove_tree(path) {
-        #[cfg(target_os = "linux")]
-        Err(e)
-            if e.kind() == io::ErrorKind::PermissionDenied
-                && !rustix::process::geteuid().is_root() =>
-        {
-            let mapping = crate::sys::userns::IdMapping::for_current_user()
-                .map_err(|_| io::Error::new(e.kind(), e.to_string()))?;
-            crate::image::rootless::remove_in_userns(path, &mapping).map_err(io::Error::other)
-        }
-        other => other,
-    }
-}
-
-/// `remove_dir_all` that first makes directories writable: an image may hold `0555` dirs, which
-/// stop a non-root owner from deleting their contents.
-pub(crate) fn remove_tree(path: &Path) -> io::Result<()> {
-    match fs::remove_dir_all(path) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(first) => {
-            make_dirs_writable(path);
-            fs::remove_dir_all(path).map_err(|_| first)
-        }
-    }
-}
-
-fn make_dirs_writable(path: &Path) {
-    use std::os::unix::fs::PermissionsExt;
-    let Ok(meta) = fs::symlink_metadata(path) else {
-        return;
-    };
-    if !meta.is_dir() {
-        return;
-    }
-    let _ = fs::set_permissions(
-        path,
-        fs::Permissions::from_mode(meta.permissions().mode() | 0o700),
-    );
-    if let Ok(rd) = fs::read_dir(path) {
-        for item in rd.flatten() {
-            make_dirs_writable(&item.path());
-        }
-    }
+    crate::image::remove_tree_any_owner(path)
 }
 
 #[cfg(test)]
@@ -420,27 +379,42 @@ mod tests {
 
     const ID: &str = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
 
-    fn fill_ok(dest: &Path) -> Result<(Vec<String>, serde_json::Value), io::Error> {
+    fn summary() -> UnpackSummary {
+        serde_json::from_value(serde_json::json!({"layers": 1, "entries": 1, "bytes": 5,
+            "skipped_devices": 0, "skipped_xattrs": 0, "seconds": 0.0, "image_id": null,
+            "diff_ids": []}))
+        .unwrap()
+    }
+
+    fn fill_ok(dest: &Path) -> Result<(Vec<String>, UnpackSummary), io::Error> {
         fs::create_dir(dest)?;
         fs::write(dest.join("hello"), "world")?;
-        Ok((vec!["t:1".into()], serde_json::json!({"entries": 1})))
+        Ok((vec!["t:1".into()], summary()))
     }
 
     #[test]
     fn keys_accept_only_hex_ids_and_plain_modes() {
-        assert!(CacheKey::new(ID, "root").is_some());
-        assert!(CacheKey::new(&ID[7..], "xattr").is_some());
-        assert!(CacheKey::new("sha256:../../etc", "root").is_none());
-        assert!(CacheKey::new(&ID.to_uppercase()[7..], "root").is_none());
-        assert!(CacheKey::new(ID, "ro/ot").is_none());
-        assert!(CacheKey::new(ID, "").is_none());
+        assert!(CacheKey::new(ID, Ownership::Root).is_some());
+        assert!(CacheKey::new(&ID[7..], Ownership::Xattr).is_some());
+        assert!(CacheKey::new("sha256:../../etc", Ownership::Root).is_none());
+        assert!(CacheKey::new(&ID.to_uppercase()[7..], Ownership::Root).is_none());
+        let key = CacheKey::new(ID, Ownership::Userns).unwrap();
+        assert_eq!(CacheKey::from_name(&key.name()), Some(key));
+        for bad in [
+            "",
+            "x",
+            &format!("{}.ro/ot", &ID[7..]),
+            &format!("{}.", &ID[7..]),
+        ] {
+            assert_eq!(CacheKey::from_name(bad), None, "{bad}");
+        }
     }
 
     #[test]
     fn miss_fills_then_hit_returns_the_same_entry() {
         let dir = tempfile::tempdir().unwrap();
         let cache = Cache::at(dir.path());
-        let key = CacheKey::new(ID, "root").unwrap();
+        let key = CacheKey::new(ID, Ownership::Root).unwrap();
         assert!(cache.lookup(&key).unwrap().is_none());
         let (entry, hit) = cache.get_or_fill(&key, fill_ok).unwrap();
         assert!(!hit);
@@ -463,7 +437,7 @@ mod tests {
     fn a_failed_fill_leaves_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let cache = Cache::at(dir.path());
-        let key = CacheKey::new(ID, "root").unwrap();
+        let key = CacheKey::new(ID, Ownership::Root).unwrap();
         let err = cache
             .get_or_fill(&key, |dest| -> Result<_, io::Error> {
                 fs::create_dir(dest)?;
@@ -481,7 +455,7 @@ mod tests {
     fn concurrent_fills_of_one_key_fill_once() {
         let dir = tempfile::tempdir().unwrap();
         let cache = Cache::at(dir.path());
-        let key = CacheKey::new(ID, "root").unwrap();
+        let key = CacheKey::new(ID, Ownership::Root).unwrap();
         let fills = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let barrier = Arc::new(Barrier::new(4));
         let handles: Vec<_> = (0..4)
@@ -512,14 +486,14 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
         let cache = Cache::at(dir.path());
-        let key = CacheKey::new(ID, "xattr").unwrap();
+        let key = CacheKey::new(ID, Ownership::Xattr).unwrap();
         let (entry, _) = cache
             .get_or_fill(&key, |dest| {
                 fill_ok(dest)?;
                 fs::create_dir(dest.join("ro"))?;
                 fs::write(dest.join("ro/f"), "x")?;
                 fs::set_permissions(dest.join("ro"), fs::Permissions::from_mode(0o555))?;
-                Ok::<_, io::Error>((vec![], serde_json::Value::Null))
+                Ok::<_, io::Error>((vec![], summary()))
             })
             .unwrap();
         assert!(cache.remove(&key).unwrap());
@@ -532,7 +506,7 @@ mod tests {
     fn leftovers_of_interrupted_fills_are_removed() {
         let dir = tempfile::tempdir().unwrap();
         let cache = Cache::at(dir.path());
-        let key = CacheKey::new(ID, "root").unwrap();
+        let key = CacheKey::new(ID, Ownership::Root).unwrap();
         let stale = dir
             .path()
             .join(IMAGES_DIR)

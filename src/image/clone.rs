@@ -3,9 +3,9 @@
 //! - Linux: nothing is copied here. The bottle gets an empty `upper/` and `work/` dir, and the VMM
 //!   child mounts an overlay (cached rootfs as the read-only lower layer) in its own mount
 //!   namespace. [`WritableRoot::Overlay`] describes that.
-//! - macOS: `clonefile(2)` of the whole tree (copy-on-write, one call).
-//! - Elsewhere, or when those fail: [`copy_tree`], a parallel copy that reflinks file data when
-//!   the filesystem can (`FICLONE`) and preserves ownership (when permitted), modes incl.
+//! - Elsewhere (macOS, other systems): [`copy_tree`], a parallel copy that shares file data
+//!   where the filesystem can (`FICLONE` on Linux, a per-file `clonefile(2)` on macOS; one
+//!   `clonefile` of the whole tree is not done yet) and preserves ownership (when permitted), modes incl.
 //!   setuid, mtimes, xattrs, symlinks, FIFOs, devices (when permitted) and hard links.
 //!
 //! The source tree may hold hostile symlinks: nothing here follows a link in the source, and every
@@ -78,7 +78,7 @@ pub fn copy_tree(src: &Path, dst: &Path, progress: &ProgressBar) -> Result<CopyS
     }
     let result = copy_tree_inner(src, dst, progress);
     if result.is_err() {
-        let _ = crate::image::cache::remove_tree(dst);
+        let _ = crate::image::tree::remove_tree(dst);
     }
     result
 }
@@ -88,7 +88,7 @@ fn can_chown() -> bool {
     rustix::process::geteuid().is_root()
 }
 
-struct Plan {
+struct CopyPlan {
     /// Directories, parents before children, with their source metadata.
     dirs: Vec<(PathBuf, PathBuf, fs::Metadata)>,
     /// Regular files and other non-directories, in walk order.
@@ -107,7 +107,7 @@ fn copy_tree_inner(
         move |source| CloneError::Read { path, source }
     };
     let root_meta = fs::symlink_metadata(src).map_err(read_err(src))?;
-    let mut plan = Plan {
+    let mut plan = CopyPlan {
         dirs: vec![(src.to_path_buf(), dst.to_path_buf(), root_meta)],
         leaves: Vec::new(),
         links: Vec::new(),
@@ -347,25 +347,6 @@ fn copy_xattrs(s: &Path, d: &Path, is_symlink: bool) -> io::Result<()> {
         }
     }
     Ok(())
-}
-
-/// Counts `entries` for a progress length without reading data (used by benches and callers that
-/// want a bar before copying).
-pub fn tree_size(root: &Path) -> io::Result<u64> {
-    let mut total = 0;
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        for item in fs::read_dir(&dir)? {
-            let item = item?;
-            let meta = item.metadata()?;
-            if meta.is_dir() {
-                stack.push(item.path());
-            } else if meta.is_file() {
-                total += meta.len();
-            }
-        }
-    }
-    Ok(total)
 }
 
 #[cfg(test)]

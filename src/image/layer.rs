@@ -882,7 +882,7 @@ pub fn walk_error(e: WalkError, entry: &RelPath) -> LayerError {
             path: entry.clone(),
             through,
         },
-        WalkError::Io(_, source) => LayerError::Create {
+        WalkError::Io(source) => LayerError::Create {
             path: entry.clone(),
             source,
         },

@@ -14,6 +14,8 @@ use oci_spec::image::{ImageIndex, ImageManifest, MediaType};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
+use crate::docker::ImageConfig;
+
 /// Failures reading the save layout.
 #[derive(Debug, thiserror::Error)]
 pub enum LayoutError {
@@ -62,11 +64,12 @@ pub struct LayerRef {
     pub diff_id: String,
 }
 
-/// What to stack, in order, and the image's id (`sha256:` of its config).
+/// What to stack, in order, the image's id (`sha256:` of its config) and its process config.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ImagePlan {
+pub struct ImageLayout {
     pub image_id: String,
     pub layers: Vec<LayerRef>,
+    pub config: ImageConfig,
 }
 
 /// `sha256:<hex>` of some bytes.
@@ -105,6 +108,24 @@ struct DockerManifestEntry {
 #[derive(Deserialize)]
 struct ConfigRootfs {
     rootfs: RootfsDiffIds,
+    #[serde(default)]
+    config: Option<ProcessConfig>,
+}
+
+/// The image config's `config` object (OCI and Docker spell it alike).
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "PascalCase")]
+struct ProcessConfig {
+    #[serde(default)]
+    user: Option<String>,
+    #[serde(default)]
+    working_dir: Option<String>,
+    #[serde(default)]
+    entrypoint: Option<Vec<String>>,
+    #[serde(default)]
+    cmd: Option<Vec<String>>,
+    #[serde(default)]
+    env: Option<Vec<String>>,
 }
 
 #[derive(Deserialize)]
@@ -113,7 +134,7 @@ struct RootfsDiffIds {
 }
 
 /// Resolves the plan from the JSON documents of the stream (name → bytes).
-pub fn resolve(json: &HashMap<String, Vec<u8>>) -> Result<ImagePlan, LayoutError> {
+pub fn resolve(json: &HashMap<String, Vec<u8>>) -> Result<ImageLayout, LayoutError> {
     if let Some(bytes) = json.get("manifest.json") {
         resolve_docker(json, bytes)
     } else if let Some(bytes) = json.get("index.json") {
@@ -146,19 +167,28 @@ fn verify(name: &str, bytes: &[u8], expected: Option<&str>) -> Result<String, La
     Ok(actual)
 }
 
-fn diff_ids(name: &str, bytes: &[u8]) -> Result<Vec<String>, LayoutError> {
+/// The layer digests and the process config of an image config document.
+fn read_config(name: &str, bytes: &[u8]) -> Result<(Vec<String>, ImageConfig), LayoutError> {
     let config: ConfigRootfs =
         serde_json::from_slice(bytes).map_err(|source| LayoutError::ParseJson {
             name: name.to_owned(),
             source,
         })?;
-    Ok(config.rootfs.diff_ids)
+    let p = config.config.unwrap_or_default();
+    let process = ImageConfig {
+        user: p.user.unwrap_or_default(),
+        working_dir: p.working_dir.unwrap_or_default(),
+        entrypoint: p.entrypoint.unwrap_or_default(),
+        cmd: p.cmd.unwrap_or_default(),
+        env: p.env.unwrap_or_default(),
+    };
+    Ok((config.rootfs.diff_ids, process))
 }
 
 fn resolve_docker(
     json: &HashMap<String, Vec<u8>>,
     manifest: &[u8],
-) -> Result<ImagePlan, LayoutError> {
+) -> Result<ImageLayout, LayoutError> {
     let entries: Vec<DockerManifestEntry> =
         serde_json::from_slice(manifest).map_err(|source| LayoutError::ParseJson {
             name: "manifest.json".into(),
@@ -179,7 +209,7 @@ fn resolve_docker(
             .map(|h| format!("sha256:{h}"))
     });
     let image_id = verify(&entry.config, config, stated.as_deref())?;
-    let diff_ids = diff_ids(&entry.config, config)?;
+    let (diff_ids, process) = read_config(&entry.config, config)?;
     if diff_ids.len() != entry.layers.len() {
         return Err(LayoutError::LayerCountMismatch {
             layers: entry.layers.len(),
@@ -196,13 +226,17 @@ fn resolve_docker(
             diff_id,
         })
         .collect();
-    Ok(ImagePlan { image_id, layers })
+    Ok(ImageLayout {
+        image_id,
+        layers,
+        config: process,
+    })
 }
 
 /// How deep nested indexes are followed (an index pointing at an index…).
 const MAX_INDEX_DEPTH: usize = 4;
 
-fn resolve_oci(json: &HashMap<String, Vec<u8>>, index: &[u8]) -> Result<ImagePlan, LayoutError> {
+fn resolve_oci(json: &HashMap<String, Vec<u8>>, index: &[u8]) -> Result<ImageLayout, LayoutError> {
     let parse_err = |name: &str| {
         let name = name.to_owned();
         move |source| LayoutError::ParseOci { name, source }
@@ -255,7 +289,7 @@ fn resolve_oci(json: &HashMap<String, Vec<u8>>, index: &[u8]) -> Result<ImagePla
         let config_name = blob_name(&config_digest)?;
         let config = get(json, &config_name)?;
         let image_id = verify(&config_name, config, Some(&config_digest))?;
-        let diff_ids = diff_ids(&config_name, config)?;
+        let (diff_ids, process) = read_config(&config_name, config)?;
         if diff_ids.len() != manifest.layers().len() {
             return Err(LayoutError::LayerCountMismatch {
                 layers: manifest.layers().len(),
@@ -275,7 +309,11 @@ fn resolve_oci(json: &HashMap<String, Vec<u8>>, index: &[u8]) -> Result<ImagePla
                 })
             })
             .collect::<Result<_, LayoutError>>()?;
-        return Ok(ImagePlan { image_id, layers });
+        return Ok(ImageLayout {
+            image_id,
+            layers,
+            config: process,
+        });
     }
     Err(LayoutError::NoImageManifest { name: index_name })
 }

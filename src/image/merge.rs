@@ -222,7 +222,7 @@ impl Merger {
                     path: link.clone(),
                     through,
                 },
-                WalkError::Io(_, source) => io_err(source),
+                WalkError::Io(source) => io_err(source),
             })?;
         for dir in created {
             mark_implicit_dir(root, &dir, self.ownership, &mut self.skipped).map_err(io_err)?;

@@ -1,15 +1,16 @@
 //! From a Docker image to a root filesystem libkrun can boot.
 //!
-//! [`unpack::unpack_save`] reads a `docker save` stream in one pass: [`layout`] finds the layer
-//! order in Docker's `manifest.json` or OCI's `index.json`, [`layer`] streams each layer into its
-//! own directory as it arrives (the order is only known at the end of the stream), [`merge`]
-//! stacks the verified layers by renames, [`ownership`] applies the image's ids, modes and xattrs,
-//! and [`tree`] holds the fd-relative file operations, which never follow a symlink, they all use.
+//! [`prepare`] holds the flows the verbs and `start` call (build, unpack, the cache, prune).
+//! Below it, [`unpack::unpack_save`] reads a `docker save` stream in one pass: [`layout`] finds
+//! the layer order in Docker's `manifest.json` or OCI's `index.json`, [`layer`] streams each layer
+//! into its own directory as it arrives (the order is only known at the end of the stream),
+//! [`merge`] stacks the verified layers by renames, [`ownership`] applies the image's ids, modes
+//! and xattrs, and [`tree`] holds the fd-relative file operations, which never follow a symlink,
+//! they all use.
 //!
 //! Archive paths are taken the way Docker takes them: a leading `/` or `./` is stripped, any
 //! `..` component is refused. Nothing in those modules talks to Docker; callers hand in the
 //! stream. Around them:
-//! - [`docker`]: the engine's API (bollard): inspect, build, streamed `docker save`, export.
 //! - [`cache`]: one unpacked rootfs per image ID and ownership mode, filled atomically.
 //! - [`rootless`]: the `userns` mode, the unpacker in a child inside a mapped user namespace.
 //! - [`clone`]: a bottle's own writable root without copying the image where the platform allows.
@@ -20,6 +21,7 @@ pub mod layer;
 pub mod layout;
 pub mod merge;
 pub mod ownership;
+pub mod prepare;
 #[cfg(target_os = "linux")]
 pub mod rootless;
 pub mod tree;
@@ -30,6 +32,9 @@ mod test_save;
 #[cfg(test)]
 mod unpack_tests;
 
+use std::io;
+use std::path::Path;
+
 pub use ownership::Ownership;
 pub use unpack::{UnpackError, UnpackOptions, UnpackSummary, unpack_save};
 
@@ -37,5 +42,26 @@ pub use unpack::{UnpackError, UnpackOptions, UnpackSummary, unpack_save};
 /// `FROM`. No registry is assumed: `scripts/build-base-image.sh` makes it with debootstrap.
 pub const BASE_IMAGE: &str = "krbottle/debian-base:bookworm";
 
-/// Docker label put on every container and image krbottle creates, so leftovers can be found.
-pub const LABEL_TOOL: &str = "dev.krbottle.tool";
+/// Deletes a tree krbottle made (a cache entry, a bottle's writable root) with [`tree::remove_tree`]:
+/// descriptor-relative, never following a link, read-only directories made writable first. A
+/// tree holding files owned by subordinate ids (made in `userns` mode), which the user may not
+/// delete, is deleted again from a child in the user's id mapping, where they are its own.
+pub fn remove_tree_any_owner(path: &Path) -> io::Result<()> {
+    match tree::remove_tree(path) {
+        #[cfg(target_os = "linux")]
+        Err(e)
+            if e.kind() == io::ErrorKind::PermissionDenied
+                && !rustix::process::geteuid().is_root() =>
+        {
+            let mapping = crate::sys::userns::IdMapping::for_current_user().map_err(|m| {
+                io::Error::new(
+                    e.kind(),
+                    format!("{e}; deleting it in the user's id mapping is not possible: {m}"),
+                )
+            })?;
+            rootless::remove_in_userns(path, &mapping).map_err(io::Error::other)
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        other => other,
+    }
+}

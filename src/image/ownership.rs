@@ -14,28 +14,68 @@
 use std::ffi::OsStr;
 use std::os::fd::BorrowedFd;
 
+use clap::ValueEnum;
 use rustix::fs::{AtFlags, Gid, Mode, Timespec, Timestamps, Uid, XattrFlags};
 use rustix::io::Errno;
+use serde::{Deserialize, Serialize};
 
 use super::tree::proc_path;
 
-/// How the image's ownership is represented on disk.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// How the image's ownership is represented on disk: the one ownership type of the crate (the
+/// `--ownership` flag, the cache key, the unpacker's writer).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize, ValueEnum)]
+#[serde(rename_all = "lowercase")]
 pub enum Ownership {
-    /// Real `lchown` to the image's ids (needs `CAP_CHOWN` in the current user namespace).
+    /// Real `lchown` to the image's uid/gid (needs root).
     #[default]
     Root,
-    /// Files owned by the current user; the image's ids and mode in [`OVERRIDE_STAT_XATTR`].
+    /// Unpacked inside a user namespace mapped from /etc/subuid and /etc/subgid, where the
+    /// `lchown`s are real: the guest later runs in the same mapping and sees the image's ids.
+    Userns,
+    /// Files owned by you; the image's uid:gid:mode in the `user.containers.override_stat` xattr.
     Xattr,
+}
+
+impl Ownership {
+    /// The mode when none is given: real ids as root, a mapped user namespace otherwise
+    /// (Linux); the override xattr on macOS, where ownership cannot be given away.
+    pub fn default_here() -> Self {
+        if cfg!(target_os = "macos") {
+            Ownership::Xattr
+        } else if rustix::process::geteuid().is_root() {
+            Ownership::Root
+        } else {
+            Ownership::Userns
+        }
+    }
+
+    /// The name used on the command line, in JSON and in cache keys.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Ownership::Root => "root",
+            Ownership::Userns => "userns",
+            Ownership::Xattr => "xattr",
+        }
+    }
+
+    /// Whether the writer records ids in the override xattr (else it `lchown`s: as root, or as
+    /// the namespace's root in `userns` mode).
+    fn in_xattr(self) -> bool {
+        self == Ownership::Xattr
+    }
+}
+
+impl std::fmt::Display for Ownership {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// The xattr libkrun's macOS virtio-fs reads ownership and mode from.
 pub const OVERRIDE_STAT_XATTR: &str = "user.containers.override_stat";
 
 /// `S_IFMT` and friends, as the tar header and the xattr need them.
-pub const S_IFMT: u32 = 0o170000;
 pub const S_IFDIR: u32 = 0o040000;
-pub const S_IFREG: u32 = 0o100000;
 pub const S_IFLNK: u32 = 0o120000;
 pub const S_IFIFO: u32 = 0o010000;
 pub const S_IFCHR: u32 = 0o020000;
@@ -105,9 +145,10 @@ pub fn finish_file(
     skipped: &mut Skipped,
 ) -> Result<(), Errno> {
     set_owner(fd, meta, ownership, 0, skipped)?;
-    let mode = match ownership {
-        Ownership::Root => meta.mode,
-        Ownership::Xattr => (meta.mode & 0o777) | 0o600,
+    let mode = if ownership.in_xattr() {
+        (meta.mode & 0o777) | 0o600
+    } else {
+        meta.mode
     };
     rustix::fs::fchmod(fd, crate::sys::fs::mode(mode))?;
     rustix::fs::futimens(fd, &timestamps(meta.mtime))
@@ -123,16 +164,13 @@ fn set_owner(
     type_bits: u32,
     skipped: &mut Skipped,
 ) -> Result<(), Errno> {
-    match ownership {
-        Ownership::Root => {
-            let (u, g) = ids(meta);
-            rustix::fs::fchown(fd, u, g)?;
-            set_fd_xattrs(fd, &meta.xattrs, skipped)
-        }
-        Ownership::Xattr => {
-            set_fd_xattrs(fd, &meta.xattrs, skipped)?;
-            set_override_stat(fd, meta, type_bits)
-        }
+    if ownership.in_xattr() {
+        set_fd_xattrs(fd, &meta.xattrs, skipped)?;
+        set_override_stat(fd, meta, type_bits)
+    } else {
+        let (u, g) = ids(meta);
+        rustix::fs::fchown(fd, u, g)?;
+        set_fd_xattrs(fd, &meta.xattrs, skipped)
     }
 }
 
@@ -165,9 +203,10 @@ pub fn finish_dir_late(
     meta: &EntryMeta,
     ownership: Ownership,
 ) -> Result<(), Errno> {
-    let mode = match ownership {
-        Ownership::Root => meta.mode & 0o7777,
-        Ownership::Xattr => (meta.mode & 0o777) | 0o700,
+    let mode = if ownership.in_xattr() {
+        (meta.mode & 0o777) | 0o700
+    } else {
+        meta.mode & 0o7777
     };
     rustix::fs::fchmod(fd, crate::sys::fs::mode(mode))?;
     rustix::fs::futimens(fd, &timestamps(meta.mtime))
@@ -196,7 +235,7 @@ pub fn finish_special(
     skipped: &mut Skipped,
 ) -> Result<(), Errno> {
     let path = proc_path(dirfd, name);
-    if ownership == Ownership::Root {
+    if !ownership.in_xattr() {
         let (u, g) = ids(meta);
         rustix::fs::chownat(dirfd, name, u, g, AtFlags::SYMLINK_NOFOLLOW)?;
     }
@@ -205,7 +244,7 @@ pub fn finish_special(
         xattr_result(res, skipped)?;
     }
     if is_symlink {
-        if ownership == Ownership::Xattr {
+        if ownership.in_xattr() {
             // Linux refuses user.* xattrs on symlinks (EPERM, counted); macOS accepts them.
             let value = override_stat_value(meta.uid, meta.gid, S_IFLNK, meta.mode);
             let res = rustix::fs::lsetxattr(

@@ -17,10 +17,7 @@ use indicatif::ProgressBar;
 use crate::image::unpack::UnpackSummary;
 use crate::sys::userns::{self, IdMapping, Namespaces, UsernsError};
 
-/// The hidden subcommand the child runs as.
-pub const CHILD_SUBCOMMAND: &str = "__unpack";
-/// The hidden subcommand of the child that deletes a tree unpacked in this mode.
-pub const REMOVE_SUBCOMMAND: &str = "__remove-tree";
+use crate::hidden::{REMOVE_TREE_CHILD, UNPACK_CHILD};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RootlessError {
@@ -36,6 +33,20 @@ pub enum RootlessError {
     Summary(#[source] serde_json::Error),
     #[error("Cannot wait for the unpacker")]
     Wait(#[source] io::Error),
+    #[error(
+        "This is krbottle's internal {0} child; use `krbottle image unpack --ownership userns` or `krbottle image prune`"
+    )]
+    NotSpawnedByKrbottle(&'static str),
+    #[error(transparent)]
+    Unpack(#[from] crate::image::UnpackError),
+    #[error("Cannot write the unpack summary")]
+    WriteSummary(#[source] serde_json::Error),
+    #[error("Cannot delete {}", path.display())]
+    Remove {
+        path: std::path::PathBuf,
+        #[source]
+        source: io::Error,
+    },
     #[error("Deleting {} in the user namespace failed ({status}); its error is above", path.display())]
     RemoveFailed {
         path: std::path::PathBuf,
@@ -50,7 +61,7 @@ pub fn unpack_in_userns(
     mapping: &IdMapping,
     progress: &ProgressBar,
 ) -> Result<UnpackSummary, RootlessError> {
-    let mut child = spawn_child(CHILD_SUBCOMMAND, dest, Stdio::piped, mapping)?;
+    let mut child = spawn_child(UNPACK_CHILD, dest, Stdio::piped, mapping)?;
     let mut stdin = child.stdin.take().expect("stdin is piped");
     let mut stdout = child.stdout.take().expect("stdout is piped");
     // Read the summary on a thread so a chatty child can never block on a full stdout pipe.
@@ -79,7 +90,7 @@ pub fn unpack_in_userns(
 /// Deletes `path`, a tree unpacked in this mode, from a child in a user namespace with
 /// `mapping`: its files belong to subordinate ids, which only such a process may delete.
 pub fn remove_in_userns(path: &Path, mapping: &IdMapping) -> Result<(), RootlessError> {
-    let mut child = spawn_child(REMOVE_SUBCOMMAND, path, Stdio::null, mapping)?;
+    let mut child = spawn_child(REMOVE_TREE_CHILD, path, Stdio::null, mapping)?;
     let status = child.wait().map_err(RootlessError::Wait)?;
     if status.success() {
         Ok(())
@@ -107,4 +118,30 @@ fn spawn_child(
         .stdout(io())
         .stderr(Stdio::inherit());
     Ok(userns::spawn(&mut cmd, Namespaces::default(), mapping)?)
+}
+
+/// The `__unpack` child: enters the namespace, unpacks stdin into `dest` with real `lchown`s
+/// (the namespace's own ids), prints the summary as JSON on stdout.
+pub fn unpack_child_main(dest: &Path) -> Result<(), RootlessError> {
+    if userns::enter_from_env()?.is_none() {
+        return Err(RootlessError::NotSpawnedByKrbottle(UNPACK_CHILD));
+    }
+    let opts = crate::image::UnpackOptions {
+        ownership: crate::image::Ownership::Userns,
+        ..Default::default()
+    };
+    let summary = crate::image::unpack_save(io::stdin(), dest, &opts, &ProgressBar::hidden())?;
+    serde_json::to_writer(io::stdout().lock(), &summary).map_err(RootlessError::WriteSummary)
+}
+
+/// The `__remove-tree` child: enters the namespace, deletes `path` (a tree unpacked in `userns`
+/// mode, whose files are the namespace's own).
+pub fn remove_child_main(path: &Path) -> Result<(), RootlessError> {
+    if userns::enter_from_env()?.is_none() {
+        return Err(RootlessError::NotSpawnedByKrbottle(REMOVE_TREE_CHILD));
+    }
+    crate::image::tree::remove_tree(path).map_err(|source| RootlessError::Remove {
+        path: path.to_path_buf(),
+        source,
+    })
 }

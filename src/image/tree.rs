@@ -159,7 +159,7 @@ pub fn open_dir(root: BorrowedFd<'_>, path: &RelPath) -> io::Result<OwnedFd> {
 pub enum WalkError {
     /// The component at this path exists and is not a directory (a symlink, file, device…).
     NotADirectory(RelPath),
-    Io(RelPath, io::Error),
+    Io(io::Error),
 }
 
 /// Opens directory `path` below `root`, creating missing components with `mode` (chmod'ed
@@ -170,7 +170,7 @@ pub fn walk_create(
     mode: u32,
     created: &mut Vec<RelPath>,
 ) -> Result<OwnedFd, WalkError> {
-    let mut cur = rustix::io::dup(root).map_err(|e| WalkError::Io(RelPath::root(), e.into()))?;
+    let mut cur = rustix::io::dup(root).map_err(|e| WalkError::Io(e.into()))?;
     let mut here = RelPath::root();
     for comp in path.components() {
         here = here.join(comp);
@@ -178,11 +178,10 @@ pub fn walk_create(
             Ok(fd) => fd,
             Err(e) if e.raw_os_error() == Some(Errno::NOENT.raw_os_error()) => {
                 rustix::fs::mkdirat(cur.as_fd(), comp.as_bytes(), Mode::from_raw_mode(0o700))
-                    .map_err(|e| WalkError::Io(here.clone(), e.into()))?;
-                let fd =
-                    open_dir_at(cur.as_fd(), comp).map_err(|e| WalkError::Io(here.clone(), e))?;
+                    .map_err(|e| WalkError::Io(e.into()))?;
+                let fd = open_dir_at(cur.as_fd(), comp).map_err(|e| WalkError::Io(e))?;
                 rustix::fs::fchmod(&fd, crate::sys::fs::mode(mode))
-                    .map_err(|e| WalkError::Io(here.clone(), e.into()))?;
+                    .map_err(|e| WalkError::Io(e.into()))?;
                 created.push(here.clone());
                 fd
             }
@@ -192,7 +191,7 @@ pub fn walk_create(
             {
                 return Err(WalkError::NotADirectory(here));
             }
-            Err(e) => return Err(WalkError::Io(here, e)),
+            Err(e) => return Err(WalkError::Io(e)),
         };
     }
     Ok(cur)

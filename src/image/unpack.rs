@@ -130,6 +130,9 @@ pub struct UnpackSummary {
     pub seconds: f64,
     pub image_id: Option<String>,
     pub diff_ids: Vec<String>,
+    /// The image's process config (USER, WORKDIR, ENTRYPOINT, CMD, ENV) from the save stream.
+    #[serde(default)]
+    pub config: crate::docker::ImageConfig,
 }
 
 /// Reads a whole `docker save` stream and creates `dest` (which must not exist) atomically:
@@ -217,10 +220,10 @@ pub fn unpack_save<R: Read + Send>(
     let contents = read_result?;
 
     // Order, verify, merge.
-    let plan = layout::resolve(&contents.json)?;
-    let mut stack = Vec::with_capacity(plan.layers.len());
+    let image = layout::resolve(&contents.json)?;
+    let mut stack = Vec::with_capacity(image.layers.len());
     let mut used = HashMap::new();
-    for l in &plan.layers {
+    for l in &image.layers {
         let blob = contents
             .find(&l.name)
             .ok_or_else(|| UnpackError::MissingLayer {
@@ -295,8 +298,9 @@ pub fn unpack_save<R: Read + Send>(
         skipped_devices: 0,
         skipped_xattrs: 0,
         seconds: 0.0,
-        image_id: Some(plan.image_id.clone()),
-        diff_ids: plan.layers.iter().map(|l| l.diff_id.clone()).collect(),
+        image_id: Some(image.image_id.clone()),
+        diff_ids: image.layers.iter().map(|l| l.diff_id.clone()).collect(),
+        config: image.config.clone(),
     };
     for (name, index, dir) in &stack {
         let record = &records[index];

@@ -84,11 +84,6 @@ impl Host {
         Ok(Host::Domain(ascii))
     }
 
-    /// The form to put in a `Host` header, a SNI or a DNS query (IPv6 bracketed).
-    pub fn as_authority_host(&self) -> String {
-        self.to_string()
-    }
-
     pub fn domain(&self) -> Option<&str> {
         match self {
             Host::Domain(d) => Some(d),

@@ -11,6 +11,22 @@ use std::path::Path;
 
 use rustix::fs::{FileType, Mode, RawMode};
 
+/// Writes `data` to a temporary file next to `path` with `mode` (set before any byte is
+/// written, so a key is never readable by others), syncs it, then renames it into place: a
+/// reader sees the old file or the new one, never a half-written one.
+pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::PermissionsExt;
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty());
+    let mut tmp = tempfile::NamedTempFile::new_in(dir.unwrap_or(Path::new(".")))?;
+    tmp.as_file()
+        .set_permissions(std::fs::Permissions::from_mode(mode))?;
+    tmp.write_all(data)?;
+    tmp.as_file().sync_all()?;
+    tmp.persist(path).map_err(|e| e.error)?;
+    Ok(())
+}
+
 /// Permission bits as rustix's [`Mode`], whose raw type is `u32` on Linux and `u16` on macOS.
 /// Bits above `0o7777` are dropped (they are the file type, never a permission).
 pub fn mode(bits: u32) -> Mode {

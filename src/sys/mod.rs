@@ -4,10 +4,11 @@
 //! - `userns`: re-executed children in new user/net/mount namespaces with an id mapping;
 //! - `netif`: loopback up, and what interfaces and routes a network namespace has;
 //! - `fdpass`: passing descriptors over a unix socket (`SCM_RIGHTS`);
-//! - `signals`: forwarding termination signals to a child;
+//! - `signals`: the one owner of the termination signals, and forwarding them to a child;
 //! - `kvm`: probing `/dev/kvm`;
 //! - `tty`: raw mode with guaranteed restore;
-//! - `fs`: file-system calls that differ between Linux and macOS (nodes, clones, sync).
+//! - `fs`: file-system calls that differ between Linux and macOS (nodes, clones, sync), and
+//!   `write_atomic`, the one temp-file-then-rename writer.
 
 #[cfg(target_os = "linux")]
 pub mod fdpass;

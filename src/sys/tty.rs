@@ -2,7 +2,8 @@
 //!
 //! The guest gets the terminal raw (its own line discipline does the editing and turns ^C into
 //! SIGINT inside the guest). The guard restores the saved settings on every path out of the
-//! parent, including panics; signals do not kill the parent while a child runs (see `signals`).
+//! parent, including panics; signals do not kill the parent while a child runs: they are
+//! forwarded (see `signals`).
 
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};

@@ -39,6 +39,18 @@ pub enum ChildError {
         #[source]
         source: std::io::Error,
     },
+    #[error("Could not make the VMM's mounts private")]
+    Private(#[source] std::io::Error),
+    #[error("Could not open the root filesystem in the VMM")]
+    OpenRoot(#[source] std::io::Error),
+    #[error("Could not share {host} with the guest")]
+    Bind {
+        host: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Provision(#[from] crate::provision::ProvisionError),
     #[error("Could not bring up loopback in the VMM's network namespace")]
     LoopbackUp(#[source] std::io::Error),
     #[error("Could not listen on guest port {0} in the VMM's network namespace")]
@@ -76,7 +88,7 @@ pub fn main() -> u8 {
         Err(err) => {
             // The parent turns this into the user's one-line error.
             let _ = control.write_all(&[control::FAILED]);
-            let _ = control.write_all(error_chain(&err).as_bytes());
+            let _ = control.write_all(crate::output::error_chain(&err).as_bytes());
             crate::exit::FAILURE
         }
     }
@@ -90,36 +102,49 @@ fn control_socket() -> Option<UnixStream> {
     userns::take_inherited_fd(fd)
 }
 
-fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut msg = err.to_string();
-    let mut source = err.source();
-    while let Some(s) = source {
-        msg.push_str(": ");
-        msg.push_str(&s.to_string());
-        source = s.source();
-    }
-    msg
-}
-
 fn setup_and_run(control: &mut UnixStream, ns: userns::Namespaces) -> Result<u8, ChildError> {
     let frame = control::read_frame(&mut *control).map_err(ChildError::ReadConfig)?;
     let config: VmConfig = serde_json::from_slice(&frame)
         .map_err(|e| ChildError::ReadConfig(std::io::Error::other(e)))?;
 
-    if let Some(overlay) = &config.overlay {
+    if config.overlay.is_some() || !config.binds.is_empty() {
         if !ns.mount {
             return Err(ChildError::NoMountNamespace);
         }
+        // Nothing mounted here may propagate back to the host's mount namespace.
+        rustix::mount::mount_change(
+            "/",
+            rustix::mount::MountPropagationFlags::PRIVATE
+                | rustix::mount::MountPropagationFlags::REC,
+        )
+        .map_err(|e| ChildError::Private(e.into()))?;
+    }
+    if let Some(overlay) = &config.overlay {
         mount_overlay(overlay, &config.root)?;
     }
+    let root = rustix::fs::open(
+        &config.root,
+        rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )
+    .map_err(|e| ChildError::OpenRoot(e.into()))?;
+    for host in &config.binds {
+        bind_into_root(root.as_fd(), host)?;
+    }
+    crate::provision::apply(
+        root.as_fd(),
+        &config.provision,
+        crate::provision::Ids::Chown,
+    )?;
+    drop(root);
 
     netif::loopback_up().map_err(ChildError::LoopbackUp)?;
     let listeners = config
-        .endpoints
+        .guest_ports
         .iter()
-        .map(|e| {
-            TcpListener::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, e.guest_port)))
-                .map_err(|err| ChildError::Listen(e.guest_port, err))
+        .map(|&port| {
+            TcpListener::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, port)))
+                .map_err(|err| ChildError::Listen(port, err))
         })
         .collect::<Result<Vec<_>, _>>()?;
     let fds: Vec<OwnedFd> = listeners.into_iter().map(OwnedFd::from).collect();
@@ -136,6 +161,13 @@ fn setup_and_run(control: &mut UnixStream, ns: userns::Namespaces) -> Result<u8,
             Ok(crate::exit::OK)
         }
         ChildMode::Boot => {
+            // The parent says go once every endpoint's upstream is there (the bundle is up);
+            // an end of stream instead means it gave up.
+            let mut go = [0u8; 1];
+            match std::io::Read::read(&mut *control, &mut go) {
+                Ok(1) if go[0] == control::GO => {}
+                _ => return Ok(crate::exit::FAILURE),
+            }
             let ctx = configure(&config)?;
             let log = control.try_clone().map_err(ChildError::Configure)?;
             krun::init_log(log.into(), krun::LogLevel::Warn).map_err(ChildError::Configure)?;
@@ -150,19 +182,14 @@ fn setup_and_run(control: &mut UnixStream, ns: userns::Namespaces) -> Result<u8,
     }
 }
 
-/// Mounts `overlay` on `target`, visible only in this process's mount namespace.
+/// Mounts `overlay` on `target`, visible only in this process's mount namespace (made private
+/// before).
 fn mount_overlay(overlay: &Overlay, target: &std::path::Path) -> Result<(), ChildError> {
     let err = |source: rustix::io::Errno| ChildError::MountOverlay {
         lower: overlay.lower.display().to_string(),
         target: target.display().to_string(),
         source: source.into(),
     };
-    // Nothing mounted here may propagate back to the host's mount namespace.
-    rustix::mount::mount_change(
-        "/",
-        rustix::mount::MountPropagationFlags::PRIVATE | rustix::mount::MountPropagationFlags::REC,
-    )
-    .map_err(err)?;
     let options = std::ffi::CString::new(overlay.mount_options())
         .map_err(|_| err(rustix::io::Errno::INVAL))?;
     rustix::mount::mount(
@@ -173,6 +200,27 @@ fn mount_overlay(overlay: &Overlay, target: &std::path::Path) -> Result<(), Chil
         options.as_c_str(),
     )
     .map_err(err)
+}
+
+/// Bind-mounts the host directory `host` onto the same path inside the root (creating the
+/// mount point there link-safely, owned by root), so the guest sees it through the root's
+/// virtio-fs.
+fn bind_into_root(
+    root: std::os::fd::BorrowedFd<'_>,
+    host: &std::path::Path,
+) -> Result<(), ChildError> {
+    let err = |source: std::io::Error| ChildError::Bind {
+        host: host.display().to_string(),
+        source,
+    };
+    let guest = host
+        .to_str()
+        .ok_or_else(|| err(std::io::ErrorKind::InvalidInput.into()))?;
+    let dir = crate::provision::make_dir(root, guest).map_err(|e| err(std::io::Error::other(e)))?;
+    // The mount point is named by the descriptor just made (never by a path through the root,
+    // which the image could redirect).
+    let target = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&dir));
+    rustix::mount::mount_bind(host, target.as_str()).map_err(|e| err(e.into()))
 }
 
 /// Makes every libkrun configuration call for `config`, in the order libkrun expects.

@@ -131,31 +131,55 @@ impl Share {
     }
 }
 
-/// Parses `UID:GID` (numeric).
-pub fn parse_user(s: &str) -> Result<(u32, u32), ConfigError> {
-    let err = || ConfigError::ParseUser(s.to_owned());
-    let (uid, gid) = s.split_once(':').ok_or_else(err)?;
-    Ok((
-        uid.parse().map_err(|_| err())?,
-        gid.parse().map_err(|_| err())?,
-    ))
+/// The numeric user and group the guest's command runs as.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GuestUser {
+    pub uid: u32,
+    pub gid: u32,
 }
 
-/// Parses one `NAME=VALUE` entry (from `--env` or an env file) and checks the guest can get it.
-pub fn parse_env_entry(s: &str) -> Result<(String, String), ConfigError> {
-    let (name, value) = s
-        .split_once('=')
-        .ok_or_else(|| ConfigError::ParseEnv(s.to_owned()))?;
-    validate_env(name, value)?;
-    Ok((name.to_owned(), value.to_owned()))
+impl GuestUser {
+    pub const ROOT: GuestUser = GuestUser { uid: 0, gid: 0 };
+
+    /// Parses `UID:GID` (numeric).
+    pub fn parse(s: &str) -> Result<Self, ConfigError> {
+        let err = || ConfigError::ParseUser(s.to_owned());
+        let (uid, gid) = s.split_once(':').ok_or_else(err)?;
+        Ok(GuestUser {
+            uid: uid.parse().map_err(|_| err())?,
+            gid: gid.parse().map_err(|_| err())?,
+        })
+    }
+}
+
+/// One `NAME=VALUE` environment entry the guest can receive (no `=` or NUL in the name, no NUL
+/// in the value).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EnvVar {
+    pub name: String,
+    pub value: String,
+}
+
+impl EnvVar {
+    /// Parses one `NAME=VALUE` entry (from `--env` or an env file).
+    pub fn parse(s: &str) -> Result<Self, ConfigError> {
+        let (name, value) = s
+            .split_once('=')
+            .ok_or_else(|| ConfigError::ParseEnv(s.to_owned()))?;
+        validate_env(name, value)?;
+        Ok(EnvVar {
+            name: name.to_owned(),
+            value: value.to_owned(),
+        })
+    }
 }
 
 /// Parses an env file: `NAME=VALUE` lines; blank lines and lines starting with `#` are skipped.
-pub fn parse_env_file(text: &str) -> Result<Vec<(String, String)>, ConfigError> {
+pub fn parse_env_file(text: &str) -> Result<Vec<EnvVar>, ConfigError> {
     text.lines()
         .map(|l| l.strip_suffix('\r').unwrap_or(l))
         .filter(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#'))
-        .map(parse_env_entry)
+        .map(EnvVar::parse)
         .collect()
 }
 
@@ -275,13 +299,29 @@ impl Overlay {
     pub fn parse(s: &str) -> Result<Self, ConfigError> {
         let err = || ConfigError::ParseOverlay(s.to_owned());
         let (lower, upper) = s.split_once(':').ok_or_else(err)?;
-        if lower.is_empty() || upper.is_empty() || upper.contains(':') || s.contains(',') {
+        if lower.is_empty() || upper.is_empty() {
             return Err(err());
         }
-        Ok(Self {
-            lower: lower.into(),
-            upper: upper.into(),
-        })
+        Overlay::new(lower.into(), upper.into()).map_err(|_| err())
+    }
+
+    /// An overlay of two paths, refused if overlayfs's options could not carry them (`,`,
+    /// `:` or a NUL byte).
+    pub fn new(lower: PathBuf, upper: PathBuf) -> Result<Self, ConfigError> {
+        let bad = |p: &PathBuf| {
+            p.as_os_str()
+                .as_encoded_bytes()
+                .iter()
+                .any(|b| matches!(b, b',' | b':' | b'\0'))
+        };
+        if bad(&lower) || bad(&upper) {
+            return Err(ConfigError::ParseOverlay(format!(
+                "{}:{}",
+                lower.display(),
+                upper.display()
+            )));
+        }
+        Ok(Self { lower, upper })
     }
 
     pub fn diff_dir(&self) -> PathBuf {
@@ -321,19 +361,29 @@ pub struct VmConfig {
     /// When set, `root` is the mount point of this overlay (mounted by the child).
     pub overlay: Option<Overlay>,
     pub shares: Vec<Share>,
+    /// Host directories bind-mounted into the root at the same path, in the child's mount
+    /// namespace, before anything else is done there (`start --share-cwd`).
+    #[serde(default)]
+    pub binds: Vec<PathBuf>,
+    /// Files written into the root before boot (`crate::provision`), after the overlay and the
+    /// binds are mounted.
+    #[serde(default)]
+    pub provision: Vec<crate::provision::ProvisionFile>,
     pub process: GuestProcess,
-    pub endpoints: Vec<ResolvedEndpoint>,
+    /// The guest ports to listen on in the child's network namespace; the parent relays each
+    /// to its upstream.
+    pub guest_ports: Vec<u16>,
     /// Explicit `libkrunfw` to load before creating the context (`KRBOTTLE_LIBKRUNFW`).
     pub libkrunfw: Option<PathBuf>,
     pub mode: ChildMode,
 }
 
-/// Rejects two endpoints on the same guest port.
-pub fn check_unique_guest_ports(endpoints: &[Endpoint]) -> Result<(), ConfigError> {
+/// Rejects a guest port given twice.
+pub fn check_unique_guest_ports(ports: &[u16]) -> Result<(), ConfigError> {
     let mut seen = std::collections::HashSet::new();
-    for e in endpoints {
-        if !seen.insert(e.guest_port) {
-            return Err(ConfigError::DuplicateGuestPort(e.guest_port));
+    for &port in ports {
+        if !seen.insert(port) {
+            return Err(ConfigError::DuplicateGuestPort(port));
         }
     }
     Ok(())
@@ -384,10 +434,9 @@ mod tests {
 
     #[test]
     fn duplicate_guest_ports() {
-        let e = |s| Endpoint::parse(s).unwrap();
-        assert!(check_unique_guest_ports(&[e("1=h:2"), e("3=h:2")]).is_ok());
+        assert!(check_unique_guest_ports(&[1, 3]).is_ok());
         assert_eq!(
-            check_unique_guest_ports(&[e("1=h:2"), e("1=h:3")]),
+            check_unique_guest_ports(&[1, 1]),
             Err(ConfigError::DuplicateGuestPort(1))
         );
     }
@@ -427,9 +476,15 @@ mod tests {
 
     #[test]
     fn users() {
-        assert_eq!(parse_user("1000:100"), Ok((1000, 100)));
+        assert_eq!(
+            GuestUser::parse("1000:100"),
+            Ok(GuestUser {
+                uid: 1000,
+                gid: 100
+            })
+        );
         for bad in ["", "1000", "a:b", "1:-1", ":1"] {
-            assert!(parse_user(bad).is_err(), "{bad}");
+            assert!(GuestUser::parse(bad).is_err(), "{bad}");
         }
     }
 
@@ -450,10 +505,10 @@ mod tests {
             ("NOEQ", Err(ConfigError::ParseEnv("NOEQ".into()))),
         ];
         for (s, want) in table {
-            let got = parse_env_entry(s);
+            let got = EnvVar::parse(s);
             let got = got
                 .as_ref()
-                .map(|(n, v)| (n.as_str(), v.as_str()))
+                .map(|e| (e.name.as_str(), e.value.as_str()))
                 .map_err(Clone::clone);
             assert_eq!(&got, want, "{s:?}");
         }
@@ -464,7 +519,10 @@ mod tests {
         let text = "# comment\n\nA=1\r\n  # indented comment\nB=x y 'z'\n";
         assert_eq!(
             parse_env_file(text).unwrap(),
-            vec![("A".into(), "1".into()), ("B".into(), "x y 'z'".into())]
+            vec![
+                EnvVar::parse("A=1").unwrap(),
+                EnvVar::parse("B=x y 'z'").unwrap()
+            ]
         );
         assert_eq!(
             parse_env_file("A=1\nbad\n"),
@@ -559,11 +617,10 @@ mod tests {
             root: "/r".into(),
             overlay: Some(Overlay::parse("/l:/u").unwrap()),
             shares: vec![Share::parse("/a:/b:ro").unwrap()],
+            binds: vec!["/home/me/project".into()],
+            provision: Vec::new(),
             process: process(),
-            endpoints: vec![ResolvedEndpoint {
-                guest_port: 8888,
-                upstream: "127.0.0.1:1".parse().unwrap(),
-            }],
+            guest_ports: vec![8888],
             libkrunfw: None,
             mode: ChildMode::NetProbe {
                 targets: vec!["127.0.0.1:2".parse().unwrap()],

@@ -1,15 +1,18 @@
 //! The control socket between the parent and its `__vmm` child.
 //!
 //! Parent → child: the [`VmConfig`](super::config::VmConfig) as one frame (u32 little-endian
-//! length, then JSON). Child → parent, in order: [`LISTENERS`] carrying the endpoint listener
-//! sockets (`SCM_RIGHTS`), then either [`FAILED`] followed by a one-line message (setup failed,
-//! nothing was started), or [`ENTERING`] right before `krun_start_enter`, after which the rest of
-//! the stream is libkrun's own log text.
+//! length, then JSON). Child → parent: [`LISTENERS`] carrying the endpoint listener sockets
+//! (`SCM_RIGHTS`), once the root is mounted and provisioned. Parent → child: [`GO`] once every
+//! endpoint's upstream is there (the bundle is up). Child → parent: either [`FAILED`] followed by
+//! a one-line message (setup failed, nothing was started), or [`ENTERING`] right before
+//! `krun_start_enter`, after which the rest of the stream is libkrun's own log text.
 
 use std::io::{self, Read, Write};
 
 /// Child → parent: the endpoint listeners (possibly none) ride on this byte.
 pub const LISTENERS: u8 = b'L';
+/// Parent → child: the upstreams are there, boot.
+pub const GO: u8 = b'G';
 /// Child → parent: configuration done, calling `krun_start_enter` now.
 pub const ENTERING: u8 = b'E';
 /// Child → parent: setup failed; a UTF-8 message follows until end of stream.

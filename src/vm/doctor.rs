@@ -50,7 +50,25 @@ pub enum BootVerdict {
 /// The verdict from the facts: every requirement of a boot, first failure wins.
 pub fn verdict(f: &Facts) -> BootVerdict {
     let no = |s: String| BootVerdict::CannotBoot(s);
-    match &f.kvm {
+    if let v @ BootVerdict::CannotBoot(_) = hypervisor_verdict(&f.kvm, &f.kvm_modules) {
+        return v;
+    }
+    if let Err(e) = &f.libkrunfw {
+        return no(format!("libkrunfw is missing ({e}); {}", LIBKRUNFW_HINT));
+    }
+    if let Err(e) = &f.user_namespaces {
+        return no(e.clone());
+    }
+    if let Err(e) = &f.id_mapping {
+        return no(e.clone());
+    }
+    BootVerdict::CanBoot
+}
+
+/// Whether the hypervisor (`/dev/kvm` and the module behind it) can boot libkrunfw's kernel.
+pub fn hypervisor_verdict(kvm: &Result<i32, String>, modules: &[String]) -> BootVerdict {
+    let no = |s: String| BootVerdict::CannotBoot(s);
+    match kvm {
         Err(e) => {
             return no(format!(
                 "cannot use /dev/kvm ({e}); enable KVM, or add yourself to the `kvm` group and log in again"
@@ -63,26 +81,16 @@ pub fn verdict(f: &Facts) -> BootVerdict {
         }
         Ok(_) => {}
     }
-    let capable = f
-        .kvm_modules
+    let capable = modules
         .iter()
         .any(|m| CAPABLE_KVM_MODULES.contains(&m.as_str()));
-    if !capable && f.kvm_modules.iter().any(|m| m == PVM_MODULE) {
+    if !capable && modules.iter().any(|m| m == PVM_MODULE) {
         return no("/dev/kvm is kvm_pvm (paravirtual nested KVM), which cannot boot the libkrunfw kernel; use a host with kvm_intel or kvm_amd".to_owned());
     }
     if !capable {
         return no(
             "no kvm_intel or kvm_amd module is loaded; load the one for your CPU".to_owned(),
         );
-    }
-    if let Err(e) = &f.libkrunfw {
-        return no(format!("libkrunfw is missing ({e}); {}", LIBKRUNFW_HINT));
-    }
-    if let Err(e) = &f.user_namespaces {
-        return no(e.clone());
-    }
-    if let Err(e) = &f.id_mapping {
-        return no(e.clone());
     }
     BootVerdict::CanBoot
 }
@@ -151,24 +159,17 @@ fn id_mapping_fact() -> Result<String, String> {
     ))
 }
 
-fn docker_fact() -> Result<(), String> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| e.to_string())?;
-    rt.block_on(async {
-        let docker = bollard::Docker::connect_with_defaults().map_err(|e| e.to_string())?;
-        let ping = docker.ping();
-        match tokio::time::timeout(std::time::Duration::from_secs(5), ping).await {
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(e)) => Err(e.to_string()),
-            Err(_) => Err("no answer within 5 s".to_owned()),
-        }
-    })
+async fn docker_fact() -> Result<(), String> {
+    let connect = crate::docker::Engine::connect();
+    match tokio::time::timeout(std::time::Duration::from_secs(5), connect).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(crate::output::error_chain(&e)),
+        Err(_) => Err("no answer within 5 s".to_owned()),
+    }
 }
 
 /// Observes everything doctor reports.
-pub fn gather() -> Facts {
+pub async fn gather() -> Facts {
     let (kvm, kvm_modules) = kvm_facts();
     let (libkrunfw, libkrunfw_source) = libkrunfw_fact();
     Facts {
@@ -178,7 +179,7 @@ pub fn gather() -> Facts {
         libkrunfw_source,
         user_namespaces: user_namespaces_fact(),
         id_mapping: id_mapping_fact(),
-        docker: docker_fact(),
+        docker: docker_fact().await,
     }
 }
 

@@ -27,13 +27,12 @@ const TSI_HIJACK_INET: u32 = 1 << 0;
 /// The SONAME libkrun `dlopen`s for the guest kernel.
 pub const LIBKRUNFW_SONAME: &str = "libkrunfw.so.5";
 
-/// libkrun's log levels (`krun_init_log`).
+/// The libkrun log levels krbottle uses (`krun_init_log`; libkrun also has 1 error, 3 info,
+/// 4 debug).
 #[derive(Clone, Copy, Debug)]
 pub enum LogLevel {
-    Error = 1,
+    /// Warnings and errors: what the parent shows and classifies a VMM failure by.
     Warn = 2,
-    Info = 3,
-    Debug = 4,
 }
 
 /// Turns a libkrun return value into a `Result`, naming the call in the error.

@@ -3,11 +3,13 @@
 //! `krun_start_enter` never returns (libkrun `_exit`s with the guest's code), so the parent does
 //! everything around it: it re-executes this binary as `__vmm` in new namespaces, sends the
 //! config on the control socket (`vm::control`), relays the endpoint listeners the child hands
-//! back (`vm::relay`), forwards termination signals, keeps the terminal raw while the guest runs
-//! and restores it whatever happens, and turns the child's end into an [`Outcome`].
+//! back (`vm::relay`), keeps the terminal raw while the guest runs and restores it whatever
+//! happens, and turns the child's end into an [`Outcome`]. [`run_attached`] also forwards the
+//! termination signals (`sys::signals`, their one owner) to the child while it runs, so the
+//! parent always lives to wait for it, restore the terminal and report.
 
-use std::io::Read;
-use std::net::TcpListener;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener};
 use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::ExitStatusExt;
@@ -18,9 +20,6 @@ use crate::env_vars;
 use crate::sys::{fdpass, signals, tty, userns};
 use crate::vm::config::{ChildMode, VmConfig};
 use crate::vm::{control, relay};
-
-/// The hidden subcommand the child runs as.
-pub const CHILD_SUBCOMMAND: &str = "__vmm";
 
 #[derive(Debug, thiserror::Error)]
 pub enum LaunchError {
@@ -44,8 +43,14 @@ pub enum LaunchError {
     Wait(#[source] std::io::Error),
     #[error("Could not put the terminal in raw mode")]
     RawMode(#[source] std::io::Error),
-    #[error("Could not install signal forwarding")]
+    #[error("Could not handle termination signals")]
     Signals(#[source] std::io::Error),
+    #[error("Could not encode the VM config for the VMM child")]
+    EncodeConfig(#[source] serde_json::Error),
+    #[error("The VMM launcher stopped unexpectedly")]
+    Join(#[source] tokio::task::JoinError),
+    #[error("{0}")]
+    Upstreams(String),
 }
 
 /// How a run ended, once setup succeeded.
@@ -63,22 +68,57 @@ pub enum Outcome {
 pub struct Phases {
     /// The child runs in its own namespaces.
     pub spawned: Duration,
-    /// The config is sent, the endpoint listeners received and their relays started.
+    /// The config is sent, the child has mounted and provisioned the root and handed over the
+    /// endpoint listeners.
+    pub ready: Duration,
+    /// The upstreams are known, the relays started and the child told to boot.
     pub configured: Duration,
     /// The child has made every libkrun configuration call and is calling `krun_start_enter`.
     /// `None` when setup failed before that.
     pub entered: Option<Duration>,
 }
 
-/// Runs `config` in a confined child mapped with `mapping` and waits for it.
-pub fn launch(config: &VmConfig, mapping: &userns::IdMapping) -> Result<Outcome, LaunchError> {
-    launch_timed(config, mapping).map(|(outcome, _)| outcome)
+/// Runs `config` in a confined child mapped with `mapping` and waits for it; each guest port
+/// is relayed to its upstream (in the order of `config.guest_ports`). Termination signals sent
+/// to krbottle meanwhile are forwarded to the child.
+pub async fn run_attached(
+    config: VmConfig,
+    mapping: userns::IdMapping,
+    upstreams: Vec<SocketAddr>,
+) -> Result<Outcome, LaunchError> {
+    let mut signals = signals::Termination::listen().map_err(LaunchError::Signals)?;
+    let (spawned_tx, mut spawned_rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut launch = tokio::task::spawn_blocking(move || {
+        let on_spawn = |child| {
+            let _ = spawned_tx.send(child);
+        };
+        launch_timed(&config, &mapping, move || Ok(upstreams), on_spawn)
+    });
+    let mut child: Option<signals::ChildSignaller> = None;
+    loop {
+        tokio::select! {
+            done = &mut launch => return done.map_err(LaunchError::Join)?.map(|(o, _)| o),
+            Some(c) = spawned_rx.recv() => child = Some(c),
+            sig = signals.recv() => {
+                if let Some(c) = &child && let Err(e) = c.send(sig) {
+                    tracing::warn!("could not forward {} to the VMM: {e}", sig.name());
+                }
+            }
+        }
+    }
 }
 
-/// [`launch`], also returning how long each setup phase took (for `krbottle bench run`).
+/// Runs `config` in a confined child mapped with `mapping` and waits for it. `on_spawn` gets a
+/// handle to signal the child as soon as it exists; `upstreams` is called once the child is set
+/// up (root mounted and provisioned, listeners made) and returns each guest port's upstream, in
+/// order: it may wait (for the bundle), and the guest boots only once it has returned. Also
+/// returns how long each setup phase took (for the benches). Blocking: call it from a blocking
+/// thread.
 pub fn launch_timed(
     config: &VmConfig,
     mapping: &userns::IdMapping,
+    upstreams: impl FnOnce() -> Result<Vec<SocketAddr>, LaunchError>,
+    on_spawn: impl FnOnce(signals::ChildSignaller),
 ) -> Result<(Outcome, Phases), LaunchError> {
     let started = Instant::now();
     let exe = std::env::current_exe().map_err(LaunchError::CurrentExe)?;
@@ -86,7 +126,7 @@ pub fn launch_timed(
     let theirs: std::os::fd::OwnedFd = theirs.into();
     let mut cmd = Command::new(exe);
     let fd = userns::inherit_fd(&mut cmd, &theirs);
-    cmd.arg(CHILD_SUBCOMMAND)
+    cmd.arg(crate::hidden::VMM_CHILD)
         .env(env_vars::KRBOTTLE_VMM_FD, fd.to_string());
     let ns = userns::Namespaces {
         net: true,
@@ -98,27 +138,48 @@ pub fn launch_timed(
     let relays = streams.relay(&mut child);
     let spawned = started.elapsed();
     drop(theirs);
-    let _forward = signals::ForwardGuard::install(child.id()).map_err(LaunchError::Signals)?;
-
-    let setup = (|| {
-        let json = serde_json::to_vec(config).expect("VmConfig always serialises");
-        control::write_frame(&mut ours, &json).map_err(LaunchError::SendConfig)?;
-        match fdpass::recv_fds(&ours).map_err(LaunchError::ReceiveListeners)? {
-            Some((control::LISTENERS, fds)) => {
-                if fds.len() != config.endpoints.len() {
-                    return Err(LaunchError::ListenerCount {
-                        got: fds.len(),
-                        want: config.endpoints.len(),
-                    });
-                }
-                for (fd, endpoint) in fds.into_iter().zip(&config.endpoints) {
-                    relay::serve(TcpListener::from(fd), endpoint.upstream);
-                }
-                Ok(())
-            }
-            Some((control::FAILED, _)) => Err(LaunchError::ChildSetup(read_rest(&mut ours))),
-            _ => Err(LaunchError::ChildDied(String::new())),
+    match signals::ChildSignaller::new(child.id()) {
+        Ok(signaller) => on_spawn(signaller),
+        Err(e) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(LaunchError::Signals(e));
         }
+    }
+
+    let mut ready = Duration::ZERO;
+    let setup = (|| {
+        let json = serde_json::to_vec(config).map_err(LaunchError::EncodeConfig)?;
+        control::write_frame(&mut ours, &json).map_err(LaunchError::SendConfig)?;
+        let fds = match fdpass::recv_fds(&ours).map_err(LaunchError::ReceiveListeners)? {
+            Some((control::LISTENERS, fds)) => fds,
+            Some((control::FAILED, _)) => {
+                return Err(LaunchError::ChildSetup(read_rest(&mut ours)));
+            }
+            _ => return Err(LaunchError::ChildDied(String::new())),
+        };
+        ready = started.elapsed();
+        if fds.len() != config.guest_ports.len() {
+            return Err(LaunchError::ListenerCount {
+                got: fds.len(),
+                want: config.guest_ports.len(),
+            });
+        }
+        let upstreams = upstreams()?;
+        if upstreams.len() != fds.len() {
+            return Err(LaunchError::ListenerCount {
+                got: upstreams.len(),
+                want: fds.len(),
+            });
+        }
+        for (fd, upstream) in fds.into_iter().zip(upstreams) {
+            relay::serve(TcpListener::from(fd), upstream);
+        }
+        if let ChildMode::Boot = config.mode {
+            ours.write_all(&[control::GO])
+                .map_err(LaunchError::SendConfig)?;
+        }
+        Ok(())
     })();
     if let Err(err) = setup {
         let _ = child.kill();
@@ -137,6 +198,7 @@ pub fn launch_timed(
                 Outcome::Exited(status.code().unwrap_or(crate::exit::FAILURE.into())),
                 Phases {
                     spawned,
+                    ready,
                     configured: started.elapsed(),
                     entered: None,
                 },
@@ -155,6 +217,7 @@ pub fn launch_timed(
     let status_byte = read_status_byte(&mut ours);
     let phases = Phases {
         spawned,
+        ready,
         configured,
         entered: (status_byte == Some(control::ENTERING)).then(|| started.elapsed()),
     };

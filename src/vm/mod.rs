@@ -1,5 +1,7 @@
 //! The VMM: a re-executed, confined child of krbottle that configures libkrun and boots the guest.
 //!
+//! - `prepare`: a typed request (from `run`, `bench run`, `start`) checked and made the child's
+//!   config;
 //! - `config`: what the child is asked to do, and the guest's `/.krun_config.json`;
 //! - `krun`: the one safe wrapper around libkrun (all of its `unsafe` lives there);
 //! - `launch` (parent) and `child` (`__vmm`), talking over `control`;
@@ -19,6 +21,8 @@ pub mod guest_command;
 pub mod krun;
 #[cfg(target_os = "linux")]
 pub mod launch;
+#[cfg(target_os = "linux")]
+pub mod prepare;
 #[cfg(target_os = "linux")]
 pub mod probe;
 pub mod relay;

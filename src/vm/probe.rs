@@ -92,3 +92,50 @@ mod erased {
         }
     }
 }
+
+/// `krbottle debug net-probe`: the same confined child as a boot, told to try `targets` instead
+/// of booting (its root and process are never used). Returns the child's exit code.
+pub async fn probe(
+    endpoints: &[crate::vm::config::Endpoint],
+    targets: Vec<SocketAddr>,
+) -> Result<i32, ProbeError> {
+    use crate::vm::config::{ChildMode, GuestProcess, VmConfig};
+    let resolved = crate::vm::relay::resolve_endpoints(endpoints)?;
+    let config = VmConfig {
+        cpus: 1,
+        memory_mib: crate::resources::MIN_MEMORY_MIB,
+        root: "/".into(),
+        overlay: None,
+        shares: Vec::new(),
+        binds: Vec::new(),
+        provision: Vec::new(),
+        process: GuestProcess {
+            argv: vec!["true".into()],
+            env: Vec::new(),
+            workdir: "/".into(),
+            uid: 0,
+            gid: 0,
+        },
+        guest_ports: resolved.iter().map(|r| r.guest_port).collect(),
+        libkrunfw: None,
+        mode: ChildMode::NetProbe { targets },
+    };
+    let mapping = crate::sys::userns::IdMapping::for_current_user()?;
+    let upstreams = resolved.iter().map(|r| r.upstream).collect();
+    match crate::vm::launch::run_attached(config, mapping, upstreams).await? {
+        crate::vm::launch::Outcome::Exited(code) => Ok(code),
+        crate::vm::launch::Outcome::VmmFailed(why) => Err(ProbeError::ChildFailed(why)),
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    #[error(transparent)]
+    Endpoint(#[from] crate::vm::relay::RelayError),
+    #[error(transparent)]
+    IdMapping(#[from] crate::sys::userns::UsernsError),
+    #[error(transparent)]
+    Launch(#[from] crate::vm::launch::LaunchError),
+    #[error("The probe child failed: {0}")]
+    ChildFailed(String),
+}

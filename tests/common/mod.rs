@@ -68,7 +68,7 @@ pub fn require_docker(test: &str) -> bool {
 /// Under CI: panics (CI has every capability these tests need). Elsewhere: records the skip in
 /// `KRBOTTLE_SKIP_LOG` (listed by scripts/test.sh at the end) and on stderr, and returns false.
 pub fn skip_or_fail(test: &str, why: &str) -> bool {
-    if std::env::var_os("CI").is_some() {
+    if std::env::var_os(krbottle::env_vars::CI).is_some() {
         panic!("{test}: CI must run this test, but {why}");
     }
     eprintln!("SKIP {test}: {why}");
@@ -152,4 +152,59 @@ pub fn cannot_boot_reason() -> Option<String> {
         Some("can_boot") => None,
         _ => Some(v["boot"]["reason"].as_str().unwrap_or("unknown").to_owned()),
     }
+}
+
+/// Docker's own flattening of `image` (`docker create` + `docker export`, through the CLI so the
+/// oracle shares no code with what it checks), as a tar stream; the container is removed when
+/// the reader is dropped.
+pub fn docker_export(image: &str) -> DockerExport {
+    let out = Command::new("docker")
+        .args(["create", image, "true"])
+        .output()
+        .expect("run docker create");
+    assert!(
+        out.status.success(),
+        "docker create {image}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let child = Command::new("docker")
+        .args(["export", &id])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("run docker export");
+    DockerExport { id, child }
+}
+
+pub struct DockerExport {
+    id: String,
+    child: std::process::Child,
+}
+
+impl std::io::Read for DockerExport {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.child.stdout.as_mut().expect("piped").read(buf)
+    }
+}
+
+impl Drop for DockerExport {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = Command::new("docker").args(["rm", "-f", &self.id]).output();
+    }
+}
+
+/// `docker build` of the directory `context` tagged `tag`, through the CLI.
+pub fn docker_build_dir(context: &Path, tag: &str) {
+    let out = Command::new("docker")
+        .args(["build", "-q", "-t", tag])
+        .arg(context)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "docker build {tag} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

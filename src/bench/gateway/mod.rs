@@ -45,9 +45,7 @@ use self::proxies::{Mitmdump, find_mitmdump, mitmdump_version, start_gateway};
 use self::ready::BundleReady;
 use self::upstream::{UpstreamPki, spawn_upstream};
 use crate::ca::BottleCa;
-use crate::cli::BenchGatewayArgs;
-use crate::exit;
-use crate::output::{Reporter, print_json};
+use crate::output::Reporter;
 
 /// The allowed (spliced) host and the route (intercepted) host, both pinned to 127.0.0.1.
 const SPLICE_HOST: &str = "upstream.bench.test";
@@ -108,7 +106,7 @@ impl Throughput {
 }
 
 #[derive(Debug, Serialize)]
-struct GatewayReport {
+pub struct GatewayReport {
     requests: u32,
     /// Throughput rounds; each throughput figure is the median over them.
     throughput_rounds: u32,
@@ -139,21 +137,19 @@ struct GatewayReport {
     bundle_ready_missing: Option<String>,
 }
 
-pub(super) fn run(args: BenchGatewayArgs, reporter: &Reporter) -> anyhow::Result<u8> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("Could not start the async runtime")?;
-    let report = runtime.block_on(bench(&args, reporter))?;
-    if args.json {
-        print_json(&report)?;
-    } else {
-        print_report(&report);
-    }
-    Ok(exit::OK)
+/// What to measure.
+#[derive(Clone, Debug)]
+pub struct GatewayBench {
+    /// Requests per contender for the latency rows.
+    pub requests: u32,
+    /// Throughput rounds (contenders alternate in each; the median is reported).
+    pub rounds: u32,
+    /// How long each contender requests in a loop, per round and response size.
+    pub window: Duration,
 }
 
-async fn bench(args: &BenchGatewayArgs, reporter: &Reporter) -> anyhow::Result<GatewayReport> {
+/// Runs the bench.
+pub async fn run(args: &GatewayBench, reporter: &Reporter) -> anyhow::Result<GatewayReport> {
     let dir = tempfile::Builder::new()
         .prefix("krbottle-bench-gateway-")
         .tempdir()
@@ -178,7 +174,7 @@ async fn bench(args: &BenchGatewayArgs, reporter: &Reporter) -> anyhow::Result<G
         route,
     };
     let n = args.requests;
-    let window = Duration::from_millis(args.window_ms);
+    let window = args.window;
 
     reporter.status(format!(
         "splice latency, new connections ({n} requests each)"
@@ -289,80 +285,83 @@ async fn bench(args: &BenchGatewayArgs, reporter: &Reporter) -> anyhow::Result<G
     })
 }
 
-fn print_report(r: &GatewayReport) {
-    println!(
-        "bench gateway (127.0.0.1 only; HTTP/1.1 over TLS; {} requests per contender for latency)",
-        r.requests
-    );
-    println!(
-        "  spliced CONNECT, GET of {} bytes, added = gateway percentile - direct percentile:",
-        r.small_bytes
-    );
-    for (name, l) in [
-        ("new connection per request", &r.splice_new_connection),
-        ("one kept-alive tunnel", &r.splice_kept_alive),
-    ] {
+impl GatewayReport {
+    pub fn print(&self) {
+        let r = self;
         println!(
-            "    {name:<27} direct p50 {:>7.3} ms p99 {:>7.3} ms | gateway p50 {:>7.3} ms p99 {:>7.3} ms | added p50 {:>+7.3} ms p99 {:>+7.3} ms",
-            l.direct_p50_ms,
-            l.direct_p99_ms,
-            l.gateway_p50_ms,
-            l.gateway_p99_ms,
-            l.added_p50_ms,
-            l.added_p99_ms
+            "bench gateway (127.0.0.1 only; HTTP/1.1 over TLS; {} requests per contender for latency)",
+            r.requests
         );
-    }
-    println!(
-        "    target: added p50 <= {} ms for a new connection",
-        r.target_added_p50_ms
-    );
-    println!(
-        "  intercepted route (client credential dropped, token injected, responses scrubbed), {} warm kept-alive connections, median of {} rounds of {:.1} s per size:",
-        r.concurrency, r.throughput_rounds, r.throughput_window_s
-    );
-    let row = |name: &str, t: &Throughput| {
         println!(
-            "    {name:<38} {:>9.0} requests/s {:>9.1} MB/s",
-            t.requests_per_s, t.mb_per_s
+            "  spliced CONNECT, GET of {} bytes, added = gateway percentile - direct percentile:",
+            r.small_bytes
         );
-    };
-    row("direct (no proxy, no interception)", &r.route_direct);
-    row("krbottle gateway route", &r.route_gateway);
-    match (&r.route_mitmproxy, &r.mitmproxy_missing) {
-        (Some(m), _) => {
-            let name = format!(
-                "mitmproxy ({})",
-                r.mitmproxy_version.as_deref().unwrap_or("mitmdump")
-            );
-            row(&name, m);
+        for (name, l) in [
+            ("new connection per request", &r.splice_new_connection),
+            ("one kept-alive tunnel", &r.splice_kept_alive),
+        ] {
             println!(
-                "    gateway / mitmproxy: {:.1}x requests/s, {:.1}x MB/s (target >= {})",
-                r.ratio_requests_per_s_vs_mitmproxy.unwrap_or_default(),
-                r.ratio_mb_per_s_vs_mitmproxy.unwrap_or_default(),
-                r.target_ratio_vs_mitmproxy
+                "    {name:<27} direct p50 {:>7.3} ms p99 {:>7.3} ms | gateway p50 {:>7.3} ms p99 {:>7.3} ms | added p50 {:>+7.3} ms p99 {:>+7.3} ms",
+                l.direct_p50_ms,
+                l.direct_p99_ms,
+                l.gateway_p50_ms,
+                l.gateway_p99_ms,
+                l.added_p50_ms,
+                l.added_p99_ms
             );
         }
-        (None, why) => println!(
-            "    mitmproxy: not measured ({}); no ratio against it",
-            why.as_deref().unwrap_or("unknown")
-        ),
-    }
-    match (&r.bundle_ready, &r.bundle_ready_missing) {
-        (Some(b), _) => {
-            println!("  bundle ready, cached image (median of {} runs):", b.runs);
+        println!(
+            "    target: added p50 <= {} ms for a new connection",
+            r.target_added_p50_ms
+        );
+        println!(
+            "  intercepted route (client credential dropped, token injected, responses scrubbed), {} warm kept-alive connections, median of {} rounds of {:.1} s per size:",
+            r.concurrency, r.throughput_rounds, r.throughput_window_s
+        );
+        let row = |name: &str, t: &Throughput| {
             println!(
-                "    bundle up until /healthz answers        {:>9.1} ms   (network, container create and start, probe)",
-                b.bundle_up_ms
+                "    {name:<38} {:>9.0} requests/s {:>9.1} MB/s",
+                t.requests_per_s, t.mb_per_s
             );
-            println!(
-                "    docker run --rm --entrypoint true IMAGE {:>9.1} ms",
-                b.docker_run_true_ms
-            );
-            println!("    target: bundle up <= {} ms", b.target_ms);
+        };
+        row("direct (no proxy, no interception)", &r.route_direct);
+        row("krbottle gateway route", &r.route_gateway);
+        match (&r.route_mitmproxy, &r.mitmproxy_missing) {
+            (Some(m), _) => {
+                let name = format!(
+                    "mitmproxy ({})",
+                    r.mitmproxy_version.as_deref().unwrap_or("mitmdump")
+                );
+                row(&name, m);
+                println!(
+                    "    gateway / mitmproxy: {:.1}x requests/s, {:.1}x MB/s (target >= {})",
+                    r.ratio_requests_per_s_vs_mitmproxy.unwrap_or_default(),
+                    r.ratio_mb_per_s_vs_mitmproxy.unwrap_or_default(),
+                    r.target_ratio_vs_mitmproxy
+                );
+            }
+            (None, why) => println!(
+                "    mitmproxy: not measured ({}); no ratio against it",
+                why.as_deref().unwrap_or("unknown")
+            ),
         }
-        (None, why) => println!(
-            "  bundle ready: not measured ({})",
-            why.as_deref().unwrap_or("unknown")
-        ),
+        match (&r.bundle_ready, &r.bundle_ready_missing) {
+            (Some(b), _) => {
+                println!("  bundle ready, cached image (median of {} runs):", b.runs);
+                println!(
+                    "    bundle up until /healthz answers        {:>9.1} ms   (network, container create and start, probe)",
+                    b.bundle_up_ms
+                );
+                println!(
+                    "    docker run --rm --entrypoint true IMAGE {:>9.1} ms",
+                    b.docker_run_true_ms
+                );
+                println!("    target: bundle up <= {} ms", b.target_ms);
+            }
+            (None, why) => println!(
+                "  bundle ready: not measured ({})",
+                why.as_deref().unwrap_or("unknown")
+            ),
+        }
     }
 }

@@ -13,7 +13,7 @@ use tokio::net::TcpStream;
 
 use super::{MITMDUMP_START_TIMEOUT, ROUTE_HOST, SPLICE_HOST, TOKEN, TOKEN_ENV};
 use crate::ca::BottleCa;
-use crate::commands::bundle::GATEWAY_LISTENING;
+use crate::daemon::gateway::LISTENING as GATEWAY_LISTENING;
 use crate::daemon::gateway::config::{GatewayConfig, Limits};
 use crate::env_vars;
 use crate::manifest::Route;

@@ -14,11 +14,11 @@ use anyhow::Context;
 use serde::Serialize;
 
 use crate::bench::{median, ms, time_docker};
-use crate::bundle::container;
-use crate::bundle::image;
-use crate::daemon::gateway::config::GatewayConfig;
+use crate::bundle::{BundleRequest, container};
+use crate::docker::Engine;
 use crate::manifest::Bottle;
 use crate::output::Reporter;
+use crate::state::StateRoot;
 
 /// Timed rounds per contender (after one untimed round each); the median is reported.
 const RUNS: usize = 5;
@@ -37,14 +37,9 @@ pub(super) struct BundleReady {
 
 /// Measures the figure; `Err` carries why it could not be (no engine, no base image…).
 pub(super) async fn measure(scratch: &Path, reporter: &Reporter) -> anyhow::Result<BundleReady> {
-    let docker = container::connect().await?;
-    docker
-        .ping()
-        .await
-        .context("no Docker engine answers; start it or set DOCKER_HOST")?;
-    let binary = std::env::current_exe().context("Could not find krbottle's own binary")?;
+    let engine = Engine::connect().await?;
     reporter.status("bundle ready: building the bundle image if absent (not timed)");
-    let tag = image::ensure(&docker, image::choose_origin(&docker, &binary).await?).await?;
+    let tag = crate::bundle::ensure_image(&engine, &Reporter::silent()).await?;
     let bottle = Bottle {
         name: format!("bench-ready-{}", std::process::id()),
         cpus: 1,
@@ -52,16 +47,19 @@ pub(super) async fn measure(scratch: &Path, reporter: &Reporter) -> anyhow::Resu
         env: Default::default(),
         allow: Vec::new(),
         routes: Vec::new(),
+        git_user: None,
+        resolve: Default::default(),
+        upstream_ca_file: None,
     };
-    let gateway = GatewayConfig::for_bottle(&bottle);
-    let state_root = scratch.join("bundle-state");
+    let request = BundleRequest::for_bottle(&bottle, &tag)?;
+    let state = StateRoot::at(scratch.join("bundle-state"));
     let up_once = || async {
         let t = Instant::now();
-        let up = container::up(&docker, &bottle, &gateway, &tag, &state_root, |_| None).await;
+        let up = container::up(&engine, &request, &state, |_| None).await;
         let took = t.elapsed();
         // `up` cleans up after itself on error; after success the bundle is taken down here.
         let record = up.context("Could not start the bench bundle")?;
-        container::down(&docker, &state_root, &record.bottle)
+        container::down(&engine, &state, &record.bottle)
             .await
             .context("Could not remove the bench bundle")?;
         anyhow::Ok(took)

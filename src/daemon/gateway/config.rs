@@ -10,8 +10,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::bundle::layout::{CA_CERT_FILE, CA_KEY_FILE, CONFIG_DIR, GATEWAY_PORT};
+use crate::daemon::{CA_CERT_FILE, CA_KEY_FILE, CONFIG_DIR};
 use crate::manifest::{Bottle, Route};
+use crate::ports::GATEWAY as GATEWAY_PORT;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -107,8 +108,11 @@ impl GatewayConfig {
             routes: bottle.routes.clone(),
             ca_cert: Some(Path::new(CONFIG_DIR).join(CA_CERT_FILE)),
             ca_key: Some(Path::new(CONFIG_DIR).join(CA_KEY_FILE)),
-            upstream_ca_file: None,
-            pinned: BTreeMap::new(),
+            upstream_ca_file: bottle
+                .upstream_ca_file
+                .as_ref()
+                .map(|_| Path::new(CONFIG_DIR).join(crate::daemon::UPSTREAM_CA_FILE)),
+            pinned: bottle.resolve.clone(),
             internal_hosts: Vec::new(),
             limits: Limits::default(),
         }

@@ -578,3 +578,54 @@ impl Shared {
         text(StatusCode::FORBIDDEN, &reason)
     }
 }
+
+/// What the gateway prints on stderr before the address it listens on (orchestration and
+/// tests read the bound address: the port may be 0 in the config).
+pub const LISTENING: &str = "krbottle gateway listening on ";
+
+/// The gateway's line in the daemon table.
+pub const DAEMON: crate::daemon::DaemonSpec = crate::daemon::DaemonSpec {
+    name: "gateway",
+    about: "the bottle's HTTP(S) proxy: allowlist, token-injecting routes, secret scanning",
+    port: crate::ports::GATEWAY,
+    config_file: "gateway.json",
+    mcp_path: None,
+    enabled: |_| true,
+    config: |bottle| {
+        serde_json::to_vec_pretty(&GatewayConfig::for_bottle(bottle)).map_err(|e| {
+            crate::daemon::DaemonError {
+                daemon: "gateway",
+                source: Box::new(e),
+            }
+        })
+    },
+    run: |config| Box::pin(run(config)),
+};
+
+/// Runs the gateway with the config at `path` until SIGTERM or SIGINT: one JSON decision line
+/// per decision on stdout; route tokens from this process's environment, under the names the
+/// config gives.
+async fn run(path: PathBuf) -> Result<(), crate::daemon::DaemonError> {
+    let fail = |e: Box<dyn std::error::Error + Send + Sync>| crate::daemon::DaemonError {
+        daemon: "gateway",
+        source: e,
+    };
+    let config = GatewayConfig::load(&path).map_err(|e| fail(Box::new(e)))?;
+    let log = DecisionLog::new(&config.bottle, Box::new(std::io::stdout()));
+    let gateway = Gateway::new(
+        &config,
+        |name| std::env::var(name).ok(),
+        Arc::new(resolve::SystemResolver),
+        log,
+    )
+    .map_err(|e| fail(Box::new(e)))?;
+    let listener = gateway.bind().await.map_err(|e| fail(Box::new(e)))?;
+    let addr = listener.local_addr().map_err(|e| fail(Box::new(e)))?;
+    eprintln!("{LISTENING}{addr}");
+    let mut stop = crate::sys::signals::Termination::listen().map_err(|e| fail(Box::new(e)))?;
+    tokio::select! {
+        () = gateway.serve(listener) => {}
+        _ = stop.recv() => {}
+    }
+    Ok(())
+}

@@ -1,0 +1,387 @@
+//! The image flows the verbs and `start` call: build an image, unpack one into a directory,
+//! make sure the cache holds its root filesystem, list and prune the cache.
+//!
+//! Bytes come from one of two [`Source`]s: an image in the Docker engine (`docker save`, streamed)
+//! or a `docker save` archive on disk (no engine needed). The unpacker is blocking (a reader and
+//! a writer thread) and runs under `spawn_blocking`; in the `userns` mode it runs in a child in
+//! the user's id mapping (`rootless`).
+
+use std::fs::File;
+use std::io::{self, Read};
+use std::path::{Path, PathBuf};
+
+use indicatif::ProgressBar;
+
+use crate::docker::{BuildRequest, DockerError, Engine, ImageConfig};
+use crate::image::cache::{Cache, CacheError, CacheKey, Entry};
+use crate::image::layout::{self, LayoutError};
+use crate::image::{Ownership, UnpackError, UnpackOptions, UnpackSummary, unpack_save};
+use crate::output::{Reporter, Verbosity};
+
+#[derive(Debug, thiserror::Error)]
+pub enum PrepareError {
+    #[error(transparent)]
+    Docker(#[from] DockerError),
+    #[error(transparent)]
+    Cache(#[from] CacheError),
+    #[error(transparent)]
+    Unpack(#[from] UnpackError),
+    #[cfg(target_os = "linux")]
+    #[error(transparent)]
+    Rootless(#[from] crate::image::rootless::RootlessError),
+    #[cfg(target_os = "linux")]
+    #[error(transparent)]
+    IdMapping(#[from] crate::sys::userns::UsernsError),
+    #[error(
+        "--ownership root needs root; as a user, use --ownership userns (the image's ids in a user namespace)"
+    )]
+    RootNeedsRoot,
+    #[error("--ownership userns needs Linux user namespaces; use --ownership xattr")]
+    NoUserNamespaces,
+    #[error("Cannot open the saved image {}", path.display())]
+    OpenArchive {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("Cannot read the saved image {}", path.display())]
+    ReadArchive {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("The saved image {}", path.display())]
+    ArchiveLayout {
+        path: PathBuf,
+        #[source]
+        source: LayoutError,
+    },
+    #[error("Image ID {0} is not a sha256 digest")]
+    BadImageId(String),
+    #[error("An image in the Docker engine needs the engine; connect to it first")]
+    NoEngine,
+    #[error("The unpacker stopped unexpectedly")]
+    Join(#[source] tokio::task::JoinError),
+}
+
+/// Where an image's bytes come from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Source {
+    /// An image reference in the local Docker engine.
+    Engine(String),
+    /// A `docker save` archive (Docker or OCI layout).
+    Archive(PathBuf),
+}
+
+impl Source {
+    /// An existing file is a saved image; anything else is an image reference.
+    pub fn parse(arg: &str) -> Source {
+        let path = Path::new(arg);
+        if path.is_file() {
+            Source::Archive(path.to_path_buf())
+        } else {
+            Source::Engine(arg.to_string())
+        }
+    }
+
+    pub fn needs_engine(&self) -> bool {
+        matches!(self, Source::Engine(_))
+    }
+}
+
+impl std::fmt::Display for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Source::Engine(image) => f.write_str(image),
+            Source::Archive(path) => write!(f, "{}", path.display()),
+        }
+    }
+}
+
+/// An image whose root filesystem is in the cache.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Prepared {
+    pub entry: Entry,
+    pub cache_hit: bool,
+    /// The image's process config (USER, WORKDIR, ENTRYPOINT, CMD, ENV).
+    pub config: ImageConfig,
+}
+
+/// What an image is, before anything is unpacked: its ID, tags, size and config.
+struct Identity {
+    id: String,
+    tags: Vec<String>,
+    size: Option<u64>,
+    config: ImageConfig,
+}
+
+async fn identify(engine: Option<&Engine>, source: &Source) -> Result<Identity, PrepareError> {
+    match source {
+        Source::Engine(image) => {
+            let info = engine.ok_or(PrepareError::NoEngine)?.inspect(image).await?;
+            Ok(Identity {
+                id: info.id,
+                tags: info.tags,
+                size: info.size,
+                config: info.config,
+            })
+        }
+        Source::Archive(path) => {
+            let path = path.clone();
+            tokio::task::spawn_blocking(move || archive_identity(&path))
+                .await
+                .map_err(PrepareError::Join)?
+        }
+    }
+}
+
+/// Makes sure the cache holds `source`'s root filesystem with `ownership`; a hit costs one
+/// small file read. Progress on stderr through `reporter`.
+pub async fn prepare(
+    engine: Option<&Engine>,
+    source: &Source,
+    ownership: Ownership,
+    reporter: &Reporter,
+) -> Result<Prepared, PrepareError> {
+    check_ownership(ownership)?;
+    let identity = identify(engine, source).await?;
+    let key = CacheKey::new(&identity.id, ownership)
+        .ok_or_else(|| PrepareError::BadImageId(identity.id.clone()))?;
+    let cache = Cache::open_default()?;
+    if let Some(entry) = cache.lookup(&key)? {
+        return Ok(Prepared {
+            entry,
+            cache_hit: true,
+            config: identity.config,
+        });
+    }
+    let (source, engine, reporter) = (source.clone(), engine.cloned(), reporter.clone());
+    let (tags, size) = (identity.tags, identity.size);
+    let (entry, cache_hit) = tokio::task::spawn_blocking(move || {
+        cache.get_or_fill(&key, |dest| {
+            let bar = reporter.bytes_bar("unpacking", size);
+            let summary = unpack_blocking(engine.as_ref(), &source, dest, ownership, &bar);
+            bar.finish_and_clear();
+            summary.map(|s| (tags, s))
+        })
+    })
+    .await
+    .map_err(PrepareError::Join)??;
+    Ok(Prepared {
+        entry,
+        cache_hit,
+        config: identity.config,
+    })
+}
+
+/// Unpacks `source` into `dest` (which must not exist) with `ownership`.
+pub async fn unpack(
+    engine: Option<&Engine>,
+    source: &Source,
+    dest: &Path,
+    ownership: Ownership,
+    reporter: &Reporter,
+) -> Result<UnpackSummary, PrepareError> {
+    check_ownership(ownership)?;
+    let size = match source {
+        Source::Engine(image) => {
+            engine
+                .ok_or(PrepareError::NoEngine)?
+                .inspect(image)
+                .await?
+                .size
+        }
+        Source::Archive(path) => std::fs::metadata(path).ok().map(|m| m.len()),
+    };
+    let (source, engine, reporter) = (source.clone(), engine.cloned(), reporter.clone());
+    let dest = dest.to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        let bar = reporter.bytes_bar("unpacking", size);
+        let summary = unpack_blocking(engine.as_ref(), &source, &dest, ownership, &bar);
+        bar.finish_and_clear();
+        summary
+    })
+    .await
+    .map_err(PrepareError::Join)?
+}
+
+fn check_ownership(ownership: Ownership) -> Result<(), PrepareError> {
+    match ownership {
+        Ownership::Root if !rustix::process::geteuid().is_root() => {
+            Err(PrepareError::RootNeedsRoot)
+        }
+        Ownership::Userns if !cfg!(target_os = "linux") => Err(PrepareError::NoUserNamespaces),
+        _ => Ok(()),
+    }
+}
+
+/// The blocking unpack of `source` into `dest`: the save stream (from the engine or the file)
+/// into the unpacker, in this process or in the `userns` child.
+fn unpack_blocking(
+    engine: Option<&Engine>,
+    source: &Source,
+    dest: &Path,
+    ownership: Ownership,
+    bar: &ProgressBar,
+) -> Result<UnpackSummary, PrepareError> {
+    match source {
+        Source::Engine(image) => {
+            let engine = engine.ok_or(PrepareError::NoEngine)?;
+            unpack_stream(engine.save(image), dest, ownership, bar)
+        }
+        Source::Archive(path) => {
+            let file = File::open(path).map_err(|source| PrepareError::OpenArchive {
+                path: path.clone(),
+                source,
+            })?;
+            unpack_stream(file, dest, ownership, bar)
+        }
+    }
+}
+
+/// Unpacks a save stream into `dest` with `ownership` (the `userns` mode through its child).
+pub fn unpack_stream(
+    reader: impl Read + Send,
+    dest: &Path,
+    ownership: Ownership,
+    bar: &ProgressBar,
+) -> Result<UnpackSummary, PrepareError> {
+    match ownership {
+        #[cfg(target_os = "linux")]
+        Ownership::Userns => {
+            let mapping = crate::sys::userns::IdMapping::for_current_user()?;
+            Ok(crate::image::rootless::unpack_in_userns(
+                reader, dest, &mapping, bar,
+            )?)
+        }
+        #[cfg(not(target_os = "linux"))]
+        Ownership::Userns => Err(PrepareError::NoUserNamespaces),
+        Ownership::Root | Ownership::Xattr => {
+            let opts = UnpackOptions {
+                ownership,
+                ..Default::default()
+            };
+            Ok(unpack_save(reader, dest, &opts, bar)?)
+        }
+    }
+}
+
+/// The ID and config of a saved image, read from its `manifest.json`/`index.json` and config
+/// blob without unpacking anything (the layer blobs are skipped by seeking).
+fn archive_identity(path: &Path) -> Result<Identity, PrepareError> {
+    let read_err = |source| PrepareError::ReadArchive {
+        path: path.to_path_buf(),
+        source,
+    };
+    let file = File::open(path).map_err(|source| PrepareError::OpenArchive {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let mut archive = tar::Archive::new(file);
+    let mut json = std::collections::HashMap::new();
+    for entry in archive.entries_with_seek().map_err(read_err)? {
+        let mut entry = entry.map_err(read_err)?;
+        // JSON documents are small; layer blobs (large) are skipped. A blob of an OCI layout
+        // may be JSON (manifests, config): keep the small ones.
+        if entry.header().entry_type().is_file() && entry.size() <= JSON_LIMIT {
+            let name = entry
+                .path()
+                .map_err(read_err)?
+                .to_string_lossy()
+                .into_owned();
+            let mut data = Vec::new();
+            entry.read_to_end(&mut data).map_err(read_err)?;
+            if data.first() == Some(&b'{') || data.first() == Some(&b'[') {
+                json.insert(name, data);
+            }
+        }
+    }
+    let image = layout::resolve(&json).map_err(|source| PrepareError::ArchiveLayout {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    Ok(Identity {
+        id: image.image_id,
+        tags: Vec::new(),
+        size: std::fs::metadata(path).ok().map(|m| m.len()),
+        config: image.config,
+    })
+}
+
+/// Largest blob of a saved image read as a possible JSON document by [`archive_identity`].
+const JSON_LIMIT: u64 = 4 << 20;
+
+/// Builds the image in `context` (a directory with a Dockerfile) and tags it; returns its ID.
+/// A spinner shows the current step; `-v` prints every line of the build's output.
+pub async fn build(
+    engine: &Engine,
+    context: &Path,
+    dockerfile: Option<&str>,
+    tag: &str,
+    reporter: &Reporter,
+) -> Result<String, PrepareError> {
+    let request = BuildRequest {
+        what: context.display().to_string(),
+        context_tar: crate::docker::tar_context(context)?,
+        dockerfile: dockerfile.unwrap_or_default().to_string(),
+        tag: tag.to_string(),
+        ..Default::default()
+    };
+    let spinner = reporter.spinner(&format!("building {tag}"));
+    let verbose = reporter.verbosity() >= Verbosity::Verbose(1);
+    let id = engine
+        .build(request, |line| {
+            spinner.set_message(line.trim().chars().take(70).collect::<String>());
+            if verbose {
+                spinner.suspend(|| eprintln!("  {line}"));
+            }
+        })
+        .await;
+    spinner.finish_and_clear();
+    Ok(id?)
+}
+
+/// The cached root filesystems, newest first.
+pub fn list() -> Result<(PathBuf, Vec<Entry>), PrepareError> {
+    let cache = Cache::open_default()?;
+    let entries = cache.list()?;
+    Ok((cache.root().to_path_buf(), entries))
+}
+
+/// What [`prune`] removed.
+#[derive(Debug, Default, serde::Serialize)]
+pub struct Pruned {
+    /// Image IDs whose cached root filesystem was removed.
+    pub removed: Vec<String>,
+    /// Leftovers of interrupted fills.
+    pub leftovers: usize,
+}
+
+/// Removes cached root filesystems of images the engine no longer has (all of them with
+/// `engine = None`), and leftovers of interrupted fills.
+pub async fn prune(engine: Option<&Engine>) -> Result<Pruned, PrepareError> {
+    let cache = Cache::open_default()?;
+    let c = cache.clone();
+    let leftovers = tokio::task::spawn_blocking(move || c.remove_leftovers())
+        .await
+        .map_err(PrepareError::Join)??;
+    let mut pruned = Pruned {
+        leftovers,
+        ..Default::default()
+    };
+    for entry in cache.list()? {
+        if let Some(engine) = engine
+            && engine.has_image(&entry.meta.image_id).await?
+        {
+            continue;
+        }
+        if let Some(key) = cache.key_of(&entry) {
+            let c = cache.clone();
+            tokio::task::spawn_blocking(move || c.remove(&key))
+                .await
+                .map_err(PrepareError::Join)??;
+            pruned.removed.push(entry.meta.image_id.clone());
+        }
+    }
+    Ok(pruned)
+}

@@ -1,0 +1,303 @@
+//! Everything before the VMM child starts: a typed [`VmRequest`] (what `run`, `bench run` and
+//! `start` ask for) becomes the child's [`VmConfig`] and id mapping, after checking the input,
+//! the root filesystem, the command, the endpoints' upstreams and this machine.
+//!
+//! Syntax was checked at the edge (clap's value parsers build the typed values); here come the
+//! file system, then the network, then the machine, so the first error is the cheapest to fix.
+
+use std::path::{Path, PathBuf};
+
+use crate::output::Reporter;
+use crate::provision::ProvisionFile;
+use crate::sys::userns::{IdMapping, UsernsError};
+use crate::vm::config::{
+    self, ChildMode, ConfigError, Endpoint, EnvVar, GuestProcess, GuestUser, Overlay, Share,
+    VmConfig,
+};
+use crate::vm::doctor::{self, BootVerdict};
+use crate::vm::guest_command::{self, GuestCommandError};
+use crate::vm::relay::{self, RelayError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum PrepareError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("Cannot read env file {}", path.display())]
+    ReadEnvFile {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("Env file {}", path.display())]
+    EnvFile {
+        path: PathBuf,
+        #[source]
+        source: ConfigError,
+    },
+    #[error("Shared directory {} does not exist; create it or fix --share", path.display())]
+    Share {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("Overlay mount point {} is not a directory; create it first", path.display())]
+    MountPoint { path: PathBuf },
+    #[error("Overlay lower dir {} does not exist; unpack the image first", path.display())]
+    OverlayLower {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("Cannot create the overlay's state dir {}", path.display())]
+    OverlayUpper {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("Path {} is not UTF-8; the VMM config carries paths as text: rename it", path.display())]
+    NotUtf8 { path: PathBuf },
+    #[error(transparent)]
+    Command(#[from] GuestCommandError),
+    #[error("Cannot resolve the root filesystem {}", path.display())]
+    Root {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Endpoint(#[from] RelayError),
+    #[error("libkrunfw not found at {source_path} ({why}); {hint}", hint = doctor::LIBKRUNFW_HINT)]
+    Libkrunfw { source_path: String, why: String },
+    #[error(
+        "Cannot use /dev/kvm ({0}); enable KVM, or add yourself to the `kvm` group and log in again"
+    )]
+    Kvm(String),
+    #[error(transparent)]
+    IdMapping(#[from] UsernsError),
+}
+
+/// The guest's root: a directory booted as is, or an overlay of a read-only lower (the cached
+/// image) under the bottle's writable upper state, mounted on `mount_point` by the child.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Root {
+    Dir(PathBuf),
+    Overlay {
+        mount_point: PathBuf,
+        overlay: Overlay,
+    },
+}
+
+/// What a caller asks the VMM for, as typed values.
+#[derive(Clone, Debug)]
+pub struct VmRequest {
+    pub cpus: u8,
+    pub memory_mib: u32,
+    pub root: Root,
+    pub shares: Vec<Share>,
+    /// The guest's command; `argv[0]` is looked up in the root with the guest's `PATH`.
+    pub argv: Vec<String>,
+    /// Read first, in order; `env` entries come after and win.
+    pub env_files: Vec<PathBuf>,
+    pub env: Vec<EnvVar>,
+    pub workdir: String,
+    pub user: GuestUser,
+    pub endpoints: Endpoints,
+    /// Host directories bind-mounted at the same path in the root.
+    pub binds: Vec<PathBuf>,
+    /// Files written into the root before boot.
+    pub provision: Vec<ProvisionFile>,
+}
+
+/// The guest-facing endpoints: listeners on `127.0.0.1:GUESTPORT` in the VMM's network.
+#[derive(Clone, Debug)]
+pub enum Endpoints {
+    /// Each relayed to its upstream, resolved and checked now (`run`).
+    Now(Vec<Endpoint>),
+    /// Guest ports whose upstreams come later, when the bundle is up (`start`).
+    Later(Vec<u16>),
+}
+
+/// A request checked and turned into what the VMM child gets.
+#[derive(Debug)]
+pub struct PreparedVm {
+    pub config: VmConfig,
+    pub mapping: IdMapping,
+    /// Each guest port's upstream, for [`Endpoints::Now`]; empty for [`Endpoints::Later`].
+    pub upstreams: Vec<std::net::SocketAddr>,
+}
+
+/// Checks `request` against the file system, the network and this machine, and returns the
+/// child's config. A hypervisor known not to boot the kernel is a warning (on `reporter`), since
+/// everything up to the boot still runs.
+pub fn prepare(request: VmRequest, reporter: &Reporter) -> Result<PreparedVm, PrepareError> {
+    let guest_ports: Vec<u16> = match &request.endpoints {
+        Endpoints::Now(e) => e.iter().map(|e| e.guest_port).collect(),
+        Endpoints::Later(ports) => ports.clone(),
+    };
+    config::check_unique_guest_ports(&guest_ports)?;
+    let mut env = Vec::new();
+    for path in &request.env_files {
+        let text = std::fs::read_to_string(path).map_err(|source| PrepareError::ReadEnvFile {
+            path: path.clone(),
+            source,
+        })?;
+        env.extend(
+            config::parse_env_file(&text).map_err(|source| PrepareError::EnvFile {
+                path: path.clone(),
+                source,
+            })?,
+        );
+    }
+    env.extend(request.env);
+    let process = GuestProcess {
+        argv: request.argv,
+        env: env.into_iter().map(|e| (e.name, e.value)).collect(),
+        workdir: request.workdir,
+        uid: request.user.uid,
+        gid: request.user.gid,
+    };
+    process.validate()?;
+    let shares = request
+        .shares
+        .into_iter()
+        .map(|mut share| {
+            share.host = share
+                .host
+                .canonicalize()
+                .map_err(|source| PrepareError::Share {
+                    path: share.host.clone(),
+                    source,
+                })?;
+            utf8(&share.host)?;
+            Ok(share)
+        })
+        .collect::<Result<Vec<_>, PrepareError>>()?;
+    let (mount_point, overlay) = match request.root {
+        Root::Dir(dir) => (dir, None),
+        Root::Overlay {
+            mount_point,
+            overlay,
+        } => {
+            let overlay = prepare_overlay(overlay, &mount_point)?;
+            (mount_point, Some(overlay))
+        }
+    };
+    find_command(&process, &mount_point, overlay.as_ref())?;
+    let root = mount_point
+        .canonicalize()
+        .map_err(|source| PrepareError::Root {
+            path: mount_point.clone(),
+            source,
+        })?;
+    utf8(&root)?;
+    let upstreams = match &request.endpoints {
+        Endpoints::Now(e) => relay::resolve_endpoints(e)?
+            .into_iter()
+            .map(|r| r.upstream)
+            .collect(),
+        Endpoints::Later(_) => Vec::new(),
+    };
+    for bind in &request.binds {
+        utf8(bind)?;
+    }
+    preflight(reporter)?;
+    Ok(PreparedVm {
+        config: VmConfig {
+            cpus: request.cpus,
+            memory_mib: request.memory_mib,
+            root,
+            overlay,
+            shares,
+            binds: request.binds,
+            provision: request.provision,
+            process,
+            guest_ports,
+            libkrunfw: doctor::libkrunfw_override(),
+            mode: ChildMode::Boot,
+        },
+        mapping: IdMapping::for_current_user()?,
+        upstreams,
+    })
+}
+
+/// The command must exist in the root the guest will see: with an overlay it comes from the
+/// upper (bottle) or the lower (image) layer.
+fn find_command(
+    process: &GuestProcess,
+    root: &Path,
+    overlay: Option<&Overlay>,
+) -> Result<(), GuestCommandError> {
+    let lookup_roots = match overlay {
+        Some(o) => vec![o.diff_dir(), o.lower.clone()],
+        None => vec![root.to_path_buf()],
+    };
+    let path_var = process.guest_path_var();
+    let mut found = Ok(String::new());
+    for r in &lookup_roots {
+        // The last layer's error is reported: the image, which is what the user would fix.
+        found = guest_command::find(r, &process.argv[0], &path_var, &process.workdir);
+        if found.is_ok() {
+            break;
+        }
+    }
+    found.map(|_| ())
+}
+
+/// The config travels to the child as JSON text.
+fn utf8(path: &Path) -> Result<(), PrepareError> {
+    match path.to_str() {
+        Some(_) => Ok(()),
+        None => Err(PrepareError::NotUtf8 {
+            path: path.to_path_buf(),
+        }),
+    }
+}
+
+/// Checks the overlay's directories and creates the upper layer's `diff/` and `work/`.
+fn prepare_overlay(o: Overlay, mount_point: &Path) -> Result<Overlay, PrepareError> {
+    if !mount_point.is_dir() {
+        return Err(PrepareError::MountPoint {
+            path: mount_point.to_path_buf(),
+        });
+    }
+    let lower = o
+        .lower
+        .canonicalize()
+        .map_err(|source| PrepareError::OverlayLower {
+            path: o.lower.clone(),
+            source,
+        })?;
+    let upper_err = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| PrepareError::OverlayUpper { path, source }
+    };
+    std::fs::create_dir_all(&o.upper).map_err(upper_err(&o.upper))?;
+    let upper = o.upper.canonicalize().map_err(upper_err(&o.upper))?;
+    let o = Overlay::new(lower, upper)?;
+    for d in [o.diff_dir(), o.work_dir()] {
+        std::fs::create_dir_all(&d).map_err(upper_err(&d))?;
+    }
+    utf8(&o.lower)?;
+    utf8(&o.upper)?;
+    Ok(o)
+}
+
+/// The checks doctor makes that a boot cannot do without: a missing libkrunfw or an unusable
+/// `/dev/kvm` stop here; a hypervisor known not to boot the kernel is a warning.
+fn preflight(reporter: &Reporter) -> Result<(), PrepareError> {
+    let (libkrunfw, source) = doctor::libkrunfw_fact();
+    if let Err(why) = libkrunfw {
+        return Err(PrepareError::Libkrunfw {
+            source_path: source,
+            why,
+        });
+    }
+    let (kvm, modules) = doctor::kvm_facts();
+    if let Err(e) = &kvm {
+        return Err(PrepareError::Kvm(e.clone()));
+    }
+    if let BootVerdict::CannotBoot(why) = doctor::hypervisor_verdict(&kvm, &modules) {
+        reporter.status(format!("warning: the guest will probably not boot: {why}"));
+    }
+    Ok(())
+}
