@@ -50,3 +50,8 @@ pub const KRBOTTLE_BUNDLE_PROFILE: &str = "KRBOTTLE_BUNDLE_PROFILE";
 /// A PEM file of CA certificates the `source` bundle build trusts for its downloads (rustup,
 /// crates.io): needed behind a TLS-intercepting proxy. They stay in the build stage.
 pub const KRBOTTLE_BUNDLE_BUILD_CA: &str = "KRBOTTLE_BUNDLE_BUILD_CA";
+
+/// Where the bundle's daemons run: `docker` (the default: one container per bottle) or
+/// `process` (child processes of krbottle on the host, for machines without a Docker engine,
+/// like the emulated-hypervisor harness; the daemons then lack the container's isolation).
+pub const KRBOTTLE_BUNDLE_RUNTIME: &str = "KRBOTTLE_BUNDLE_RUNTIME";

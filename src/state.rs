@@ -6,17 +6,25 @@
 //! bottles/<name>/root/work/    overlayfs's scratch dir, on the same filesystem as diff/
 //! bottles/<name>/rootfs/       a private copy instead of an overlay (macOS, other systems)
 //! bottles/<name>/bundle/       the bundle's config, CA and up record (`bundle::container`)
+//! bottles/<name>/bottle.json   the bottle's record (agent, image, state, the running pid)
+//! bottles/<name>/logs/         the bundle's logs of past runs, saved at teardown
 //! bottles/<name>/lock          flock held while the bottle runs
 //! ```
+//! A bottle exists once its record does; a directory without one is a start that failed before
+//! it got that far (`gc` removes it). A bottle is running exactly while its lock is held: the
+//! kernel drops a dead process's lock, so a crash never leaves a bottle "running".
 //! The cached image rootfs is never written: a bottle's changes live only in its own dir, so
 //! stopping a bottle keeps its state and starting it again resumes it.
 
+use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::io;
+use std::net::SocketAddr;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
 use indicatif::ProgressBar;
+use serde::{Deserialize, Serialize};
 
 use crate::image::clone::{CloneError, WritableRoot, copy_tree};
 use crate::{env_vars, lockfile};
@@ -37,6 +45,25 @@ pub enum StateError {
     Busy(String),
     #[error("Cannot lock {path}")]
     Lock {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("Cannot read bottle `{bottle}`'s record {}; remove the bottle with `krbottle rm {bottle}`", path.display())]
+    ReadRecord {
+        bottle: String,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("Cannot write bottle `{bottle}`'s record")]
+    WriteRecord {
+        bottle: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("Cannot list the bottles in {}", path.display())]
+    List {
         path: PathBuf,
         #[source]
         source: io::Error,
@@ -75,6 +102,23 @@ impl StateRoot {
         &self.root
     }
 
+    /// The names of every bottle directory, sorted.
+    pub fn names(&self) -> Result<Vec<String>, StateError> {
+        let dir = self.root.join("bottles");
+        let rd = match fs::read_dir(&dir) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(source) => return Err(StateError::List { path: dir, source }),
+        };
+        let mut names: Vec<String> = rd
+            .flatten()
+            .filter_map(|e| e.file_name().into_string().ok())
+            .filter(|n| crate::manifest::is_valid_name(n))
+            .collect();
+        names.sort();
+        Ok(names)
+    }
+
     /// The dirs of bottle `name` (not created yet).
     pub fn bottle(&self, name: &str) -> Result<BottleDirs, StateError> {
         if !crate::manifest::is_valid_name(name) {
@@ -111,6 +155,49 @@ impl BottleDirs {
 
     pub fn bundle_dir(&self) -> PathBuf {
         self.dir.join("bundle")
+    }
+
+    /// Where the bundle's logs of past runs are kept.
+    pub fn logs_dir(&self) -> PathBuf {
+        self.dir.join("logs")
+    }
+
+    fn record_path(&self) -> PathBuf {
+        self.dir.join(RECORD_FILE)
+    }
+
+    /// The bottle's record; `None` when the bottle does not exist (yet).
+    pub fn read_record(&self) -> Result<Option<BottleRecord>, StateError> {
+        let path = self.record_path();
+        let err = |source| StateError::ReadRecord {
+            bottle: self.name.clone(),
+            path: path.clone(),
+            source,
+        };
+        match fs::read(&path) {
+            Ok(text) => serde_json::from_slice(&text)
+                .map(Some)
+                .map_err(|e| err(io::Error::new(io::ErrorKind::InvalidData, e))),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(err(e)),
+        }
+    }
+
+    /// Writes the bottle's record atomically.
+    pub fn write_record(&self, record: &BottleRecord) -> Result<(), StateError> {
+        let err = |source| StateError::WriteRecord {
+            bottle: self.name.clone(),
+            source,
+        };
+        mkdir(&self.dir)?;
+        let text = serde_json::to_vec_pretty(record).map_err(|e| err(e.into()))?;
+        crate::sys::fs::write_atomic(&self.record_path(), &text, 0o600).map_err(err)
+    }
+
+    /// Whether a krbottle process holds the bottle's lock (it is running).
+    pub fn is_running(&self) -> bool {
+        let path = self.dir.join("lock");
+        path.exists() && matches!(lockfile::try_lock_exclusive(&path), Ok(None))
     }
 
     /// Takes the bottle's lock for as long as the returned file lives; fails at once when
@@ -152,6 +239,45 @@ impl BottleDirs {
         }
         Ok(WritableRoot::Copy { root })
     }
+}
+
+/// The record's file name in the bottle's dir.
+const RECORD_FILE: &str = "bottle.json";
+
+/// What `bottle.json` records: enough to list, resume and remove the bottle.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BottleRecord {
+    pub name: String,
+    pub agent: String,
+    pub bottle: String,
+    /// The manifest the bottle was started from (`resume` reads it again).
+    pub manifest: PathBuf,
+    /// The image as the manifest names it, and the ID it had at the last start.
+    pub image: String,
+    pub image_id: String,
+    pub ownership: crate::image::Ownership,
+    /// Seconds since the epoch.
+    pub created: u64,
+    pub started: u64,
+    /// The command given after `--` at the first start (kept for `resume`), if any.
+    #[serde(default)]
+    pub argv: Vec<String>,
+    /// How the current directory was given to the guest (kept for `resume`).
+    #[serde(default)]
+    pub cwd: crate::plan::Cwd,
+    /// The krbottle process running the bottle, while it runs.
+    #[serde(default)]
+    pub pid: Option<u32>,
+    /// The bundle's published endpoints, while it runs.
+    #[serde(default)]
+    pub endpoints: BTreeMap<String, SocketAddr>,
+}
+
+/// Seconds since the epoch, now.
+pub fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 fn mkdir(path: &Path) -> Result<(), StateError> {

@@ -31,7 +31,7 @@ use crate::bundle::layout::{
     network_name,
 };
 use crate::ca::{BottleCa, CaError};
-use crate::daemon::{CA_CERT_FILE, CA_KEY_FILE, CONFIG_DIR, DaemonError, DaemonSpec};
+use crate::daemon::{CA_CERT_FILE, CA_KEY_FILE, CONFIG_DIR, DaemonError, DaemonSpec, Placement};
 use crate::docker::{Engine, is_not_found};
 use crate::manifest::Bottle;
 use crate::state::{StateError, StateRoot};
@@ -113,12 +113,27 @@ pub enum ContainerError {
     #[error("the bundle container {name} publishes no host port for {daemon}")]
     FindPort { name: String, daemon: &'static str },
     #[error(
-        "the {daemon} of bottle {bottle} did not answer on {addr} within {READY_TIMEOUT:?}; see `krbottle bundle logs {bottle}`"
+        "The {daemon} of bottle {bottle} did not answer on {addr} within {READY_TIMEOUT:?}; see `krbottle bundle logs {bottle}`"
     )]
     WaitReady {
         bottle: String,
         daemon: &'static str,
         addr: SocketAddr,
+    },
+    #[error("The {daemon} of bottle {bottle} cannot start: {message}")]
+    DaemonFailed {
+        bottle: String,
+        daemon: &'static str,
+        message: String,
+    },
+    #[error(
+        "Route {host} of bottle {bottle}: the token in {env} is shorter than {} bytes, too short to be a real token (and to be told apart from ordinary text); export the real one",
+        crate::secrets::MIN_SECRET_LEN
+    )]
+    ShortToken {
+        bottle: String,
+        host: String,
+        env: String,
     },
     #[error(
         "the bundle container of bottle {bottle} stopped while starting; see `krbottle bundle logs {bottle}`"
@@ -197,7 +212,7 @@ impl<'a> BundleRequest<'a> {
     pub fn for_bottle(bottle: &'a Bottle, image: &str) -> Result<Self, ContainerError> {
         let daemons = crate::daemon::enabled_for(bottle)
             .into_iter()
-            .map(|d| Ok((d, (d.config)(bottle)?)))
+            .map(|d| Ok((d, (d.config)(bottle, &Placement::container(d.port))?)))
             .collect::<Result<Vec<_>, DaemonError>>()?;
         let mut files = Vec::new();
         if let Some(path) = &bottle.upstream_ca_file {
@@ -253,34 +268,15 @@ pub async fn up(
     let docker = engine.client();
     let bottle = request.bottle;
     let name = &bottle.name;
-    let mut secrets = Vec::new();
-    for route in &bottle.routes {
-        let token = env(&route.token_env).ok_or_else(|| ContainerError::ReadToken {
-            bottle: name.clone(),
-            host: route.host.clone(),
-            env: route.token_env.clone(),
-        })?;
-        secrets.push(format!("{}={token}", route.token_env));
-    }
-    for (var, token) in &request.extra_secrets {
-        secrets.push(format!("{var}={token}"));
-    }
+    let secrets = secrets(request, &env)?;
     let dir = state.bottle(name)?.bundle_dir();
-    create_private_dir(&dir)?;
-    ensure_ca(&dir, name)?;
-    let files = request
+    let files: Vec<(String, Vec<u8>)> = request
         .daemons
         .iter()
-        .map(|(d, config)| (d.config_file.to_string(), config))
-        .chain(request.files.iter().map(|(n, c)| (n.clone(), c)));
-    for (file, contents) in files {
-        let path = dir.join(&file);
-        write_atomic(&path, contents, 0o644).map_err(|source| ContainerError::WriteConfig {
-            bottle: name.clone(),
-            path: path.clone(),
-            source,
-        })?;
-    }
+        .map(|(d, config)| (d.config_file.to_string(), config.clone()))
+        .chain(request.files.iter().cloned())
+        .collect();
+    write_bundle_dir(&dir, name, &files)?;
 
     let container = container_name(name);
     if docker.inspect_container(&container, None).await.is_ok() {
@@ -340,21 +336,71 @@ pub async fn up(
     Ok(record)
 }
 
-/// The bottle's CA in its bundle dir: made once, kept for the bottle's life (the guest trusts
-/// it from its provisioned trust store).
-fn ensure_ca(dir: &Path, bottle: &str) -> Result<(), ContainerError> {
-    let (cert, key) = (dir.join(CA_CERT_FILE), dir.join(CA_KEY_FILE));
-    if cert.exists() && key.exists() {
-        return Ok(());
+/// The `NAME=VALUE` environment of the bundle's daemons: the routes' tokens read with `env`, and
+/// the request's extra secrets.
+pub(crate) fn secrets(
+    request: &BundleRequest<'_>,
+    env: &impl Fn(&str) -> Option<String>,
+) -> Result<Vec<String>, ContainerError> {
+    let mut secrets = Vec::new();
+    for route in &request.bottle.routes {
+        let token = env(&route.token_env).ok_or_else(|| ContainerError::ReadToken {
+            bottle: request.bottle.name.clone(),
+            host: route.host.clone(),
+            env: route.token_env.clone(),
+        })?;
+        if token.len() < crate::secrets::MIN_SECRET_LEN {
+            return Err(ContainerError::ShortToken {
+                bottle: request.bottle.name.clone(),
+                host: route.host.clone(),
+                env: route.token_env.clone(),
+            });
+        }
+        secrets.push(format!("{}={token}", route.token_env));
     }
+    for (var, token) in &request.extra_secrets {
+        secrets.push(format!("{var}={token}"));
+    }
+    Ok(secrets)
+}
+
+/// The bundle dir `dir` with the bottle's CA and `files` (the daemons' configs, extra files).
+pub(crate) fn write_bundle_dir(
+    dir: &Path,
+    bottle: &str,
+    files: &[(String, Vec<u8>)],
+) -> Result<(), ContainerError> {
+    ensure_ca(dir, bottle)?;
+    for (file, contents) in files {
+        let path = dir.join(file);
+        write_atomic(&path, contents, 0o644).map_err(|source| ContainerError::WriteConfig {
+            bottle: bottle.to_string(),
+            path: path.clone(),
+            source,
+        })?;
+    }
+    Ok(())
+}
+
+/// The bottle's CA in its bundle dir `dir`, made once and kept for the bottle's life (the
+/// guest trusts it from its provisioned trust store); returns its certificate (PEM).
+pub fn ensure_ca(dir: &Path, bottle: &str) -> Result<String, ContainerError> {
+    create_private_dir(dir)?;
+    let (cert, key) = (dir.join(CA_CERT_FILE), dir.join(CA_KEY_FILE));
     let ca_err = |source| ContainerError::Ca {
         bottle: bottle.to_string(),
         source,
     };
-    BottleCa::generate(bottle)
+    if !(cert.exists() && key.exists()) {
+        BottleCa::generate(bottle)
+            .map_err(ca_err)?
+            .write(&cert, &key)
+            .map_err(ca_err)?;
+    }
+    Ok(BottleCa::load(bottle, &cert, &key)
         .map_err(ca_err)?
-        .write(&cert, &key)
-        .map_err(ca_err)
+        .cert_pem()
+        .to_string())
 }
 
 fn create_private_dir(dir: &Path) -> Result<(), ContainerError> {
@@ -501,6 +547,17 @@ async fn wait_ready(
             return Ok(());
         }
         probes += 1;
+        // A daemon that fails at start says why on stderr, and init restarts it: read that
+        // every 40 probes (~1 s) rather than wait out the timeout.
+        if probes.is_multiple_of(40)
+            && let Some(message) = daemon_error(docker, container, daemon.name).await
+        {
+            return Err(ContainerError::DaemonFailed {
+                bottle: bottle.to_string(),
+                daemon: daemon.name,
+                message,
+            });
+        }
         // Checking the container costs an API call: do it every 20 probes (~0.5 s).
         if probes.is_multiple_of(20) {
             let running = docker
@@ -523,6 +580,44 @@ async fn wait_ready(
         daemon: daemon.name,
         addr,
     })
+}
+
+/// The last error a daemon printed in the container's log (init tags its lines `[name] `), as
+/// one line: `error: …` and its `caused by: …` lines.
+async fn daemon_error(docker: &Docker, container: &str, daemon: &str) -> Option<String> {
+    let options = LogsOptions {
+        stdout: false,
+        stderr: true,
+        tail: "40".into(),
+        ..Default::default()
+    };
+    let mut text = String::new();
+    let mut stream = docker.logs(container, Some(options));
+    while let Some(Ok(chunk)) = stream.next().await {
+        text.push_str(&String::from_utf8_lossy(&chunk.into_bytes()));
+    }
+    last_error(&text, daemon)
+}
+
+/// The last `error:` block of `daemon`'s lines in `log`, joined on one line.
+fn last_error(log: &str, daemon: &str) -> Option<String> {
+    let prefix = format!("[{daemon}] ");
+    let lines: Vec<&str> = log
+        .lines()
+        .filter_map(|l| l.strip_prefix(&prefix))
+        .collect();
+    let start = lines.iter().rposition(|l| l.starts_with("error: "))?;
+    let mut message = lines[start].trim_start_matches("error: ").to_string();
+    for l in &lines[start + 1..] {
+        match l.trim_start().strip_prefix("caused by: ") {
+            Some(cause) => {
+                message.push_str(": ");
+                message.push_str(cause);
+            }
+            None => break,
+        }
+    }
+    Some(message)
 }
 
 /// One `GET /healthz`; true on a `200` answer.
@@ -728,4 +823,17 @@ pub fn logs<'a>(
                 source,
             })
         })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_daemons_last_error_is_read_from_the_log() {
+        let log = "[gateway] error: The gateway daemon failed\n[gateway]   caused by: cannot use the route tokens\nkrbottle init: gateway exited (exit status: 1)\n[gateway] error: The gateway daemon failed\n[gateway]   caused by: bad CA\n[other] error: no\n";
+        assert_eq!(
+            super::last_error(log, "gateway").as_deref(),
+            Some("The gateway daemon failed: bad CA")
+        );
+        assert_eq!(super::last_error("[gateway] listening\n", "gateway"), None);
+    }
 }

@@ -8,6 +8,7 @@
 pub mod container;
 pub mod image;
 pub mod layout;
+pub mod process;
 
 use std::path::Path;
 
