@@ -14,6 +14,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -276,11 +277,13 @@ async fn run(
     let mut signals = Termination::listen().map_err(BottleError::Signals)?;
     let (cancel_tx, cancel_rx) = watch::channel(None::<Signal>);
     let vmm: Arc<Mutex<Option<ChildSignaller>>> = Arc::default();
+    let stopping = Arc::new(AtomicBool::new(false));
     let forwarder = {
-        let vmm = vmm.clone();
+        let (vmm, stopping) = (vmm.clone(), stopping.clone());
         tokio::spawn(async move {
             loop {
                 let sig = signals.recv().await;
+                stopping.store(true, Ordering::SeqCst);
                 let _ = cancel_tx.send(Some(sig));
                 let child = vmm.lock().ok().and_then(|mut c| c.take());
                 if let Some(child) = child {
@@ -303,17 +306,12 @@ async fn run(
         docker_bundle: false,
         process_bundle: None,
     };
-    let result = run_locked(
-        &spec,
-        state,
-        &dirs,
-        &mut started,
-        cancel_rx,
+    let ctl = Control {
+        cancel: cancel_rx,
+        stopping,
         vmm,
-        begun,
-        reporter,
-    )
-    .await;
+    };
+    let result = run_locked(&spec, state, &dirs, &mut started, ctl, begun, reporter).await;
     forwarder.abort();
     if spec.dry_run {
         return result;
@@ -351,17 +349,29 @@ async fn cancellable<T>(
     }
 }
 
-#[allow(clippy::too_many_arguments)]
+/// How a run is stopped from outside: the signal that came, as a watch (steps before boot
+/// select on it) and as a flag (the bundle's readiness wait polls it), and the VMM child to
+/// forward signals to once it exists.
+struct Control {
+    cancel: watch::Receiver<Option<Signal>>,
+    stopping: Arc<AtomicBool>,
+    vmm: Arc<Mutex<Option<ChildSignaller>>>,
+}
+
 async fn run_locked(
     spec: &RunSpec,
     state: &StateRoot,
     dirs: &BottleDirs,
     started: &mut Started,
-    mut cancel: watch::Receiver<Option<Signal>>,
-    vmm: Arc<Mutex<Option<ChildSignaller>>>,
+    ctl: Control,
     begun: Instant,
     reporter: &Reporter,
 ) -> Result<Finished, BottleError> {
+    let Control {
+        mut cancel,
+        stopping,
+        vmm,
+    } = ctl;
     let mut timings = Timings::default();
     let manifest = Manifest::load(&spec.manifest)?;
     let agent = manifest
@@ -544,8 +554,9 @@ async fn run_locked(
 
     let bundle_request = BundleRequest::for_bottle(&bottle, "")?;
     let bundle_begun = Instant::now();
-    let up = bundle_up(started, bundle_request, state, reporter);
-    let up = cancellable(&mut cancel, up);
+    // Not dropped mid-way on a signal (what the engine is creating must exist when teardown
+    // looks): it stops waiting for the daemons when `stopping` is set.
+    let up = bundle_up(started, bundle_request, state, &stopping, reporter);
     tokio::pin!(up);
     let record_up = tokio::select! {
         r = &mut up => r,
@@ -560,6 +571,12 @@ async fn run_locked(
     };
     let bundle_record = match record_up {
         Ok(r) => r,
+        Err(BottleError::Container(ContainerError::Cancelled { .. })) => {
+            let sig = cancel.borrow().unwrap_or(Signal::Terminate);
+            let _ = up_tx.send(Err("the start was stopped".into()));
+            let _ = launch.await;
+            return Err(BottleError::Interrupted(sig));
+        }
         Err(e) => {
             let _ = up_tx.send(Err(e.to_string()));
             let _ = launch.await;
@@ -600,6 +617,7 @@ async fn bundle_up(
     started: &mut Started,
     mut request: BundleRequest<'_>,
     state: &StateRoot,
+    stopping: &AtomicBool,
     reporter: &Reporter,
 ) -> Result<BundleRecord, BottleError> {
     let env = |name: &str| std::env::var(name).ok();
@@ -611,7 +629,7 @@ async fn bundle_up(
             })?;
             request.image = bundle::ensure_image(&engine, reporter).await?;
             started.docker_bundle = true;
-            Ok(bundle::container::up(&engine, &request, state, env).await?)
+            Ok(bundle::container::up(&engine, &request, state, env, stopping).await?)
         }
         Runtime::Process => {
             let b = crate::bundle::process::up(&request, state, env).await?;
@@ -941,11 +959,22 @@ pub async fn gc(cache: bool) -> Result<Collected, BottleError> {
         Err(BundleError::Docker(e)) => tracing::info!("no bundles collected: {e}"),
         Err(e) => return Err(e.into()),
     }
+    let engine = Engine::connect().await.ok();
     let mut used = Vec::new();
     for name in state.names()? {
         let dirs = state.bottle(&name)?;
         match dirs.read_record()? {
-            Some(r) => used.push((r.image_id, r.ownership)),
+            Some(r) => {
+                // A stopped bottle has no bundle: one left is a killed start's.
+                if !dirs.is_running()
+                    && let Some(engine) = &engine
+                {
+                    let removed = bundle::container::down(engine, &state, &name).await?;
+                    out.bundles.containers.extend(removed.containers);
+                    out.bundles.networks.extend(removed.networks);
+                }
+                used.push((r.image_id, r.ownership));
+            }
             None if !dirs.is_running() => {
                 remove_tree_any_owner(dirs.dir()).map_err(|source| BottleError::Remove {
                     name: name.clone(),

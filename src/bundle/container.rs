@@ -14,6 +14,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bollard::Docker;
@@ -120,6 +121,8 @@ pub enum ContainerError {
         daemon: &'static str,
         addr: SocketAddr,
     },
+    #[error("Stopped while the bundle of bottle {bottle} was starting")]
+    Cancelled { bottle: String },
     #[error("The {daemon} of bottle {bottle} cannot start: {message}")]
     DaemonFailed {
         bottle: String,
@@ -259,11 +262,15 @@ fn filters(state_root: &Path, bottle: Option<&str>) -> HashMap<String, Vec<Strin
 /// Starts the bundle `request` describes and waits until its daemons answer. `env` reads the
 /// host environment (the route tokens). The daemons' config files and the bottle's CA go in the
 /// bottle's bundle directory, visible to them under [`CONFIG_DIR`].
+///
+/// `cancel` stops it while it waits for the daemons (the long part); the engine's calls before
+/// that run to their end, so what they create is known and removed with the error.
 pub async fn up(
     engine: &Engine,
     request: &BundleRequest<'_>,
     state: &StateRoot,
     env: impl Fn(&str) -> Option<String>,
+    cancel: &AtomicBool,
 ) -> Result<BundleRecord, ContainerError> {
     let docker = engine.client();
     let bottle = request.bottle;
@@ -309,7 +316,7 @@ pub async fn up(
         network: &network,
         daemons: &daemons,
     };
-    let result = create_and_wait(docker, &spec, labels, secrets).await;
+    let result = create_and_wait(docker, &spec, labels, secrets, cancel).await;
     let removed_on_error = |e| async {
         // Nothing half-done: what this call created goes away with the error.
         let _ = remove_all(docker, state.path(), name).await;
@@ -430,6 +437,7 @@ async fn create_and_wait(
     spec: &ContainerSpec<'_>,
     labels: HashMap<String, String>,
     secrets: Vec<String>,
+    cancel: &AtomicBool,
 ) -> Result<BundleRecord, ContainerError> {
     let port_bindings = spec
         .daemons
@@ -519,7 +527,7 @@ async fn create_and_wait(
         endpoints.insert(d.name.to_string(), addr);
     }
     for d in spec.daemons {
-        wait_ready(docker, spec.bottle, container, d, endpoints[d.name]).await?;
+        wait_ready(docker, spec.bottle, container, d, endpoints[d.name], cancel).await?;
     }
     Ok(BundleRecord {
         bottle: spec.bottle.to_string(),
@@ -539,12 +547,18 @@ async fn wait_ready(
     container: &str,
     daemon: &DaemonSpec,
     addr: SocketAddr,
+    cancel: &AtomicBool,
 ) -> Result<(), ContainerError> {
     let deadline = tokio::time::Instant::now() + READY_TIMEOUT;
     let mut probes = 0u32;
     while tokio::time::Instant::now() < deadline {
         if health_ok(addr).await {
             return Ok(());
+        }
+        if cancel.load(Ordering::SeqCst) {
+            return Err(ContainerError::Cancelled {
+                bottle: bottle.to_string(),
+            });
         }
         probes += 1;
         // A daemon that fails at start says why on stderr, and init restarts it: read that
