@@ -366,11 +366,14 @@ enum Step {
     Ran(Outcome),
 }
 
+/// What the bundle's start ends with: its record, and the daemons' processes when they run on
+/// the host.
+type BundleStarted = Result<(BundleRecord, Option<ProcessBundle>), BottleError>;
+
 /// The bundle's start, running beside the rest.
 struct BundleStart {
     /// Until it has ended.
-    handle:
-        Option<tokio::task::JoinHandle<Result<(BundleRecord, Option<ProcessBundle>), BottleError>>>,
+    handle: Option<tokio::task::JoinHandle<BundleStarted>>,
     /// The daemons' processes, when they run on the host and came up.
     process: Option<ProcessBundle>,
     began: Instant,
@@ -614,7 +617,7 @@ async fn bundle_up(
     state: StateRoot,
     stopping: Arc<AtomicBool>,
     reporter: Reporter,
-) -> Result<(BundleRecord, Option<ProcessBundle>), BottleError> {
+) -> BundleStarted {
     let env = |name: &str| std::env::var(name).ok();
     let mut request = BundleRequest::for_bottle(&bottle, "")?;
     match runtime {
