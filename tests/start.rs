@@ -35,7 +35,6 @@ struct Fixture {
     dir: tempfile::TempDir,
     state: PathBuf,
     cache: PathBuf,
-    manifest: PathBuf,
 }
 
 impl Fixture {
@@ -75,12 +74,7 @@ token_env = "{TOKEN_ENV}"
             ),
         )
         .unwrap();
-        Fixture {
-            dir,
-            state,
-            cache,
-            manifest,
-        }
+        Fixture { dir, state, cache }
     }
 
     fn cmd(&self, args: &[&str]) -> Command {
