@@ -299,6 +299,10 @@ fn preflight(reporter: &Reporter, only_if_bootable: bool) -> Result<Option<Strin
     }
     let (kvm, modules) = doctor::kvm_facts();
     if let Err(e) = &kvm {
+        // The VMM opens /dev/kvm only in krun_start_enter: everything before it can still run.
+        if only_if_bootable {
+            return Ok(Some(PrepareError::Kvm(e.clone()).to_string()));
+        }
         return Err(PrepareError::Kvm(e.clone()));
     }
     match doctor::hypervisor_verdict(&kvm, &modules) {
