@@ -392,27 +392,10 @@ fn route_through_the_bundle_container() {
     let (dir, state, bottle_name) = (&fx.dir, &fx.state, fx.name().to_string());
 
     // The upstream's own CA and certificate for both of its names.
-    let ca_key = rcgen::KeyPair::generate().unwrap();
-    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "docker test upstream CA");
-    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
-    let issuer = rcgen::Issuer::new(ca_params, &ca_key);
-    let leaf_key = rcgen::KeyPair::generate().unwrap();
-    let mut leaf_params =
-        rcgen::CertificateParams::new(vec!["upstream.test".to_string(), "route.test".to_string()])
-            .unwrap();
-    leaf_params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "upstream.test");
-    let leaf = leaf_params.signed_by(&leaf_key, &issuer).unwrap();
     let certs = dir.path().join("certs");
     std::fs::create_dir(&certs).unwrap();
-    std::fs::write(certs.join("cert.pem"), leaf.pem()).unwrap();
-    std::fs::write(certs.join("key.pem"), leaf_key.serialize_pem()).unwrap();
-    std::fs::write(certs.join("ca.pem"), ca_cert.pem()).unwrap();
+    let (ca_pem, _, _) = common::test_pki(&certs, &["upstream.test", "route.test"]);
+    let ca_cert = std::fs::read_to_string(&ca_pem).unwrap();
 
     let manifest = Manifest::parse(
         Path::new("krbottle.toml"),
@@ -443,7 +426,7 @@ fn route_through_the_bundle_container() {
                 *config = serde_json::to_vec(&gateway).unwrap();
             }
         }
-        request.files = vec![("upstream-ca.pem".into(), ca_cert.pem().into_bytes())];
+        request.files = vec![("upstream-ca.pem".into(), ca_cert.clone().into_bytes())];
         request.extra_secrets = vec![("KRB_DOCKER_TEST_TOKEN".into(), TOKEN.into())];
         let state = krbottle::state::StateRoot::at(state);
         let never = std::sync::atomic::AtomicBool::new(false);

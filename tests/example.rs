@@ -19,32 +19,6 @@ use common::require_docker;
 const BIN: &str = env!("CARGO_BIN_EXE_krbottle");
 const REAL_KEY: &str = "sk-ant-real-key-of-the-example-test-0123456789";
 
-/// A test CA and a leaf for `api.anthropic.com` signed by it, as PEM files in `dir`.
-fn api_certs(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
-    let ca_key = rcgen::KeyPair::generate().unwrap();
-    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "fake API test CA");
-    let ca = ca_params.self_signed(&ca_key).unwrap();
-    let issuer = rcgen::Issuer::new(ca_params, &ca_key);
-    let key = rcgen::KeyPair::generate().unwrap();
-    let leaf = rcgen::CertificateParams::new(vec!["api.anthropic.com".to_string()])
-        .unwrap()
-        .signed_by(&key, &issuer)
-        .unwrap();
-    let paths = (
-        dir.join("ca.pem"),
-        dir.join("cert.pem"),
-        dir.join("key.pem"),
-    );
-    std::fs::write(&paths.0, ca.pem()).unwrap();
-    std::fs::write(&paths.1, leaf.pem()).unwrap();
-    std::fs::write(&paths.2, key.serialize_pem()).unwrap();
-    paths
-}
-
 /// The fake API on a free port; returns it and its port.
 fn fake_api(cert: &Path, key: &Path, log: &Path) -> (std::process::Child, u16) {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/fake_anthropic.py");
@@ -122,7 +96,7 @@ fn the_example_smoke_reaches_the_api_through_the_gateway_with_the_injected_key()
     }
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state");
-    let (ca, cert, key) = api_certs(dir.path());
+    let (ca, cert, key) = common::test_pki(dir.path(), &["api.anthropic.com"]);
     let log = dir.path().join("keys.log");
     let (mut api, port) = fake_api(&cert, &key, &log);
     let manifest = example_manifest(dir.path(), &ca, port);

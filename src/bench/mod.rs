@@ -20,6 +20,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
+/// A bench's result: printed for a person, or as JSON.
+pub trait Report: serde::Serialize {
+    fn print(&self);
+}
+
 /// The median of `v` (the lower one for an even count). `v` must not be empty.
 fn median(v: Vec<Duration>) -> Duration {
     percentile(v, 50)

@@ -278,8 +278,8 @@ fn describe(outcome: &Outcome) -> String {
     }
 }
 
-impl RunReport {
-    pub fn print(&self) {
+impl crate::bench::Report for RunReport {
+    fn print(&self) {
         let r = self;
         println!("bench run {} (median of {} runs)", r.image, r.runs);
         println!(

@@ -226,8 +226,8 @@ pub async fn run(opts: &StartBench, reporter: &Reporter) -> anyhow::Result<Start
     })
 }
 
-impl StartReport {
-    pub fn print(&self) {
+impl crate::bench::Report for StartReport {
+    fn print(&self) {
         println!(
             "bench start {} ({}, warm: image cached, bundle image built; median of {} runs)",
             self.agent, self.image, self.runs

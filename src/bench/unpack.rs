@@ -280,8 +280,8 @@ fn time_all(
     })
 }
 
-impl UnpackReport {
-    pub fn print(&self) {
+impl crate::bench::Report for UnpackReport {
+    fn print(&self) {
         println!(
             "bench unpack {} ({} layers, {:.1} MB uncompressed, median of {} runs)",
             self.image,

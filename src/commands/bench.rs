@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use crate::bench;
+use crate::bench::{self, Report};
 use crate::cli::BenchCommand;
 use crate::exit;
 use crate::output::{Reporter, print_json};
@@ -15,12 +15,7 @@ pub async fn run(cmd: BenchCommand, reporter: &Reporter) -> anyhow::Result<u8> {
                 runs: args.runs,
                 scratch: args.scratch,
             };
-            let report = bench::unpack::run(&opts, reporter).await?;
-            if args.json {
-                print_json(&report)?;
-            } else {
-                report.print();
-            }
+            emit(&bench::unpack::run(&opts, reporter).await?, args.json)?;
         }
         #[cfg(target_os = "linux")]
         BenchCommand::Run(args) => {
@@ -28,12 +23,7 @@ pub async fn run(cmd: BenchCommand, reporter: &Reporter) -> anyhow::Result<u8> {
                 image: args.image,
                 runs: args.runs,
             };
-            let report = bench::run::run(&opts, reporter).await?;
-            if args.json {
-                print_json(&report)?;
-            } else {
-                report.print();
-            }
+            emit(&bench::run::run(&opts, reporter).await?, args.json)?;
         }
         #[cfg(not(target_os = "linux"))]
         BenchCommand::Run(_) => return super::not_on_this_os("bench run (the VM)"),
@@ -44,12 +34,7 @@ pub async fn run(cmd: BenchCommand, reporter: &Reporter) -> anyhow::Result<u8> {
                 manifest: args.manifest,
                 runs: args.runs,
             };
-            let report = bench::start::run(&opts, reporter).await?;
-            if args.json {
-                print_json(&report)?;
-            } else {
-                report.print();
-            }
+            emit(&bench::start::run(&opts, reporter).await?, args.json)?;
         }
         #[cfg(not(target_os = "linux"))]
         BenchCommand::Start(_) => return super::not_on_this_os("bench start (the VM)"),
@@ -59,13 +44,18 @@ pub async fn run(cmd: BenchCommand, reporter: &Reporter) -> anyhow::Result<u8> {
                 rounds: args.rounds,
                 window: Duration::from_millis(args.window_ms),
             };
-            let report = bench::gateway::run(&opts, reporter).await?;
-            if args.json {
-                print_json(&report)?;
-            } else {
-                report.print();
-            }
+            emit(&bench::gateway::run(&opts, reporter).await?, args.json)?;
         }
     }
     Ok(exit::OK)
+}
+
+/// Prints a bench's report for a person, or as JSON.
+fn emit(report: &impl Report, json: bool) -> anyhow::Result<()> {
+    if json {
+        print_json(report)?;
+    } else {
+        report.print();
+    }
+    Ok(())
 }

@@ -114,9 +114,15 @@ pub fn docker_build(tag: &str, dockerfile: &str, files: &[(&str, &[u8])]) -> Str
         std::fs::create_dir_all(p.parent().unwrap()).unwrap();
         std::fs::write(p, data).unwrap();
     }
+    docker_build_dir(dir.path(), tag);
+    tag.to_string()
+}
+
+/// `docker build` of the directory `context` tagged `tag`, through the CLI.
+pub fn docker_build_dir(context: &Path, tag: &str) {
     let out = Command::new("docker")
         .args(["build", "-q", "-t", tag])
-        .arg(dir.path())
+        .arg(context)
         .output()
         .unwrap();
     assert!(
@@ -124,7 +130,39 @@ pub fn docker_build(tag: &str, dockerfile: &str, files: &[(&str, &[u8])]) -> Str
         "docker build {tag} failed:\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    tag.to_string()
+}
+
+/// A test CA and a server certificate signed by it for `names`, as PEM files in `dir`:
+/// `(ca.pem, cert.pem, key.pem)`.
+pub fn test_pki(
+    dir: &Path,
+    names: &[&str],
+) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "krbottle test upstream CA");
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(ca_params, &ca_key);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut leaf_params =
+        rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+            .unwrap();
+    leaf_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, names[0]);
+    let leaf = leaf_params.signed_by(&key, &issuer).unwrap();
+    let paths = (
+        dir.join("ca.pem"),
+        dir.join("cert.pem"),
+        dir.join("key.pem"),
+    );
+    std::fs::write(&paths.0, ca.pem()).unwrap();
+    std::fs::write(&paths.1, leaf.pem()).unwrap();
+    std::fs::write(&paths.2, key.serialize_pem()).unwrap();
+    paths
 }
 
 /// Why confined children cannot be created here, if they cannot.
@@ -193,18 +231,4 @@ impl Drop for DockerExport {
         let _ = self.child.wait();
         let _ = Command::new("docker").args(["rm", "-f", &self.id]).output();
     }
-}
-
-/// `docker build` of the directory `context` tagged `tag`, through the CLI.
-pub fn docker_build_dir(context: &Path, tag: &str) {
-    let out = Command::new("docker")
-        .args(["build", "-q", "-t", tag])
-        .arg(context)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "docker build {tag} failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }

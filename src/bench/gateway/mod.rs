@@ -285,8 +285,8 @@ pub async fn run(args: &GatewayBench, reporter: &Reporter) -> anyhow::Result<Gat
     })
 }
 
-impl GatewayReport {
-    pub fn print(&self) {
+impl crate::bench::Report for GatewayReport {
+    fn print(&self) {
         let r = self;
         println!(
             "bench gateway (127.0.0.1 only; HTTP/1.1 over TLS; {} requests per contender for latency)",
