@@ -29,14 +29,14 @@ pub enum ProcessError {
     #[error("Cannot start the bundle's daemons (krbottle bundle init)")]
     Spawn(#[source] std::io::Error),
     #[error(
-        "The {daemon} daemon of bottle {bottle} did not answer on {addr} within {READY_TIMEOUT:?}; its messages are above"
+        "The {daemon} daemon of bottle {bottle} did not answer on {addr} within {READY_TIMEOUT:?}; see `krbottle logs {bottle}`"
     )]
     WaitReady {
         bottle: String,
         daemon: &'static str,
         addr: SocketAddr,
     },
-    #[error("The bundle's daemons of bottle {0} exited while starting; their messages are above")]
+    #[error("The bundle's daemons of bottle {0} exited while starting; see `krbottle logs {0}`")]
     Exited(String),
 }
 
@@ -77,6 +77,19 @@ pub async fn up(
     files.extend(request.files.iter().cloned());
     crate::bundle::container::write_bundle_dir(&dir, &bottle.name, &files)?;
 
+    // The daemons' lines go to the bottle's logs (`krbottle logs`), not to the terminal the
+    // guest's console is on.
+    let logs = state
+        .bottle(&bottle.name)
+        .map_err(ContainerError::from)?
+        .logs_dir();
+    std::fs::create_dir_all(&logs).map_err(ProcessError::Spawn)?;
+    let stamp = crate::state::now_secs();
+    let log_file = |ext: &str| std::fs::File::create(logs.join(format!("{stamp}.{ext}")));
+    let (out, err) = (
+        log_file("out").map_err(ProcessError::Spawn)?,
+        log_file("err").map_err(ProcessError::Spawn)?,
+    );
     let binary = std::env::current_exe().map_err(ProcessError::Spawn)?;
     let names: Vec<&str> = request.daemons.iter().map(|(d, _)| d.name).collect();
     let mut cmd = tokio::process::Command::new(binary);
@@ -92,6 +105,8 @@ pub async fn up(
     .env("PATH", std::env::var_os("PATH").unwrap_or_default())
     .envs(secrets.iter().map(|s| s.split_once('=').unwrap_or((s, ""))))
     .stdin(std::process::Stdio::null())
+    .stdout(out)
+    .stderr(err)
     .kill_on_drop(true);
     let mut init = cmd.spawn().map_err(ProcessError::Spawn)?;
     let pid = init.id().unwrap_or(0);
