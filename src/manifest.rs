@@ -455,11 +455,11 @@ impl Validator<'_> {
                     "needs one of `image`, `dockerfile` or `image_archive`",
                 ));
             }
-            [(_, first), (k, _), ..] => {
+            [(k, first), _, ..] => {
                 return Err(self.err(
                     first.span(),
                     key(k),
-                    "give one of `image`, `dockerfile` or `image_archive`",
+                    "give one of `image`, `dockerfile` or `image_archive`, not several",
                 ));
             }
             [(k, v)] if v.get_ref().trim().is_empty() => {
@@ -655,6 +655,21 @@ token_env = "OPENAI_API_KEY"
                 "[agents.a]\nimage = \"x\"\ndockerfile = \"y\"\n[bottles.b]\n",
                 2,
                 "agents.a.image",
+            ),
+            (
+                "[agents.a]\ndockerfile = \"x\"\nimage_archive = \"y\"\n[bottles.b]\n",
+                2,
+                "agents.a.dockerfile",
+            ),
+            (
+                "[bottles.b]\nresolve = { \"a.com\" = \"not-an-ip\" }\n",
+                2,
+                "bottles.b.resolve.a.com",
+            ),
+            (
+                "[bottles.b]\ngit_user = { name = \"a\\nb\", email = \"e\" }\n",
+                2,
+                "bottles.b.git_user",
             ),
             (
                 "[agents.a]\nimage = \"x\"\nbottle = \"nope\"\n[bottles.b]\n",
