@@ -50,3 +50,10 @@ pub const KRBOTTLE_BUNDLE_PROFILE: &str = "KRBOTTLE_BUNDLE_PROFILE";
 /// A PEM file of CA certificates the `source` bundle build trusts for its downloads (rustup,
 /// crates.io): needed behind a TLS-intercepting proxy. They stay in the build stage.
 pub const KRBOTTLE_BUNDLE_BUILD_CA: &str = "KRBOTTLE_BUNDLE_BUILD_CA";
+
+/// The login name, recorded as who answered a request (`krbottle approve` / `deny`). Default:
+/// the numeric user id.
+pub const USER: &str = "USER";
+
+/// The host's search path: where `krbottle queue --watch` looks for `notify-send`.
+pub const PATH: &str = "PATH";

@@ -37,6 +37,7 @@ pub(crate) mod output;
 pub(crate) mod plan;
 pub(crate) mod ports;
 pub(crate) mod provision;
+pub mod queue;
 pub(crate) mod resources;
 pub(crate) mod secrets;
 pub mod state;

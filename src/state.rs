@@ -6,6 +6,8 @@
 //! bottles/<name>/root/work/    overlayfs's scratch dir, on the same filesystem as diff/
 //! bottles/<name>/rootfs/       a private copy instead of an overlay (macOS, other systems)
 //! bottles/<name>/bundle/       the bundle's config, CA and up record (`bundle::container`)
+//! bottles/<name>/queue/        the approval queue the supervise daemon and `krbottle approve`
+//!                              share (`queue`); the guest never sees it
 //! bottles/<name>/lock          flock held while the bottle runs
 //! ```
 //! The cached image rootfs is never written: a bottle's changes live only in its own dir, so
@@ -75,6 +77,26 @@ impl StateRoot {
         &self.root
     }
 
+    /// The bottles that have a state directory, by name (none when the root does not exist).
+    pub fn bottles(&self) -> io::Result<Vec<BottleDirs>> {
+        let dir = self.root.join("bottles");
+        let entries = match fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(e),
+        };
+        let mut names = Vec::new();
+        for entry in entries {
+            let name = entry?.file_name();
+            // Anything that is not a valid bottle name was not made by krbottle: skip it.
+            if let Some(b) = name.to_str().and_then(|n| self.bottle(n).ok()) {
+                names.push(b);
+            }
+        }
+        names.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(names)
+    }
+
     /// The dirs of bottle `name` (not created yet).
     pub fn bottle(&self, name: &str) -> Result<BottleDirs, StateError> {
         if !crate::manifest::is_valid_name(name) {
@@ -111,6 +133,15 @@ impl BottleDirs {
 
     pub fn bundle_dir(&self) -> PathBuf {
         self.dir.join("bundle")
+    }
+
+    /// The bottle's approval queue (`crate::queue`), bind-mounted into its bundle.
+    pub fn queue_dir(&self) -> PathBuf {
+        self.dir.join("queue")
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
     }
 
     /// Takes the bottle's lock for as long as the returned file lives; fails at once when
@@ -181,6 +212,24 @@ mod tests {
         let b = state.bottle("agent-1").unwrap();
         assert_eq!(b.dir(), Path::new("/state/bottles/agent-1"));
         assert_eq!(b.bundle_dir(), Path::new("/state/bottles/agent-1/bundle"));
+        assert_eq!(b.queue_dir(), Path::new("/state/bottles/agent-1/queue"));
+    }
+
+    #[test]
+    fn bottles_lists_valid_names_only() {
+        let tmp = tempfile::tempdir().unwrap();
+        let state = StateRoot::at(tmp.path());
+        assert!(state.bottles().unwrap().is_empty());
+        for d in ["b", "a", "Not-A-Bottle"] {
+            fs::create_dir_all(tmp.path().join("bottles").join(d)).unwrap();
+        }
+        let names: Vec<_> = state
+            .bottles()
+            .unwrap()
+            .iter()
+            .map(|b| b.name().to_string())
+            .collect();
+        assert_eq!(names, ["a", "b"]);
     }
 
     #[test]

@@ -9,12 +9,14 @@
 
 pub mod gateway;
 pub mod init;
+pub mod supervise;
 
 use std::future::Future;
 use std::path::PathBuf;
 use std::pin::Pin;
 
 use crate::manifest::Bottle;
+use crate::state::BottleDirs;
 
 /// Directory of the bundle's read-only configuration inside the container (mounted from the
 /// bottle's bundle directory on the host).
@@ -50,12 +52,23 @@ pub struct DaemonSpec {
     /// The path of its MCP endpoint, for a daemon the agent uses as an MCP server (written
     /// into the guest's `~/.claude.json`).
     pub mcp_path: Option<&'static str>,
+    /// Directories of the bottle's state it reads and writes, bind-mounted read-write into the
+    /// bundle container (created on the host first). Nothing of them reaches the guest.
+    pub mounts: &'static [StateMount],
     /// Whether a bottle runs it.
     pub enabled: fn(&Bottle) -> bool,
     /// Its config file for a bottle (names, never secrets).
     pub config: fn(&Bottle) -> Result<Vec<u8>, DaemonError>,
     /// Runs it with its config file until SIGTERM or SIGINT.
     pub run: fn(PathBuf) -> DaemonFuture,
+}
+
+/// A directory of a bottle's state that a daemon uses (e.g. supervise's queue).
+pub struct StateMount {
+    /// The directory on the host.
+    pub host: fn(&BottleDirs) -> PathBuf,
+    /// Where the daemon sees it in the container.
+    pub container: &'static str,
 }
 
 impl std::fmt::Debug for DaemonSpec {
@@ -71,7 +84,7 @@ impl PartialEq for DaemonSpec {
 }
 
 /// Every daemon a bundle can run.
-pub static DAEMONS: &[DaemonSpec] = &[gateway::DAEMON];
+pub static DAEMONS: &[DaemonSpec] = &[gateway::DAEMON, supervise::DAEMON];
 
 /// The daemon called `name`.
 pub fn find(name: &str) -> Option<&'static DaemonSpec> {

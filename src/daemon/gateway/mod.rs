@@ -590,6 +590,7 @@ pub const DAEMON: crate::daemon::DaemonSpec = crate::daemon::DaemonSpec {
     port: crate::ports::GATEWAY,
     config_file: "gateway.json",
     mcp_path: None,
+    mounts: &[],
     enabled: |_| true,
     config: |bottle| {
         serde_json::to_vec_pretty(&GatewayConfig::for_bottle(bottle)).map_err(|e| {
