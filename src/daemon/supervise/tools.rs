@@ -31,8 +31,7 @@ const POLL_EVERY: Duration = Duration::from_millis(250);
 pub struct RequestApprovalArgs {
     /// One line saying what you want to do, e.g. "Push branch fix-login to origin".
     pub title: String,
-    /// Everything the human needs to decide: what, why, the exact commands or the diff, what
-    /// could go wrong.
+    /// Everything the human needs to decide: what, why, the exact commands or diff, the risks.
     pub details: String,
     /// A short word for the kind of action (e.g. "push", "deploy", "delete", "purchase").
     #[serde(default)]
