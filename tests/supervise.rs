@@ -421,3 +421,111 @@ fn healthz_answers_and_other_paths_do_not() {
     assert_eq!(get("/"), "404");
     assert_eq!(get("/queue"), "404");
 }
+
+/// A line of `child`'s stdout, waited for at most 30 s.
+fn next_line(lines: &std::sync::mpsc::Receiver<String>) -> String {
+    lines
+        .recv_timeout(std::time::Duration::from_secs(30))
+        .expect("no line from krbottle queue --watch")
+}
+
+fn watch(state: &Path, path_env: &Path) -> (Child, std::sync::mpsc::Receiver<String>) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_krbottle"))
+        .args(["queue", "--watch", "--json"])
+        .env("KRBOTTLE_STATE_DIR", state)
+        .env("PATH", path_env)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let out = BufReader::new(child.stdout.take().unwrap());
+    std::thread::spawn(move || {
+        for line in out.lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    (child, rx)
+}
+
+#[test]
+fn watch_announces_new_requests_through_notify_send_or_the_bell() {
+    use krbottle::queue::{Limits, NewRequest, Queue};
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let q = Queue::of(
+        &krbottle::state::StateRoot::at(&state)
+            .bottle(BOTTLE)
+            .unwrap(),
+    );
+    q.create().unwrap();
+    let limits = Limits {
+        max_pending: 10,
+        expire_after: std::time::Duration::from_secs(600),
+    };
+    let submit = |title: &str| {
+        let r = NewRequest::new(title, "", None).unwrap();
+        q.submit(r, limits, chrono::Utc::now())
+            .unwrap()
+            .id
+            .to_string()
+    };
+    let before = submit("already there");
+
+    // A notify-send that writes down what it was asked to show.
+    let bin = dir.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    let notified = dir.path().join("notified");
+    let fake = bin.join("notify-send");
+    std::fs::write(
+        &fake,
+        format!(
+            "#!/bin/sh\nprintf '%s\\n' \"$@\" >> '{}'\n",
+            notified.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+
+    let (mut child, lines) = watch(&state, &bin);
+    let first: Value = serde_json::from_str(&next_line(&lines)).unwrap();
+    assert_eq!(first["id"], before.as_str());
+    assert!(
+        !notified.exists(),
+        "what was there already is not announced"
+    );
+    let new = submit("Push <b>now</b> & then");
+    let line: Value = serde_json::from_str(&next_line(&lines)).unwrap();
+    assert_eq!(line["id"], new.as_str());
+    let shown = std::fs::read_to_string(&notified).unwrap();
+    assert!(
+        shown.contains(&format!("bottle {BOTTLE} asks for approval")),
+        "{shown}"
+    );
+    assert!(
+        shown.contains(&format!("Push &lt;b&gt;now&lt;/b&gt; &amp; then ({new})")),
+        "{shown}"
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+
+    // Without notify-send: the terminal bell, on stderr.
+    let empty = dir.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    let (mut child, lines) = watch(&state, &empty);
+    next_line(&lines);
+    next_line(&lines);
+    let belled = submit("ring");
+    let line: Value = serde_json::from_str(&next_line(&lines)).unwrap();
+    assert_eq!(line["id"], belled.as_str());
+    let _ = child.kill();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(
+        out.stderr,
+        b"\x07",
+        "{:?}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -220,3 +220,34 @@ async fn run(path: PathBuf) -> Result<(), crate::daemon::DaemonError> {
         .await;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest::Manifest;
+
+    fn bottle(text: &str) -> crate::manifest::Bottle {
+        let m = Manifest::parse(std::path::Path::new("krbottle.toml"), text).unwrap();
+        m.bottles["b"].clone()
+    }
+
+    #[test]
+    fn the_table_line_runs_it_only_where_asked_and_mounts_only_the_queue() {
+        let off = bottle("[bottles.b]\n");
+        let on = bottle("[bottles.b]\nsupervise = true\n");
+        assert!(!crate::daemon::enabled_for(&off).contains(&&DAEMON));
+        assert!(crate::daemon::enabled_for(&on).contains(&&DAEMON));
+        assert_eq!(DAEMON.mcp_path, Some(MCP_PATH));
+        let dirs = crate::state::StateRoot::at("/s").bottle("b").unwrap();
+        let [mount] = DAEMON.mounts else {
+            panic!("one mount: the queue")
+        };
+        assert_eq!((mount.host)(&dirs), dirs.queue_dir());
+        assert_eq!(mount.container, config::QUEUE_DIR);
+        // Apart from the read-only config dir, and from what the bundle serves.
+        assert!(!mount.container.starts_with(crate::daemon::CONFIG_DIR));
+        let json = (DAEMON.config)(&on).unwrap();
+        let config: SuperviseConfig = serde_json::from_slice(&json).unwrap();
+        assert_eq!(config, SuperviseConfig::for_bottle(&on));
+    }
+}
