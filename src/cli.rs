@@ -41,6 +41,23 @@ pub struct GlobalArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Put an agent in a new bottle and run it, attached to this terminal.
+    ///
+    /// Exits with the guest command's exit code (125 when the VMM itself failed).
+    Start(StartArgs),
+    /// Boot a stopped bottle again on its kept root, with a fresh bundle.
+    Resume(ResumeArgs),
+    /// List this user's bottles.
+    List(ListArgs),
+    /// End a running bottle's guest and tear its bundle down; returns when done.
+    Stop(NameArgs),
+    /// Remove a stopped bottle: its root, record, CA and logs.
+    Rm(RmArgs),
+    /// Print a bottle's bundle logs (the running bundle's, or its last run's).
+    Logs(LogsArgs),
+    /// Remove what crashed or killed runs left: bundles, half-made bottle dirs (and with
+    /// --cache, cached root filesystems no bottle uses).
+    Gc(GcArgs),
     /// Turn Docker images into root filesystems, and manage the cache of them.
     #[command(subcommand)]
     Image(ImageCommand),
@@ -73,6 +90,101 @@ pub enum Command {
     /// Internal: the VMM child that `run` starts. Not for direct use.
     #[command(name = hidden::VMM_CHILD, hide = true)]
     Vmm,
+}
+
+#[derive(Debug, Args)]
+pub struct StartArgs {
+    /// The agent, an `[agents.NAME]` table of the manifest.
+    pub agent: String,
+    /// The manifest (default: krbottle.toml here or in the nearest parent directory).
+    #[arg(long)]
+    pub manifest: Option<PathBuf>,
+    /// The bottle's name (default: AGENT-xxxx); names are unique among your bottles.
+    #[arg(long, value_parser = parse_bottle_name)]
+    pub name: Option<String>,
+    /// Share the current directory read-write with the guest, at the same path, as its workdir.
+    #[arg(long, conflicts_with = "copy_cwd")]
+    pub share_cwd: bool,
+    /// Copy the current directory into the bottle's root at the same path (first start only),
+    /// as the guest's workdir; the guest's changes stay in the bottle.
+    #[arg(long)]
+    pub copy_cwd: bool,
+    /// Print the plan (image, resources, guest user, workdir, argv, env, endpoints, files,
+    /// daemons) and start nothing. The image is still built and its root prepared.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// With --dry-run: print the plan as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+    /// The guest command, replacing the agent's and the image's.
+    #[arg(last = true, value_name = "CMD")]
+    pub command: Vec<String>,
+}
+
+/// A bottle name as the state dir takes it.
+fn parse_bottle_name(s: &str) -> Result<String, String> {
+    if crate::manifest::is_valid_name(s) {
+        Ok(s.to_string())
+    } else {
+        Err(
+            "names are 1-63 characters of a-z, 0-9, `-` and `_`, starting with a letter or digit"
+                .into(),
+        )
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct ResumeArgs {
+    /// The bottle.
+    #[arg(value_parser = parse_bottle_name)]
+    pub name: String,
+}
+
+#[derive(Debug, Args)]
+pub struct NameArgs {
+    /// The bottle.
+    #[arg(value_parser = parse_bottle_name)]
+    pub name: String,
+}
+
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// Print JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RmArgs {
+    /// The bottle.
+    #[arg(value_parser = parse_bottle_name)]
+    pub name: String,
+    /// Stop it first if it runs.
+    #[arg(long)]
+    pub force: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct LogsArgs {
+    /// The bottle.
+    #[arg(value_parser = parse_bottle_name)]
+    pub name: String,
+    /// Only this daemon's lines (see `krbottle bundle --help`).
+    #[arg(long)]
+    pub daemon: Option<String>,
+    /// Keep printing new lines while the bottle runs.
+    #[arg(short, long)]
+    pub follow: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct GcArgs {
+    /// Also remove cached root filesystems that no bottle uses.
+    #[arg(long)]
+    pub cache: bool,
+    /// Print what was removed as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Subcommand)]

@@ -51,6 +51,11 @@ pub const KRBOTTLE_BUNDLE_PROFILE: &str = "KRBOTTLE_BUNDLE_PROFILE";
 /// crates.io): needed behind a TLS-intercepting proxy. They stay in the build stage.
 pub const KRBOTTLE_BUNDLE_BUILD_CA: &str = "KRBOTTLE_BUNDLE_BUILD_CA";
 
+/// Where the bundle's daemons run: `docker` (the default: one container per bottle) or
+/// `process` (child processes of krbottle on the host, for machines without a Docker engine,
+/// like the emulated-hypervisor harness; the daemons then lack the container's isolation).
+pub const KRBOTTLE_BUNDLE_RUNTIME: &str = "KRBOTTLE_BUNDLE_RUNTIME";
+
 /// The login name, recorded as who answered a request (`krbottle approve` / `deny`). Default:
 /// the numeric user id.
 pub const USER: &str = "USER";

@@ -20,6 +20,7 @@
 //! to the crate, so the compiler reports what nothing uses.
 
 pub(crate) mod bench;
+pub(crate) mod bottle;
 pub mod bundle;
 pub mod ca;
 pub mod cli;

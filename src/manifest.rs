@@ -260,6 +260,14 @@ const FORBIDDEN_ROUTE_HEADERS: &[&str] = &[
 ];
 
 impl Manifest {
+    /// The manifest of the directory `dir` or its nearest parent that has one (as cargo finds
+    /// `Cargo.toml`).
+    pub fn find_upward(dir: &Path) -> Option<PathBuf> {
+        dir.ancestors()
+            .map(|d| d.join(MANIFEST_FILE))
+            .find(|p| p.is_file())
+    }
+
     /// Reads and validates the manifest at `path`.
     pub fn load(path: &Path) -> Result<Manifest, ManifestError> {
         let text = std::fs::read_to_string(path).map_err(|source| ManifestError::Read {

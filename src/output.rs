@@ -126,3 +126,17 @@ pub fn error_chain(err: &dyn std::error::Error) -> String {
     }
     msg
 }
+
+/// How long ago `secs` (since the epoch) was, for tables: `42s`, `5m`, `3h`, `2d`.
+pub fn ago(secs: u64) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let d = now.saturating_sub(secs);
+    match d {
+        0..60 => format!("{d}s ago"),
+        60..3600 => format!("{}m ago", d / 60),
+        3600..86400 => format!("{}h ago", d / 3600),
+        _ => format!("{}d ago", d / 86400),
+    }
+}

@@ -58,7 +58,7 @@ pub enum PlanError {
 }
 
 /// How the current directory reaches the guest.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(tag = "mode", rename_all = "snake_case")]
 pub enum Cwd {
     /// Not at all.
@@ -174,6 +174,47 @@ pub fn view(f: &ProvisionFile) -> FileView {
     }
 }
 
+/// The plan as `--dry-run` prints it for a person.
+pub fn describe(p: &BottlePlan) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "bottle {} (agent {}, bottle {})",
+        p.name, p.agent, p.bottle
+    );
+    let _ = writeln!(out, "  image     {} ({})", p.image, p.image_id);
+    let _ = writeln!(out, "  resources {} vCPUs, {} MiB", p.cpus, p.memory_mib);
+    let _ = writeln!(
+        out,
+        "  user      {} ({}:{}), home {}",
+        p.user.name, p.user.uid, p.user.gid, p.user.home
+    );
+    let _ = writeln!(out, "  workdir   {}", p.workdir);
+    let _ = writeln!(out, "  argv      {:?}", p.argv);
+    let _ = writeln!(out, "  daemons   {}", p.daemons.join(", "));
+    for e in &p.endpoints {
+        let _ = writeln!(
+            out,
+            "  endpoint  127.0.0.1:{} -> {}",
+            e.guest_port, e.daemon
+        );
+    }
+    let _ = writeln!(out, "  env");
+    for e in &p.env {
+        let _ = writeln!(out, "    {}={}", e.name, e.value);
+    }
+    let _ = writeln!(out, "  files");
+    for f in p.files.iter().map(view) {
+        let _ = writeln!(
+            out,
+            "    {:<48} {} {} {:<18} {}",
+            f.path, f.owner, f.mode, f.how, f.what
+        );
+    }
+    out
+}
+
 /// Makes the plan.
 pub fn plan(input: &PlanInput<'_>) -> Result<BottlePlan, PlanError> {
     let user = guest_user(&input.image_config.user, input.passwd, input.group)?;
@@ -220,7 +261,7 @@ pub fn plan(input: &PlanInput<'_>) -> Result<BottlePlan, PlanError> {
     Ok(BottlePlan {
         name: input.name.to_string(),
         agent: input.agent.name.clone(),
-        bottle: input.bottle.name.clone(),
+        bottle: input.agent.bottle.clone(),
         image: input.image.to_string(),
         image_id: input.image_id.to_string(),
         cpus: input.bottle.cpus,

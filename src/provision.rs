@@ -110,6 +110,7 @@ pub enum Ids {
     /// `fchown` (as root, or as a user namespace's root).
     Chown,
     /// The `user.containers.override_stat` xattr (macOS).
+    #[cfg_attr(not(target_os = "macos"), allow(dead_code))] // the macOS VMM child is to come
     Xattr,
 }
 
@@ -219,6 +220,22 @@ fn apply_one(
         path: file.path.clone(),
         written: true,
     })
+}
+
+/// The contents of the regular file at the guest path `path` in the root directory `root` (the
+/// host path of an unpacked image), resolved inside the root like [`Content::Block`]'s merge
+/// reads it; `None` when nothing is there.
+pub fn read_guest_file(root: &std::path::Path, path: &str) -> io::Result<Option<Vec<u8>>> {
+    let comps = components(path).map_err(io::Error::other)?;
+    let root = rustix::fs::open(
+        root,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
+    match open_in_root(root.as_fd(), &comps)? {
+        Some(fd) => read_regular(fd).map(Some),
+        None => Ok(None),
+    }
 }
 
 /// Opens the directory at the guest path `path`, creating what is missing (owned by root, mode

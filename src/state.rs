@@ -6,19 +6,27 @@
 //! bottles/<name>/root/work/    overlayfs's scratch dir, on the same filesystem as diff/
 //! bottles/<name>/rootfs/       a private copy instead of an overlay (macOS, other systems)
 //! bottles/<name>/bundle/       the bundle's config, CA and up record (`bundle::container`)
+//! bottles/<name>/bottle.json   the bottle's record (agent, image, state, the running pid)
+//! bottles/<name>/logs/         the bundle's logs of past runs, saved at teardown
 //! bottles/<name>/queue/        the approval queue the supervise daemon and `krbottle approve`
 //!                              share (`queue`); the guest never sees it
 //! bottles/<name>/lock          flock held while the bottle runs
 //! ```
+//! A bottle exists once its record does; a directory without one is a start that failed before
+//! it got that far (`gc` removes it). A bottle is running exactly while its lock is held: the
+//! kernel drops a dead process's lock, so a crash never leaves a bottle "running".
 //! The cached image rootfs is never written: a bottle's changes live only in its own dir, so
 //! stopping a bottle keeps its state and starting it again resumes it.
 
+use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::io;
+use std::net::SocketAddr;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
 use indicatif::ProgressBar;
+use serde::{Deserialize, Serialize};
 
 use crate::image::clone::{CloneError, WritableRoot, copy_tree};
 use crate::{env_vars, lockfile};
@@ -39,6 +47,25 @@ pub enum StateError {
     Busy(String),
     #[error("Cannot lock {path}")]
     Lock {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("Cannot read bottle `{bottle}`'s record {}; remove the bottle with `krbottle rm {bottle}`", path.display())]
+    ReadRecord {
+        bottle: String,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("Cannot write bottle `{bottle}`'s record")]
+    WriteRecord {
+        bottle: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("Cannot list the bottles in {}", path.display())]
+    List {
         path: PathBuf,
         #[source]
         source: io::Error,
@@ -77,23 +104,20 @@ impl StateRoot {
         &self.root
     }
 
-    /// The bottles that have a state directory, by name (none when the root does not exist).
-    pub fn bottles(&self) -> io::Result<Vec<BottleDirs>> {
+    /// The names of every bottle directory, sorted.
+    pub fn names(&self) -> Result<Vec<String>, StateError> {
         let dir = self.root.join("bottles");
-        let entries = match fs::read_dir(&dir) {
-            Ok(entries) => entries,
+        let rd = match fs::read_dir(&dir) {
+            Ok(rd) => rd,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(e),
+            Err(source) => return Err(StateError::List { path: dir, source }),
         };
-        let mut names = Vec::new();
-        for entry in entries {
-            let name = entry?.file_name();
-            // Anything that is not a valid bottle name was not made by krbottle: skip it.
-            if let Some(b) = name.to_str().and_then(|n| self.bottle(n).ok()) {
-                names.push(b);
-            }
-        }
-        names.sort_by(|a, b| a.name.cmp(&b.name));
+        let mut names: Vec<String> = rd
+            .flatten()
+            .filter_map(|e| e.file_name().into_string().ok())
+            .filter(|n| crate::manifest::is_valid_name(n))
+            .collect();
+        names.sort();
         Ok(names)
     }
 
@@ -110,7 +134,7 @@ impl StateRoot {
 }
 
 /// One bottle's state directory.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BottleDirs {
     name: String,
     dir: PathBuf,
@@ -142,6 +166,49 @@ impl BottleDirs {
 
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// Where the bundle's logs of past runs are kept.
+    pub fn logs_dir(&self) -> PathBuf {
+        self.dir.join("logs")
+    }
+
+    fn record_path(&self) -> PathBuf {
+        self.dir.join(RECORD_FILE)
+    }
+
+    /// The bottle's record; `None` when the bottle does not exist (yet).
+    pub fn read_record(&self) -> Result<Option<BottleRecord>, StateError> {
+        let path = self.record_path();
+        let err = |source| StateError::ReadRecord {
+            bottle: self.name.clone(),
+            path: path.clone(),
+            source,
+        };
+        match fs::read(&path) {
+            Ok(text) => serde_json::from_slice(&text)
+                .map(Some)
+                .map_err(|e| err(io::Error::new(io::ErrorKind::InvalidData, e))),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(err(e)),
+        }
+    }
+
+    /// Writes the bottle's record atomically.
+    pub fn write_record(&self, record: &BottleRecord) -> Result<(), StateError> {
+        let err = |source| StateError::WriteRecord {
+            bottle: self.name.clone(),
+            source,
+        };
+        mkdir(&self.dir)?;
+        let text = serde_json::to_vec_pretty(record).map_err(|e| err(e.into()))?;
+        crate::sys::fs::write_atomic(&self.record_path(), &text, 0o600).map_err(err)
+    }
+
+    /// Whether a krbottle process holds the bottle's lock (it is running).
+    pub fn is_running(&self) -> bool {
+        let path = self.dir.join("lock");
+        path.exists() && matches!(lockfile::try_lock_exclusive(&path), Ok(None))
     }
 
     /// Takes the bottle's lock for as long as the returned file lives; fails at once when
@@ -185,6 +252,45 @@ impl BottleDirs {
     }
 }
 
+/// The record's file name in the bottle's dir.
+const RECORD_FILE: &str = "bottle.json";
+
+/// What `bottle.json` records: enough to list, resume and remove the bottle.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BottleRecord {
+    pub name: String,
+    pub agent: String,
+    pub bottle: String,
+    /// The manifest the bottle was started from (`resume` reads it again).
+    pub manifest: PathBuf,
+    /// The image as the manifest names it, and the ID it had at the last start.
+    pub image: String,
+    pub image_id: String,
+    pub ownership: crate::image::Ownership,
+    /// Seconds since the epoch.
+    pub created: u64,
+    pub started: u64,
+    /// The command given after `--` at the first start (kept for `resume`), if any.
+    #[serde(default)]
+    pub argv: Vec<String>,
+    /// How the current directory was given to the guest (kept for `resume`).
+    #[serde(default)]
+    pub cwd: crate::plan::Cwd,
+    /// The krbottle process running the bottle, while it runs.
+    #[serde(default)]
+    pub pid: Option<u32>,
+    /// The bundle's published endpoints, while it runs.
+    #[serde(default)]
+    pub endpoints: BTreeMap<String, SocketAddr>,
+}
+
+/// Seconds since the epoch, now.
+pub fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
 fn mkdir(path: &Path) -> Result<(), StateError> {
     fs::DirBuilder::new()
         .recursive(true)
@@ -213,23 +319,6 @@ mod tests {
         assert_eq!(b.dir(), Path::new("/state/bottles/agent-1"));
         assert_eq!(b.bundle_dir(), Path::new("/state/bottles/agent-1/bundle"));
         assert_eq!(b.queue_dir(), Path::new("/state/bottles/agent-1/queue"));
-    }
-
-    #[test]
-    fn bottles_lists_valid_names_only() {
-        let tmp = tempfile::tempdir().unwrap();
-        let state = StateRoot::at(tmp.path());
-        assert!(state.bottles().unwrap().is_empty());
-        for d in ["b", "a", "Not-A-Bottle"] {
-            fs::create_dir_all(tmp.path().join("bottles").join(d)).unwrap();
-        }
-        let names: Vec<_> = state
-            .bottles()
-            .unwrap()
-            .iter()
-            .map(|b| b.name().to_string())
-            .collect();
-        assert_eq!(names, ["a", "b"]);
     }
 
     #[test]

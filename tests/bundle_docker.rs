@@ -90,15 +90,18 @@ impl Bottles {
         &self.names[0]
     }
 
-    /// Starts `bundle up` of the first bottle with a token the gateway refuses (too short), so
-    /// the bundle never becomes ready and `up` is still waiting; returns once its container
-    /// exists (asserted).
+    /// Starts `bundle up` of the first bottle with a token the gateway refuses (a control
+    /// character), so the bundle does not become ready and `up` is still waiting; returns once
+    /// its container exists (asserted).
     fn start_stuck_up(&self, stderr: Stdio) -> std::process::Child {
         let mut up = Command::new(BIN)
             .args(["bundle", "up", self.name(), "--manifest"])
             .arg(&self.manifest)
             .env("KRBOTTLE_STATE_DIR", &self.state)
-            .env("KRB_DOCKER_TEST_TOKEN", "short")
+            // Long enough for the host's check, but the gateway cannot put a control character
+            // in a header: it fails at start, init restarts it, and `up` waits until it reads
+            // the daemon's error (about a second), which is when these tests act.
+            .env("KRB_DOCKER_TEST_TOKEN", "token-with-a-\u{1}-control-char")
             .stdout(Stdio::null())
             .stderr(stderr)
             .spawn()
@@ -443,7 +446,8 @@ fn route_through_the_bundle_container() {
         request.files = vec![("upstream-ca.pem".into(), ca_cert.pem().into_bytes())];
         request.extra_secrets = vec![("KRB_DOCKER_TEST_TOKEN".into(), TOKEN.into())];
         let state = krbottle::state::StateRoot::at(state);
-        container::up(&engine, &request, &state, |_| None)
+        let never = std::sync::atomic::AtomicBool::new(false);
+        container::up(&engine, &request, &state, |_| None, &never)
             .await
             .unwrap()
     });

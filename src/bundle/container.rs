@@ -15,6 +15,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bollard::Docker;
@@ -32,7 +33,7 @@ use crate::bundle::layout::{
     network_name,
 };
 use crate::ca::{BottleCa, CaError};
-use crate::daemon::{CA_CERT_FILE, CA_KEY_FILE, CONFIG_DIR, DaemonError, DaemonSpec};
+use crate::daemon::{CA_CERT_FILE, CA_KEY_FILE, CONFIG_DIR, DaemonError, DaemonSpec, Placement};
 use crate::docker::{Engine, is_not_found};
 use crate::manifest::Bottle;
 use crate::state::{StateError, StateRoot};
@@ -114,12 +115,29 @@ pub enum ContainerError {
     #[error("the bundle container {name} publishes no host port for {daemon}")]
     FindPort { name: String, daemon: &'static str },
     #[error(
-        "the {daemon} of bottle {bottle} did not answer on {addr} within {READY_TIMEOUT:?}; see `krbottle bundle logs {bottle}`"
+        "The {daemon} of bottle {bottle} did not answer on {addr} within {READY_TIMEOUT:?}; see `krbottle bundle logs {bottle}`"
     )]
     WaitReady {
         bottle: String,
         daemon: &'static str,
         addr: SocketAddr,
+    },
+    #[error("Stopped while the bundle of bottle {bottle} was starting")]
+    Cancelled { bottle: String },
+    #[error("The {daemon} of bottle {bottle} cannot start: {message}")]
+    DaemonFailed {
+        bottle: String,
+        daemon: &'static str,
+        message: String,
+    },
+    #[error(
+        "Route {host} of bottle {bottle}: the token in {env} is shorter than {} bytes, too short to be a real token (and to be told apart from ordinary text); export the real one",
+        crate::secrets::MIN_SECRET_LEN
+    )]
+    ShortToken {
+        bottle: String,
+        host: String,
+        env: String,
     },
     #[error(
         "the bundle container of bottle {bottle} stopped while starting; see `krbottle bundle logs {bottle}`"
@@ -198,7 +216,7 @@ impl<'a> BundleRequest<'a> {
     pub fn for_bottle(bottle: &'a Bottle, image: &str) -> Result<Self, ContainerError> {
         let daemons = crate::daemon::enabled_for(bottle)
             .into_iter()
-            .map(|d| Ok((d, (d.config)(bottle)?)))
+            .map(|d| Ok((d, (d.config)(bottle, &Placement::container(d.port))?)))
             .collect::<Result<Vec<_>, DaemonError>>()?;
         let mut files = Vec::new();
         if let Some(path) = &bottle.upstream_ca_file {
@@ -245,43 +263,28 @@ fn filters(state_root: &Path, bottle: Option<&str>) -> HashMap<String, Vec<Strin
 /// Starts the bundle `request` describes and waits until its daemons answer. `env` reads the
 /// host environment (the route tokens). The daemons' config files and the bottle's CA go in the
 /// bottle's bundle directory, visible to them under [`CONFIG_DIR`].
+///
+/// `cancel` stops it while it waits for the daemons (the long part); the engine's calls before
+/// that run to their end, so what they create is known and removed with the error.
 pub async fn up(
     engine: &Engine,
     request: &BundleRequest<'_>,
     state: &StateRoot,
     env: impl Fn(&str) -> Option<String>,
+    cancel: &AtomicBool,
 ) -> Result<BundleRecord, ContainerError> {
     let docker = engine.client();
     let bottle = request.bottle;
     let name = &bottle.name;
-    let mut secrets = Vec::new();
-    for route in &bottle.routes {
-        let token = env(&route.token_env).ok_or_else(|| ContainerError::ReadToken {
-            bottle: name.clone(),
-            host: route.host.clone(),
-            env: route.token_env.clone(),
-        })?;
-        secrets.push(format!("{}={token}", route.token_env));
-    }
-    for (var, token) in &request.extra_secrets {
-        secrets.push(format!("{var}={token}"));
-    }
+    let secrets = secrets(request, &env)?;
     let dir = state.bottle(name)?.bundle_dir();
-    create_private_dir(&dir)?;
-    ensure_ca(&dir, name)?;
-    let files = request
+    let files: Vec<(String, Vec<u8>)> = request
         .daemons
         .iter()
-        .map(|(d, config)| (d.config_file.to_string(), config))
-        .chain(request.files.iter().map(|(n, c)| (n.clone(), c)));
-    for (file, contents) in files {
-        let path = dir.join(&file);
-        write_atomic(&path, contents, 0o644).map_err(|source| ContainerError::WriteConfig {
-            bottle: name.clone(),
-            path: path.clone(),
-            source,
-        })?;
-    }
+        .map(|(d, config)| (d.config_file.to_string(), config.clone()))
+        .chain(request.files.iter().cloned())
+        .collect();
+    write_bundle_dir(&dir, name, &files)?;
 
     let bottle_dirs = state.bottle(name)?;
     let mut mounts = Vec::new();
@@ -325,7 +328,7 @@ pub async fn up(
         daemons: &daemons,
         mounts,
     };
-    let result = create_and_wait(docker, &spec, labels, secrets).await;
+    let result = create_and_wait(docker, &spec, labels, secrets, cancel).await;
     let removed_on_error = |e| async {
         // Nothing half-done: what this call created goes away with the error.
         let _ = remove_all(docker, state.path(), name).await;
@@ -352,21 +355,71 @@ pub async fn up(
     Ok(record)
 }
 
-/// The bottle's CA in its bundle dir: made once, kept for the bottle's life (the guest trusts
-/// it from its provisioned trust store).
-fn ensure_ca(dir: &Path, bottle: &str) -> Result<(), ContainerError> {
-    let (cert, key) = (dir.join(CA_CERT_FILE), dir.join(CA_KEY_FILE));
-    if cert.exists() && key.exists() {
-        return Ok(());
+/// The `NAME=VALUE` environment of the bundle's daemons: the routes' tokens read with `env`, and
+/// the request's extra secrets.
+pub(crate) fn secrets(
+    request: &BundleRequest<'_>,
+    env: &impl Fn(&str) -> Option<String>,
+) -> Result<Vec<String>, ContainerError> {
+    let mut secrets = Vec::new();
+    for route in &request.bottle.routes {
+        let token = env(&route.token_env).ok_or_else(|| ContainerError::ReadToken {
+            bottle: request.bottle.name.clone(),
+            host: route.host.clone(),
+            env: route.token_env.clone(),
+        })?;
+        if token.len() < crate::secrets::MIN_SECRET_LEN {
+            return Err(ContainerError::ShortToken {
+                bottle: request.bottle.name.clone(),
+                host: route.host.clone(),
+                env: route.token_env.clone(),
+            });
+        }
+        secrets.push(format!("{}={token}", route.token_env));
     }
+    for (var, token) in &request.extra_secrets {
+        secrets.push(format!("{var}={token}"));
+    }
+    Ok(secrets)
+}
+
+/// The bundle dir `dir` with the bottle's CA and `files` (the daemons' configs, extra files).
+pub(crate) fn write_bundle_dir(
+    dir: &Path,
+    bottle: &str,
+    files: &[(String, Vec<u8>)],
+) -> Result<(), ContainerError> {
+    ensure_ca(dir, bottle)?;
+    for (file, contents) in files {
+        let path = dir.join(file);
+        write_atomic(&path, contents, 0o644).map_err(|source| ContainerError::WriteConfig {
+            bottle: bottle.to_string(),
+            path: path.clone(),
+            source,
+        })?;
+    }
+    Ok(())
+}
+
+/// The bottle's CA in its bundle dir `dir`, made once and kept for the bottle's life (the
+/// guest trusts it from its provisioned trust store); returns its certificate (PEM).
+pub fn ensure_ca(dir: &Path, bottle: &str) -> Result<String, ContainerError> {
+    create_private_dir(dir)?;
+    let (cert, key) = (dir.join(CA_CERT_FILE), dir.join(CA_KEY_FILE));
     let ca_err = |source| ContainerError::Ca {
         bottle: bottle.to_string(),
         source,
     };
-    BottleCa::generate(bottle)
+    if !(cert.exists() && key.exists()) {
+        BottleCa::generate(bottle)
+            .map_err(ca_err)?
+            .write(&cert, &key)
+            .map_err(ca_err)?;
+    }
+    Ok(BottleCa::load(bottle, &cert, &key)
         .map_err(ca_err)?
-        .write(&cert, &key)
-        .map_err(ca_err)
+        .cert_pem()
+        .to_string())
 }
 
 fn create_private_dir(dir: &Path) -> Result<(), ContainerError> {
@@ -398,6 +451,7 @@ async fn create_and_wait(
     spec: &ContainerSpec<'_>,
     labels: HashMap<String, String>,
     secrets: Vec<String>,
+    cancel: &AtomicBool,
 ) -> Result<BundleRecord, ContainerError> {
     let port_bindings = spec
         .daemons
@@ -488,7 +542,7 @@ async fn create_and_wait(
         endpoints.insert(d.name.to_string(), addr);
     }
     for d in spec.daemons {
-        wait_ready(docker, spec.bottle, container, d, endpoints[d.name]).await?;
+        wait_ready(docker, spec.bottle, container, d, endpoints[d.name], cancel).await?;
     }
     Ok(BundleRecord {
         bottle: spec.bottle.to_string(),
@@ -508,6 +562,7 @@ async fn wait_ready(
     container: &str,
     daemon: &DaemonSpec,
     addr: SocketAddr,
+    cancel: &AtomicBool,
 ) -> Result<(), ContainerError> {
     let deadline = tokio::time::Instant::now() + READY_TIMEOUT;
     let mut probes = 0u32;
@@ -515,7 +570,23 @@ async fn wait_ready(
         if health_ok(addr).await {
             return Ok(());
         }
+        if cancel.load(Ordering::SeqCst) {
+            return Err(ContainerError::Cancelled {
+                bottle: bottle.to_string(),
+            });
+        }
         probes += 1;
+        // A daemon that fails at start says why on stderr, and init restarts it: read that
+        // every 40 probes (~1 s) rather than wait out the timeout.
+        if probes.is_multiple_of(40)
+            && let Some(message) = daemon_error(docker, container, daemon.name).await
+        {
+            return Err(ContainerError::DaemonFailed {
+                bottle: bottle.to_string(),
+                daemon: daemon.name,
+                message,
+            });
+        }
         // Checking the container costs an API call: do it every 20 probes (~0.5 s).
         if probes.is_multiple_of(20) {
             let running = docker
@@ -538,6 +609,44 @@ async fn wait_ready(
         daemon: daemon.name,
         addr,
     })
+}
+
+/// The last error a daemon printed in the container's log (init tags its lines `[name] `), as
+/// one line: `error: …` and its `caused by: …` lines.
+async fn daemon_error(docker: &Docker, container: &str, daemon: &str) -> Option<String> {
+    let options = LogsOptions {
+        stdout: false,
+        stderr: true,
+        tail: "40".into(),
+        ..Default::default()
+    };
+    let mut text = String::new();
+    let mut stream = docker.logs(container, Some(options));
+    while let Some(Ok(chunk)) = stream.next().await {
+        text.push_str(&String::from_utf8_lossy(&chunk.into_bytes()));
+    }
+    last_error(&text, daemon)
+}
+
+/// The last `error:` block of `daemon`'s lines in `log`, joined on one line.
+fn last_error(log: &str, daemon: &str) -> Option<String> {
+    let prefix = format!("[{daemon}] ");
+    let lines: Vec<&str> = log
+        .lines()
+        .filter_map(|l| l.strip_prefix(&prefix))
+        .collect();
+    let start = lines.iter().rposition(|l| l.starts_with("error: "))?;
+    let mut message = lines[start].trim_start_matches("error: ").to_string();
+    for l in &lines[start + 1..] {
+        match l.trim_start().strip_prefix("caused by: ") {
+            Some(cause) => {
+                message.push_str(": ");
+                message.push_str(cause);
+            }
+            None => break,
+        }
+    }
+    Some(message)
 }
 
 /// One `GET /healthz`; true on a `200` answer.
@@ -743,4 +852,17 @@ pub fn logs<'a>(
                 source,
             })
         })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_daemons_last_error_is_read_from_the_log() {
+        let log = "[gateway] error: The gateway daemon failed\n[gateway]   caused by: cannot use the route tokens\nkrbottle init: gateway exited (exit status: 1)\n[gateway] error: The gateway daemon failed\n[gateway]   caused by: bad CA\n[other] error: no\n";
+        assert_eq!(
+            super::last_error(log, "gateway").as_deref(),
+            Some("The gateway daemon failed: bad CA")
+        );
+        assert_eq!(super::last_error("[gateway] listening\n", "gateway"), None);
+    }
 }

@@ -8,6 +8,7 @@
 pub mod container;
 pub mod image;
 pub mod layout;
+pub mod process;
 
 use std::path::Path;
 
@@ -96,14 +97,25 @@ pub async fn up(
     let state = StateRoot::open_default();
     let request = BundleRequest::for_bottle(&bottle, &tag).map_err(BundleError::Container)?;
     let mut stop = Termination::listen().map_err(BundleError::Signals)?;
-    let up = container::up(&engine, &request, &state, |name| std::env::var(name).ok());
-    tokio::select! {
-        record = up => Ok(record?),
-        sig = stop.recv() => {
-            container::down(&engine, &state, &bottle.name).await?;
-            Err(BundleError::Interrupted(sig.name(), bottle.name.clone()))
-        }
-    }
+    let cancel = std::sync::atomic::AtomicBool::new(false);
+    let up = container::up(
+        &engine,
+        &request,
+        &state,
+        |n| std::env::var(n).ok(),
+        &cancel,
+    );
+    tokio::pin!(up);
+    let signal = tokio::select! {
+        record = &mut up => return Ok(record?),
+        sig = stop.recv() => sig,
+    };
+    // Let `up` end (it stops waiting for the daemons at once) so that everything it created
+    // exists when `down` looks for it.
+    cancel.store(true, std::sync::atomic::Ordering::SeqCst);
+    let _ = up.await;
+    container::down(&engine, &state, &bottle.name).await?;
+    Err(BundleError::Interrupted(signal.name(), bottle.name.clone()))
 }
 
 /// `krbottle bundle down`: removes `bottle`'s bundle container and network.

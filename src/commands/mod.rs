@@ -5,6 +5,7 @@
 
 mod approve;
 mod bench;
+mod bottles;
 mod bundle;
 #[cfg(target_os = "linux")]
 mod debug;
@@ -14,6 +15,8 @@ mod image;
 mod queue;
 #[cfg(target_os = "linux")]
 mod run;
+#[cfg(target_os = "linux")]
+mod start;
 
 use crate::cli::{Cli, Command};
 use crate::output::{Reporter, Verbosity};
@@ -34,6 +37,17 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<u8> {
         .map_err(|e| anyhow::anyhow!("Cannot start the async runtime: {e}"))?;
     runtime.block_on(async move {
         match cli.command {
+            #[cfg(target_os = "linux")]
+            Command::Start(args) => start::start(args, &reporter).await,
+            #[cfg(target_os = "linux")]
+            Command::Resume(args) => start::resume(args, &reporter).await,
+            #[cfg(not(target_os = "linux"))]
+            Command::Start(_) | Command::Resume(_) => not_on_this_os("a bottle's VM"),
+            Command::List(args) => bottles::list(args),
+            Command::Stop(args) => bottles::stop(args, &reporter).await,
+            Command::Rm(args) => bottles::rm(args, &reporter).await,
+            Command::Logs(args) => bottles::logs(args).await,
+            Command::Gc(args) => bottles::gc(args, &reporter).await,
             Command::Image(cmd) => image::run(cmd, &reporter).await,
             #[cfg(target_os = "linux")]
             Command::Run(args) => run::run(args, &reporter).await,

@@ -84,8 +84,21 @@ async fn supervise(
     let mut backoff = FIRST_BACKOFF;
     loop {
         let started = Instant::now();
-        let mut child = match Command::new(&binary).args(&args).spawn() {
-            Ok(c) => c,
+        let spawned = Command::new(&binary)
+            .args(&args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn();
+        let mut child = match spawned {
+            Ok(mut c) => {
+                if let Some(out) = c.stdout.take() {
+                    tokio::spawn(tag_lines(daemon.name, out, false));
+                }
+                if let Some(err) = c.stderr.take() {
+                    tokio::spawn(tag_lines(daemon.name, err, true));
+                }
+                c
+            }
             Err(e) => {
                 eprintln!("krbottle init: cannot start {}: {e}", daemon.name);
                 if wait_or_stop(&mut stop, backoff).await {
@@ -118,6 +131,52 @@ async fn supervise(
     }
 }
 
+/// Copies a daemon's output to init's, each line tagged with the daemon's name so `logs
+/// --daemon` can pick them: a JSON object line (a decision) gets a `"daemon"` field, any other
+/// line a `[name] ` prefix.
+async fn tag_lines(daemon: &'static str, from: impl tokio::io::AsyncRead + Unpin, stderr: bool) {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+    let mut lines = tokio::io::BufReader::new(from).lines();
+    let mut out: std::pin::Pin<Box<dyn tokio::io::AsyncWrite + Send>> = if stderr {
+        Box::pin(tokio::io::stderr())
+    } else {
+        Box::pin(tokio::io::stdout())
+    };
+    while let Ok(Some(line)) = lines.next_line().await {
+        let tagged = match serde_json::from_str::<serde_json::Value>(&line) {
+            Ok(serde_json::Value::Object(mut map)) if !stderr => {
+                map.entry("daemon")
+                    .or_insert_with(|| serde_json::Value::from(daemon));
+                serde_json::Value::Object(map).to_string()
+            }
+            _ => format!("[{daemon}] {line}"),
+        };
+        if out
+            .write_all(format!("{tagged}\n").as_bytes())
+            .await
+            .is_err()
+        {
+            return;
+        }
+        let _ = out.flush().await;
+    }
+}
+
+/// Whether a bundle log line (as [`tag_lines`] wrote it) comes from `daemon`.
+pub fn line_is_from(line: &[u8], daemon: &str) -> bool {
+    if line.starts_with(format!("[{daemon}] ").as_bytes()) {
+        return true;
+    }
+    // Docker's log lines may carry a timestamp prefix when asked; ours are asked without.
+    serde_json::from_slice::<serde_json::Value>(line)
+        .ok()
+        .and_then(|v| {
+            v.get("daemon")
+                .and_then(|d| d.as_str().map(|d| d == daemon))
+        })
+        .unwrap_or(false)
+}
+
 /// Sleeps for `delay`; true if a stop was requested meanwhile.
 async fn wait_or_stop(stop: &mut watch::Receiver<bool>, delay: Duration) -> bool {
     tokio::select! {
@@ -144,6 +203,21 @@ async fn stop_child(child: &mut Child) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lines_are_told_apart_by_daemon() {
+        assert!(line_is_from(
+            br#"{"daemon":"gateway","decision":"deny"}"#,
+            "gateway"
+        ));
+        assert!(!line_is_from(br#"{"daemon":"gateway"}"#, "supervise"));
+        assert!(line_is_from(
+            b"[gateway] krbottle gateway listening on 0.0.0.0:8888\n",
+            "gateway"
+        ));
+        assert!(!line_is_from(b"krbottle init: gateway exited\n", "gateway"));
+        assert!(!line_is_from(b"[gatewayx] x", "gateway"));
+    }
 
     #[test]
     fn backoff_doubles_caps_and_resets() {

@@ -36,6 +36,39 @@ pub struct DaemonError {
     pub source: Box<dyn std::error::Error + Send + Sync>,
 }
 
+/// Where a daemon runs: what its config must say about the place.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Placement {
+    /// The address it listens on.
+    pub listen: std::net::SocketAddr,
+    /// Where it finds its config dir (the CA, extra files): [`CONFIG_DIR`] in the container,
+    /// the bottle's bundle dir when the daemons run as host processes.
+    pub config_dir: PathBuf,
+    /// The bottle's state dirs when the daemons run as host processes; `None` in the
+    /// container, where they are mounted ([`DaemonSpec::mounts`]).
+    pub state: Option<BottleDirs>,
+}
+
+impl Placement {
+    /// In the bundle container: every address of the container, on the daemon's own port.
+    pub fn container(port: u16) -> Placement {
+        Placement {
+            listen: std::net::SocketAddr::from(([0, 0, 0, 0], port)),
+            config_dir: PathBuf::from(CONFIG_DIR),
+            state: None,
+        }
+    }
+
+    /// Where the daemon finds the state dir of `mount`: its mount point in the container, the
+    /// host dir itself for a host process.
+    pub fn state_dir(&self, mount: &StateMount) -> PathBuf {
+        match &self.state {
+            Some(dirs) => (mount.host)(dirs),
+            None => PathBuf::from(mount.container),
+        }
+    }
+}
+
 /// The future a daemon's `run` returns.
 pub type DaemonFuture = Pin<Box<dyn Future<Output = Result<(), DaemonError>> + Send>>;
 
@@ -57,8 +90,8 @@ pub struct DaemonSpec {
     pub mounts: &'static [StateMount],
     /// Whether a bottle runs it.
     pub enabled: fn(&Bottle) -> bool,
-    /// Its config file for a bottle (names, never secrets).
-    pub config: fn(&Bottle) -> Result<Vec<u8>, DaemonError>,
+    /// Its config file for a bottle (names, never secrets), where it runs.
+    pub config: fn(&Bottle, &Placement) -> Result<Vec<u8>, DaemonError>,
     /// Runs it with its config file until SIGTERM or SIGINT.
     pub run: fn(PathBuf) -> DaemonFuture,
 }

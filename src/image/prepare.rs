@@ -385,3 +385,26 @@ pub async fn prune(engine: Option<&Engine>) -> Result<Pruned, PrepareError> {
     }
     Ok(pruned)
 }
+
+/// Removes the cached root filesystems that none of `used` (image ID, ownership) names; returns
+/// the removed image IDs.
+pub async fn prune_unused(used: &[(String, Ownership)]) -> Result<Vec<String>, PrepareError> {
+    let cache = Cache::open_default()?;
+    let mut removed = Vec::new();
+    for entry in cache.list()? {
+        let in_use = used
+            .iter()
+            .any(|(id, o)| *id == entry.meta.image_id && *o == entry.meta.ownership);
+        if in_use {
+            continue;
+        }
+        if let Some(key) = cache.key_of(&entry) {
+            let c = cache.clone();
+            tokio::task::spawn_blocking(move || c.remove(&key))
+                .await
+                .map_err(PrepareError::Join)??;
+            removed.push(entry.meta.image_id.clone());
+        }
+    }
+    Ok(removed)
+}

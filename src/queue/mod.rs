@@ -102,12 +102,8 @@ pub enum QueueError {
         #[source]
         source: io::Error,
     },
-    #[error("Cannot list the bottles under {}", path.display())]
-    ListBottles {
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
+    #[error(transparent)]
+    State(#[from] crate::state::StateError),
     #[error("Cannot draw a random request id")]
     Random(#[source] getrandom::Error),
     #[error("The queue's worker thread failed")]
@@ -671,17 +667,14 @@ impl Queue {
 
 /// The queues of every bottle in `state`, or of `bottle` only.
 pub fn queues(state: &StateRoot, bottle: Option<&str>) -> Result<Vec<Queue>, QueueError> {
-    if let Some(name) = bottle {
-        let dirs = state
-            .bottle(name)
-            .map_err(|e| invalid("bottle name", e.to_string()))?;
-        return Ok(vec![Queue::of(&dirs)]);
-    }
-    let bottles = state.bottles().map_err(|source| QueueError::ListBottles {
-        path: state.path().join("bottles"),
-        source,
-    })?;
-    Ok(bottles.iter().map(Queue::of).collect())
+    let names = match bottle {
+        Some(name) => vec![name.to_string()],
+        None => state.names()?,
+    };
+    names
+        .iter()
+        .map(|n| Ok(Queue::of(&state.bottle(n)?)))
+        .collect()
 }
 
 /// What `krbottle queue` shows: the pending requests and the notices of one bottle or all,

@@ -39,6 +39,11 @@ impl Signal {
             Signal::Quit => rustix::process::Signal::QUIT,
         }
     }
+
+    /// The shell's exit code for a process ended by this signal (128 + its number).
+    pub fn exit_code(self) -> u8 {
+        128u8.saturating_add(self.raw().as_raw() as u8)
+    }
 }
 
 /// The termination signals, as a stream. Must be created inside the runtime.
@@ -97,6 +102,18 @@ impl ChildSignaller {
         Ok(ChildSignaller { pid })
     }
 
+    /// Kills the child (SIGKILL); a child that already exited is not an error.
+    pub fn kill(&self) -> io::Result<()> {
+        #[cfg(target_os = "linux")]
+        let res = rustix::process::pidfd_send_signal(&self.pidfd, rustix::process::Signal::KILL);
+        #[cfg(not(target_os = "linux"))]
+        let res = rustix::process::kill_process(self.pid, rustix::process::Signal::KILL);
+        match res {
+            Ok(()) | Err(rustix::io::Errno::SRCH) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// Sends `sig`; a child that already exited is not an error.
     pub fn send(&self, sig: Signal) -> io::Result<()> {
         #[cfg(target_os = "linux")]
@@ -127,5 +144,6 @@ mod tests {
         assert_eq!(status.signal(), Some(libc::SIGTERM));
         // Reaped: the pidfd still names that (dead) process, never a new one.
         s.send(Signal::Terminate).unwrap();
+        s.kill().unwrap();
     }
 }

@@ -56,7 +56,8 @@ pub(super) async fn measure(scratch: &Path, reporter: &Reporter) -> anyhow::Resu
     let state = StateRoot::at(scratch.join("bundle-state"));
     let up_once = || async {
         let t = Instant::now();
-        let up = container::up(&engine, &request, &state, |_| None).await;
+        let never = std::sync::atomic::AtomicBool::new(false);
+        let up = container::up(&engine, &request, &state, |_| None, &never).await;
         let took = t.elapsed();
         // `up` cleans up after itself on error; after success the bundle is taken down here.
         let record = up.context("Could not start the bench bundle")?;

@@ -592,12 +592,17 @@ pub const DAEMON: crate::daemon::DaemonSpec = crate::daemon::DaemonSpec {
     mcp_path: None,
     mounts: &[],
     enabled: |_| true,
-    config: |bottle| {
-        serde_json::to_vec_pretty(&GatewayConfig::for_bottle(bottle)).map_err(|e| {
-            crate::daemon::DaemonError {
-                daemon: "gateway",
-                source: Box::new(e),
-            }
+    config: |bottle, place| {
+        let mut config = GatewayConfig::for_bottle(bottle);
+        config.listen = place.listen;
+        let in_dir =
+            |p: Option<PathBuf>| p.and_then(|p| p.file_name().map(|n| place.config_dir.join(n)));
+        config.ca_cert = in_dir(config.ca_cert);
+        config.ca_key = in_dir(config.ca_key);
+        config.upstream_ca_file = in_dir(config.upstream_ca_file);
+        serde_json::to_vec_pretty(&config).map_err(|e| crate::daemon::DaemonError {
+            daemon: "gateway",
+            source: Box::new(e),
         })
     },
     run: |config| Box::pin(run(config)),

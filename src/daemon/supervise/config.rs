@@ -7,11 +7,18 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::daemon::{Placement, StateMount};
 use crate::manifest::{Bottle, Supervise};
 use crate::ports::SUPERVISE as SUPERVISE_PORT;
 
 /// Where the bottle's queue directory is mounted in the bundle container.
 pub const QUEUE_DIR: &str = "/var/lib/krbottle/queue";
+
+/// The bottle's queue directory, the one state dir the daemon uses.
+pub const QUEUE_MOUNT: StateMount = StateMount {
+    host: crate::state::BottleDirs::queue_dir,
+    container: QUEUE_DIR,
+};
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -114,12 +121,12 @@ pub fn bundle_allowed_hosts() -> Vec<String> {
 }
 
 impl SuperviseConfig {
-    /// The config of a bottle's supervise daemon as it runs in the bundle container.
-    pub fn for_bottle(bottle: &Bottle) -> SuperviseConfig {
+    /// The config of a bottle's supervise daemon where `place` says it runs.
+    pub fn for_bottle(bottle: &Bottle, place: &Placement) -> SuperviseConfig {
         SuperviseConfig {
             bottle: bottle.name.clone(),
-            listen: SocketAddr::from(([0, 0, 0, 0], SUPERVISE_PORT)),
-            queue_dir: PathBuf::from(QUEUE_DIR),
+            listen: place.listen,
+            queue_dir: place.state_dir(&QUEUE_MOUNT),
             allowed_hosts: bundle_allowed_hosts(),
             limits: Limits::from(&bottle.supervise.unwrap_or_default()),
         }
@@ -156,9 +163,25 @@ mod tests {
             "[bottles.b.supervise]\nwait_secs = 7\nmax_pending = 3\n",
         )
         .unwrap();
-        let config = SuperviseConfig::for_bottle(&m.bottles["b"]);
-        assert_eq!(config.listen.port(), SUPERVISE_PORT);
+        let b = &m.bottles["b"];
+        let config = SuperviseConfig::for_bottle(b, &Placement::container(SUPERVISE_PORT));
+        assert_eq!(
+            config.listen,
+            SocketAddr::from(([0, 0, 0, 0], SUPERVISE_PORT))
+        );
         assert_eq!(config.queue_dir, Path::new(QUEUE_DIR));
+        // As a host process: the host's own queue dir, on the port it was given.
+        let dirs = crate::state::StateRoot::at("/s").bottle("b").unwrap();
+        let host = Placement {
+            listen: SocketAddr::from(([127, 0, 0, 1], 4567)),
+            config_dir: dirs.bundle_dir(),
+            state: Some(dirs.clone()),
+        };
+        let on_host = SuperviseConfig::for_bottle(b, &host);
+        assert_eq!(
+            (on_host.listen.port(), &on_host.queue_dir),
+            (4567, &dirs.queue_dir())
+        );
         assert_eq!((config.limits.wait_secs, config.limits.max_pending), (7, 3));
         assert_eq!(
             config.allowed_hosts,

@@ -176,13 +176,10 @@ pub const DAEMON: crate::daemon::DaemonSpec = crate::daemon::DaemonSpec {
     port: crate::ports::SUPERVISE,
     config_file: "supervise.json",
     mcp_path: Some(MCP_PATH),
-    mounts: &[crate::daemon::StateMount {
-        host: crate::state::BottleDirs::queue_dir,
-        container: config::QUEUE_DIR,
-    }],
+    mounts: &[config::QUEUE_MOUNT],
     enabled: |bottle| bottle.supervise.is_some(),
-    config: |bottle| {
-        serde_json::to_vec_pretty(&SuperviseConfig::for_bottle(bottle)).map_err(|e| {
+    config: |bottle, place| {
+        serde_json::to_vec_pretty(&SuperviseConfig::for_bottle(bottle, place)).map_err(|e| {
             crate::daemon::DaemonError {
                 daemon: "supervise",
                 source: Box::new(e),
@@ -246,8 +243,9 @@ mod tests {
         assert_eq!(mount.container, config::QUEUE_DIR);
         // Apart from the read-only config dir, and from what the bundle serves.
         assert!(!mount.container.starts_with(crate::daemon::CONFIG_DIR));
-        let json = (DAEMON.config)(&on).unwrap();
+        let place = crate::daemon::Placement::container(DAEMON.port);
+        let json = (DAEMON.config)(&on, &place).unwrap();
         let config: SuperviseConfig = serde_json::from_slice(&json).unwrap();
-        assert_eq!(config, SuperviseConfig::for_bottle(&on));
+        assert_eq!(config, SuperviseConfig::for_bottle(&on, &place));
     }
 }

@@ -1,0 +1,993 @@
+//! A bottle's life: `start`, `resume`, `stop`, `list`, `rm`, `logs`, `gc`.
+//!
+//! `start` is the product's flow, each step a library call:
+//! manifest → [`plan`](crate::plan) (pure) → image (build, cached rootfs) → the bottle's
+//! writable root (an overlay over the cache, kept under the state dir) → the VMM child, which
+//! mounts it and writes the planned files into it (`crate::provision`) while the bundle comes
+//! up → the guest boots once the bundle answers, its console on the user's terminal → teardown.
+//!
+//! Teardown runs on every path (the guest's exit, a signal, a failing step): the bundle's
+//! container and network are removed (its logs saved first), the terminal restored, the lock
+//! released, the bottle's root and record kept for `resume`. Termination signals are owned by
+//! `sys::signals`: before boot they cancel what is under way; once the VMM runs they are
+//! forwarded to it, and it is killed if it has not ended [`STOP_TIMEOUT`] later.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use tokio::sync::watch;
+
+use crate::bundle::process::{ProcessBundle, ProcessError};
+use crate::bundle::{self, BundleError, BundleRecord, BundleRequest, ContainerError};
+use crate::daemon::DaemonSpec;
+use crate::docker::{DockerError, Engine};
+use crate::image::prepare::{PrepareError, Source};
+use crate::image::{Ownership, remove_tree_any_owner};
+use crate::manifest::{Agent, ImageSource, Manifest, ManifestError};
+use crate::output::Reporter;
+use crate::plan::{BottlePlan, Cwd, PlanError, PlanInput, Skill};
+use crate::state::{BottleDirs, BottleRecord, StateError, StateRoot, now_secs};
+use crate::sys::signals::{ChildSignaller, Signal, Termination};
+use crate::vm::config::{GuestUser, Overlay};
+use crate::vm::launch::{self, LaunchError, Outcome, Phases};
+use crate::vm::prepare::{Endpoints, Root, VmRequest};
+
+/// How long the guest gets to end after a forwarded signal before the VMM is killed.
+pub const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long `stop` waits for the bottle's process to finish its teardown.
+const STOP_WAIT: Duration = Duration::from_secs(60);
+/// The most bytes of skill files read for one agent.
+const MAX_SKILL_BYTES: u64 = 8 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BottleError {
+    #[error(
+        "No {file} in {} or any parent directory; run krbottle in your project, or pass --manifest",
+        dir.display(),
+        file = crate::manifest::MANIFEST_FILE
+    )]
+    NoManifest { dir: PathBuf },
+    #[error(transparent)]
+    Manifest(#[from] ManifestError),
+    #[error("No agent `{agent}` in {}; it has: {known}", manifest.display())]
+    NoAgent {
+        agent: String,
+        manifest: PathBuf,
+        known: String,
+    },
+    #[error(transparent)]
+    Bundle(#[from] BundleError),
+    #[error(transparent)]
+    Container(#[from] ContainerError),
+    #[error(transparent)]
+    Process(#[from] ProcessError),
+    #[error(transparent)]
+    Docker(#[from] DockerError),
+    #[error(transparent)]
+    Image(#[from] PrepareError),
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error(transparent)]
+    Plan(#[from] PlanError),
+    #[error(transparent)]
+    Vm(#[from] crate::vm::prepare::PrepareError),
+    #[error(transparent)]
+    Launch(#[from] LaunchError),
+    #[error(
+        "Bottle `{0}` exists and is stopped; continue it with `krbottle resume {0}`, or remove it with `krbottle rm {0}`"
+    )]
+    Exists(String),
+    #[error("Bottle `{0}` is running; stop it first with `krbottle stop {0}`")]
+    Running(String),
+    #[error("No bottle `{0}`; `krbottle list` shows them")]
+    NoBottle(String),
+    #[error("Bottle `{0}` is not running")]
+    NotRunning(String),
+    #[error("Bottle `{0}` did not stop within {STOP_WAIT:?}; its process is {1}")]
+    StopTimeout(String, u32),
+    #[error("Cannot read {}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("Skill directory {} holds more than {} MiB", path.display(), MAX_SKILL_BYTES >> 20)]
+    SkillTooLarge { path: PathBuf },
+    #[error("Cannot find the current directory")]
+    Cwd(#[source] std::io::Error),
+    #[error("{var}={value:?} is not a bundle runtime: use `docker` or `process`", var = crate::env_vars::KRBOTTLE_BUNDLE_RUNTIME)]
+    BadRuntime { value: String },
+    #[error("Cannot handle termination signals")]
+    Signals(#[source] std::io::Error),
+    #[error("Interrupted by {}", .0.name())]
+    Interrupted(Signal),
+    #[error("The VMM launcher stopped unexpectedly")]
+    Join(#[source] tokio::task::JoinError),
+    #[error("Cannot remove bottle `{name}`'s directory {}", path.display())]
+    Remove {
+        name: String,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// How the current directory goes into the guest.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum CwdChoice {
+    #[default]
+    None,
+    Share,
+    Copy,
+}
+
+/// What `krbottle start` asks for.
+#[derive(Clone, Debug, Default)]
+pub struct StartRequest {
+    pub agent: String,
+    /// The manifest; `None`: `krbottle.toml` here or in the nearest parent.
+    pub manifest: Option<PathBuf>,
+    /// The bottle's name; `None`: `<agent>-<4 random characters>`.
+    pub name: Option<String>,
+    pub cwd: CwdChoice,
+    /// Plan only: build the image and prepare its root, print the plan, start nothing.
+    pub dry_run: bool,
+    /// The guest command, replacing the agent's and the image's.
+    pub argv: Vec<String>,
+}
+
+/// How a start ended.
+#[derive(Debug)]
+pub enum Finished {
+    /// `--dry-run`: the plan.
+    Planned(Box<BottlePlan>),
+    /// The guest ran; `outcome` is how it ended.
+    Ran {
+        name: String,
+        outcome: Outcome,
+        timings: Timings,
+    },
+}
+
+/// When each step of a start finished, since it began (`krbottle bench start`).
+#[derive(Clone, Debug, Default)]
+pub struct Timings {
+    pub plan: Duration,
+    pub image: Duration,
+    pub root: Duration,
+    pub bundle_up: Option<Duration>,
+    pub bundle_up_alone: Option<Duration>,
+    pub vmm: Option<Phases>,
+    pub vmm_started_at: Option<Duration>,
+    pub exited: Option<Duration>,
+    pub teardown: Option<Duration>,
+}
+
+/// Where the bundle runs.
+#[derive(Clone, Debug)]
+enum Runtime {
+    Docker,
+    Process,
+}
+
+impl Runtime {
+    fn from_env() -> Result<Runtime, BottleError> {
+        match std::env::var(crate::env_vars::KRBOTTLE_BUNDLE_RUNTIME).as_deref() {
+            Err(_) | Ok("docker") => Ok(Runtime::Docker),
+            Ok("process") => Ok(Runtime::Process),
+            Ok(other) => Err(BottleError::BadRuntime {
+                value: other.to_string(),
+            }),
+        }
+    }
+}
+
+/// `krbottle start`.
+pub async fn start(req: StartRequest, reporter: &Reporter) -> Result<Finished, BottleError> {
+    let cwd = std::env::current_dir().map_err(BottleError::Cwd)?;
+    let manifest_path = match &req.manifest {
+        Some(p) => p.clone(),
+        None => Manifest::find_upward(&cwd).ok_or(BottleError::NoManifest { dir: cwd.clone() })?,
+    };
+    let state = StateRoot::open_default();
+    let name = match &req.name {
+        Some(n) => {
+            let dirs = state.bottle(n)?;
+            if dirs.is_running() {
+                return Err(BottleError::Running(n.clone()));
+            }
+            if dirs.read_record()?.is_some() {
+                return Err(BottleError::Exists(n.clone()));
+            }
+            n.clone()
+        }
+        None => fresh_name(&state, &req.agent)?,
+    };
+    let cwd = match req.cwd {
+        CwdChoice::None => Cwd::None,
+        CwdChoice::Share => Cwd::Share { path: cwd },
+        CwdChoice::Copy => Cwd::Copy { path: cwd },
+    };
+    let spec = RunSpec {
+        manifest: manifest_path,
+        agent: req.agent,
+        name,
+        argv: req.argv,
+        cwd,
+        dry_run: req.dry_run,
+        created: None,
+    };
+    run(spec, &state, reporter).await
+}
+
+/// `krbottle resume NAME`: boots the stopped bottle again on its kept root, with a fresh
+/// bundle, from the manifest and command it was started with.
+pub async fn resume(name: &str, reporter: &Reporter) -> Result<Finished, BottleError> {
+    let state = StateRoot::open_default();
+    let dirs = state.bottle(name)?;
+    let record = dirs
+        .read_record()?
+        .ok_or_else(|| BottleError::NoBottle(name.to_string()))?;
+    if dirs.is_running() {
+        return Err(BottleError::Running(name.to_string()));
+    }
+    let spec = RunSpec {
+        manifest: record.manifest.clone(),
+        agent: record.agent.clone(),
+        name: name.to_string(),
+        argv: record.argv.clone(),
+        cwd: record.cwd.clone(),
+        dry_run: false,
+        created: Some(record.created),
+    };
+    run(spec, &state, reporter).await
+}
+
+/// One start or resume.
+struct RunSpec {
+    manifest: PathBuf,
+    agent: String,
+    name: String,
+    argv: Vec<String>,
+    cwd: Cwd,
+    dry_run: bool,
+    /// When the bottle was first created (resume); `None` for a new bottle.
+    created: Option<u64>,
+}
+
+/// What teardown needs to know about what was started.
+struct Started {
+    engine: Option<Engine>,
+    runtime: Runtime,
+    /// A Docker bundle may exist (its `up` was called).
+    docker_bundle: bool,
+    process_bundle: Option<ProcessBundle>,
+}
+
+async fn run(
+    spec: RunSpec,
+    state: &StateRoot,
+    reporter: &Reporter,
+) -> Result<Finished, BottleError> {
+    let begun = Instant::now();
+    let mut signals = Termination::listen().map_err(BottleError::Signals)?;
+    let (cancel_tx, cancel_rx) = watch::channel(None::<Signal>);
+    let vmm: Arc<Mutex<Option<ChildSignaller>>> = Arc::default();
+    let stopping = Arc::new(AtomicBool::new(false));
+    let forwarder = {
+        let (vmm, stopping) = (vmm.clone(), stopping.clone());
+        tokio::spawn(async move {
+            loop {
+                let sig = signals.recv().await;
+                stopping.store(true, Ordering::SeqCst);
+                let _ = cancel_tx.send(Some(sig));
+                let child = vmm.lock().ok().and_then(|mut c| c.take());
+                if let Some(child) = child {
+                    let _ = child.send(sig);
+                    tokio::time::sleep(STOP_TIMEOUT).await;
+                    let _ = child.kill();
+                }
+            }
+        })
+    };
+    let dirs = state.bottle(&spec.name)?;
+    let _lock = if spec.dry_run {
+        None
+    } else {
+        Some(dirs.lock()?)
+    };
+    let mut started = Started {
+        engine: None,
+        runtime: Runtime::from_env()?,
+        docker_bundle: false,
+        process_bundle: None,
+    };
+    let ctl = Control {
+        cancel: cancel_rx,
+        stopping,
+        vmm,
+    };
+    let result = run_locked(&spec, state, &dirs, &mut started, ctl, begun, reporter).await;
+    forwarder.abort();
+    if spec.dry_run {
+        return result;
+    }
+    let teardown_begun = Instant::now();
+    teardown(&spec.name, state, &dirs, started).await;
+    match result {
+        Ok(Finished::Ran {
+            name,
+            outcome,
+            mut timings,
+        }) => {
+            timings.teardown = Some(teardown_begun.elapsed());
+            Ok(Finished::Ran {
+                name,
+                outcome,
+                timings,
+            })
+        }
+        other => other,
+    }
+}
+
+/// Runs `fut` unless a termination signal comes first.
+async fn cancellable<T>(
+    cancel: &mut watch::Receiver<Option<Signal>>,
+    fut: impl std::future::Future<Output = Result<T, BottleError>>,
+) -> Result<T, BottleError> {
+    if let Some(sig) = *cancel.borrow() {
+        return Err(BottleError::Interrupted(sig));
+    }
+    tokio::select! {
+        r = fut => r,
+        _ = cancel.changed() => Err(BottleError::Interrupted(cancel.borrow().unwrap_or(Signal::Terminate))),
+    }
+}
+
+/// How a run is stopped from outside: the signal that came, as a watch (steps before boot
+/// select on it) and as a flag (the bundle's readiness wait polls it), and the VMM child to
+/// forward signals to once it exists.
+struct Control {
+    cancel: watch::Receiver<Option<Signal>>,
+    stopping: Arc<AtomicBool>,
+    vmm: Arc<Mutex<Option<ChildSignaller>>>,
+}
+
+async fn run_locked(
+    spec: &RunSpec,
+    state: &StateRoot,
+    dirs: &BottleDirs,
+    started: &mut Started,
+    ctl: Control,
+    begun: Instant,
+    reporter: &Reporter,
+) -> Result<Finished, BottleError> {
+    let Control {
+        mut cancel,
+        stopping,
+        vmm,
+    } = ctl;
+    let mut timings = Timings::default();
+    let manifest = Manifest::load(&spec.manifest)?;
+    let agent = manifest
+        .agents
+        .get(&spec.agent)
+        .cloned()
+        .ok_or_else(|| BottleError::NoAgent {
+            agent: spec.agent.clone(),
+            manifest: spec.manifest.clone(),
+            known: manifest
+                .agents
+                .keys()
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(", "),
+        })?;
+    // The manifest's bottle, named as this instance: its bundle, CA and logs are this bottle's.
+    let mut bottle = bundle::find_bottle(&manifest, &agent.bottle)?;
+    bottle.name = spec.name.clone();
+    let needs_engine = matches!(started.runtime, Runtime::Docker)
+        || !matches!(agent.image, ImageSource::Archive(_));
+    if needs_engine {
+        let engine = cancellable(&mut cancel, async { Ok(Engine::connect().await?) }).await?;
+        if !spec.dry_run {
+            // The cheap part of gc: bundles whose krbottle is gone.
+            if let Err(e) = bundle::container::gc(&engine, state).await {
+                tracing::debug!("bundle gc before start: {e}");
+            }
+        }
+        started.engine = Some(engine);
+    }
+    let engine = started.engine.clone();
+
+    // Image: build (Dockerfile agents) and the cached root filesystem.
+    let source = cancellable(
+        &mut cancel,
+        image_source(engine.as_ref(), &manifest, &agent, reporter),
+    )
+    .await?;
+    let ownership = Ownership::default_here();
+    let prepared = cancellable(&mut cancel, async {
+        Ok(crate::image::prepare::prepare(engine.as_ref(), &source, ownership, reporter).await?)
+    })
+    .await?;
+    timings.image = begun.elapsed();
+
+    // Plan.
+    let lower = prepared.entry.rootfs.clone();
+    let upper = dirs.overlay_upper();
+    let guest_file = |path: &str| -> Result<String, BottleError> {
+        for layer in [upper.join("diff"), lower.clone()] {
+            if let Ok(Some(bytes)) = crate::provision::read_guest_file(&layer, path) {
+                return Ok(String::from_utf8_lossy(&bytes).into_owned());
+            }
+        }
+        Ok(String::new())
+    };
+    let (passwd, group) = (guest_file("/etc/passwd")?, guest_file("/etc/group")?);
+    let ca_pem = if spec.dry_run {
+        crate::ca::BottleCa::generate(&spec.name)
+            .map(|ca| ca.cert_pem().to_string())
+            .map_err(|source| ContainerError::Ca {
+                bottle: spec.name.clone(),
+                source,
+            })?
+    } else {
+        bundle::container::ensure_ca(&dirs.bundle_dir(), &spec.name)?
+    };
+    let prompt = match &agent.prompt {
+        Some(p) => Some(
+            std::fs::read_to_string(p).map_err(|source| BottleError::Read {
+                path: p.clone(),
+                source,
+            })?,
+        ),
+        None => None,
+    };
+    let skills = agent
+        .skills
+        .iter()
+        .map(|d| read_skill(d))
+        .collect::<Result<Vec<_>, _>>()?;
+    let daemons: Vec<&'static DaemonSpec> = crate::daemon::enabled_for(&bottle);
+    let image_name = source.to_string();
+    let plan = crate::plan::plan(&PlanInput {
+        name: &spec.name,
+        agent: &agent,
+        bottle: &bottle,
+        image: &image_name,
+        image_id: &prepared.entry.meta.image_id,
+        image_config: &prepared.config,
+        passwd: &passwd,
+        group: &group,
+        ca_pem: &ca_pem,
+        prompt: prompt.as_deref(),
+        skills: &skills,
+        argv: &spec.argv,
+        cwd: &spec.cwd,
+        daemons: &daemons,
+    })?;
+    timings.plan = begun.elapsed();
+    if spec.dry_run {
+        return Ok(Finished::Planned(Box::new(plan)));
+    }
+
+    // The record: the bottle exists from here on.
+    let now = now_secs();
+    let mut record = BottleRecord {
+        name: spec.name.clone(),
+        agent: agent.name.clone(),
+        bottle: agent.bottle.clone(),
+        manifest: std::fs::canonicalize(&spec.manifest).unwrap_or_else(|_| spec.manifest.clone()),
+        image: image_name.clone(),
+        image_id: prepared.entry.meta.image_id.clone(),
+        ownership,
+        created: spec.created.unwrap_or(now),
+        started: now,
+        argv: spec.argv.clone(),
+        cwd: spec.cwd.clone(),
+        pid: Some(std::process::id()),
+        endpoints: Default::default(),
+    };
+    dirs.write_record(&record)?;
+
+    // The bottle's own root: an overlay over the cache, mounted by the VMM child.
+    let mount_point = dirs.dir().join("mnt");
+    std::fs::create_dir_all(&mount_point).map_err(|source| BottleError::Read {
+        path: mount_point.clone(),
+        source,
+    })?;
+    let binds = match &spec.cwd {
+        Cwd::Share { path } => vec![path.clone()],
+        _ => Vec::new(),
+    };
+    let request = VmRequest {
+        cpus: plan.cpus,
+        memory_mib: plan.memory_mib,
+        root: Root::Overlay {
+            mount_point,
+            overlay: Overlay::new(lower, upper).map_err(crate::vm::prepare::PrepareError::from)?,
+        },
+        shares: Vec::new(),
+        argv: plan.argv.clone(),
+        env_files: Vec::new(),
+        env: plan.env.clone(),
+        workdir: plan.workdir.clone(),
+        user: GuestUser {
+            uid: plan.user.uid,
+            gid: plan.user.gid,
+        },
+        endpoints: Endpoints::Later(plan.endpoints.iter().map(|e| e.guest_port).collect()),
+        binds,
+        provision: plan.files.clone(),
+    };
+    let vm = crate::vm::prepare::prepare(request, reporter)?;
+    timings.root = begun.elapsed();
+
+    // The VMM child sets up (mounts, provisions, listens) while the bundle comes up; the guest
+    // boots once every daemon answers.
+    let (up_tx, up_rx) = std::sync::mpsc::channel::<Result<Vec<SocketAddr>, String>>();
+    let on_spawn = {
+        let vmm = vmm.clone();
+        move |child| {
+            if let Ok(mut slot) = vmm.lock() {
+                *slot = Some(child);
+            }
+        }
+    };
+    let upstreams = move || match up_rx.recv() {
+        Ok(Ok(addrs)) => Ok(addrs),
+        Ok(Err(why)) => Err(LaunchError::Upstreams(why)),
+        Err(_) => Err(LaunchError::Upstreams("the start was abandoned".into())),
+    };
+    let (config, mapping) = (vm.config, vm.mapping);
+    let vmm_started = begun.elapsed();
+    let mut launch = tokio::task::spawn_blocking(move || {
+        launch::launch_timed(&config, &mapping, upstreams, on_spawn)
+    });
+    timings.vmm_started_at = Some(vmm_started);
+
+    let bundle_request = BundleRequest::for_bottle(&bottle, "")?;
+    let bundle_begun = Instant::now();
+    // Not dropped mid-way on a signal (what the engine is creating must exist when teardown
+    // looks): it stops waiting for the daemons when `stopping` is set.
+    let up = bundle_up(started, bundle_request, state, &stopping, reporter);
+    tokio::pin!(up);
+    let record_up = tokio::select! {
+        r = &mut up => r,
+        done = &mut launch => {
+            // The VMM ended before the bundle was up: its setup failed (or it was killed).
+            drop(up);
+            return match done.map_err(BottleError::Join)? {
+                Err(e) => Err(e.into()),
+                Ok((outcome, _)) => Ok(Finished::Ran { name: spec.name.clone(), outcome, timings }),
+            };
+        }
+    };
+    let bundle_record = match record_up {
+        Ok(r) => r,
+        Err(BottleError::Container(ContainerError::Cancelled { .. })) => {
+            let sig = cancel.borrow().unwrap_or(Signal::Terminate);
+            let _ = up_tx.send(Err("the start was stopped".into()));
+            let _ = launch.await;
+            return Err(BottleError::Interrupted(sig));
+        }
+        Err(e) => {
+            let _ = up_tx.send(Err(e.to_string()));
+            let _ = launch.await;
+            return Err(e);
+        }
+    };
+    timings.bundle_up = Some(begun.elapsed());
+    timings.bundle_up_alone = Some(bundle_begun.elapsed());
+    let addrs = plan
+        .endpoints
+        .iter()
+        .map(|e| bundle_record.endpoints.get(&e.daemon).copied())
+        .collect::<Option<Vec<_>>>();
+    let Some(addrs) = addrs else {
+        let _ = up_tx.send(Err("the bundle publishes no endpoint for a daemon".into()));
+        let _ = launch.await;
+        return Err(ContainerError::FindPort {
+            name: bundle_record.container.clone(),
+            daemon: "a planned daemon",
+        }
+        .into());
+    };
+    record.endpoints = bundle_record.endpoints.clone();
+    dirs.write_record(&record)?;
+    let _ = up_tx.send(Ok(addrs));
+    let (outcome, phases) = launch.await.map_err(BottleError::Join)??;
+    timings.vmm = Some(phases);
+    timings.exited = Some(begun.elapsed());
+    Ok(Finished::Ran {
+        name: spec.name.clone(),
+        outcome,
+        timings,
+    })
+}
+
+/// Brings the bundle up where the runtime says, with the bundle image built if needed.
+async fn bundle_up(
+    started: &mut Started,
+    mut request: BundleRequest<'_>,
+    state: &StateRoot,
+    stopping: &AtomicBool,
+    reporter: &Reporter,
+) -> Result<BundleRecord, BottleError> {
+    let env = |name: &str| std::env::var(name).ok();
+    match started.runtime {
+        Runtime::Docker => {
+            let engine = started.engine.clone().ok_or(DockerError::Build {
+                what: "the bundle".into(),
+                message: "no Docker engine".into(),
+            })?;
+            request.image = bundle::ensure_image(&engine, reporter).await?;
+            started.docker_bundle = true;
+            Ok(bundle::container::up(&engine, &request, state, env, stopping).await?)
+        }
+        Runtime::Process => {
+            let b = crate::bundle::process::up(&request, state, env).await?;
+            let record = b.record.clone();
+            started.process_bundle = Some(b);
+            Ok(record)
+        }
+    }
+}
+
+/// Removes what the start made for this run; keeps the bottle's root and record.
+async fn teardown(name: &str, state: &StateRoot, dirs: &BottleDirs, started: Started) {
+    if let Some(b) = started.process_bundle {
+        b.down().await;
+    }
+    if started.docker_bundle
+        && let Some(engine) = &started.engine
+    {
+        save_logs(engine, name, dirs).await;
+        if let Err(e) = bundle::container::down(engine, state, name).await {
+            eprintln!("warning: could not remove bottle {name}'s bundle ({e}); `krbottle gc` will");
+        }
+    }
+    if let Ok(Some(mut record)) = dirs.read_record() {
+        record.pid = None;
+        record.endpoints.clear();
+        if let Err(e) = dirs.write_record(&record) {
+            tracing::warn!("could not update bottle {name}'s record: {e}");
+        }
+    }
+}
+
+/// Keeps the bundle's logs of this run (its container goes away) under the bottle's logs dir.
+async fn save_logs(engine: &Engine, name: &str, dirs: &BottleDirs) {
+    let dir = dirs.logs_dir();
+    if std::fs::create_dir_all(&dir).is_err() {
+        return;
+    }
+    let mut out = Vec::new();
+    let mut err = Vec::new();
+    use futures_util::StreamExt;
+    let mut stream = std::pin::pin!(bundle::container::logs(engine, name, false));
+    while let Some(Ok(item)) = stream.next().await {
+        match item {
+            bollard::container::LogOutput::StdErr { message } => err.extend_from_slice(&message),
+            other => out.extend_from_slice(&other.into_bytes()),
+        }
+    }
+    let stamp = now_secs();
+    let _ = crate::sys::fs::write_atomic(&dir.join(format!("{stamp}.out")), &out, 0o600);
+    let _ = crate::sys::fs::write_atomic(&dir.join(format!("{stamp}.err")), &err, 0o600);
+}
+
+/// Where the agent's image comes from; a Dockerfile agent's image is built first.
+async fn image_source(
+    engine: Option<&Engine>,
+    manifest: &Manifest,
+    agent: &Agent,
+    reporter: &Reporter,
+) -> Result<Source, BottleError> {
+    Ok(match &agent.image {
+        ImageSource::Image(r) => Source::Engine(r.clone()),
+        ImageSource::Archive(p) => Source::Archive(p.clone()),
+        ImageSource::Dockerfile(file) => {
+            let engine = engine.ok_or(PrepareError::NoEngine)?;
+            let context = file.parent().unwrap_or(Path::new("."));
+            let name = file
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or("Dockerfile");
+            let tag = agent_tag(manifest, agent);
+            crate::image::prepare::build(engine, context, Some(name), &tag, reporter).await?;
+            Source::Engine(tag)
+        }
+    })
+}
+
+/// The tag of a Dockerfile agent's image: per agent and project, so two projects' agents of the
+/// same name do not share it.
+fn agent_tag(manifest: &Manifest, agent: &Agent) -> String {
+    use sha2::Digest;
+    let dir = manifest
+        .path
+        .parent()
+        .and_then(|d| std::fs::canonicalize(d).ok())
+        .unwrap_or_default();
+    let hash = hex::encode(sha2::Sha256::digest(dir.as_os_str().as_encoded_bytes()));
+    format!("krbottle-agent/{}:{}", agent.name, &hash[..12])
+}
+
+/// A skill directory's regular files (links are not followed), for the plan.
+fn read_skill(dir: &Path) -> Result<Skill, BottleError> {
+    let read_err = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| BottleError::Read { path, source }
+    };
+    let mut files = Vec::new();
+    let mut total = 0u64;
+    let mut todo = vec![PathBuf::new()];
+    while let Some(rel) = todo.pop() {
+        let here = dir.join(&rel);
+        for entry in std::fs::read_dir(&here).map_err(read_err(&here))? {
+            let entry = entry.map_err(read_err(&here))?;
+            let path = entry.path();
+            let meta = std::fs::symlink_metadata(&path).map_err(read_err(&path))?;
+            let rel = rel.join(entry.file_name());
+            if meta.is_dir() {
+                todo.push(rel);
+            } else if meta.is_file() {
+                total += meta.len();
+                if total > MAX_SKILL_BYTES {
+                    return Err(BottleError::SkillTooLarge {
+                        path: dir.to_path_buf(),
+                    });
+                }
+                let data = std::fs::read(&path).map_err(read_err(&path))?;
+                files.push((rel.to_string_lossy().into_owned(), data));
+            }
+        }
+    }
+    files.sort();
+    Ok(Skill {
+        dir: dir.display().to_string(),
+        files,
+    })
+}
+
+/// `<agent>-<4 random characters>`, not taken yet.
+fn fresh_name(state: &StateRoot, agent: &str) -> Result<String, BottleError> {
+    const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
+    let mut bytes = [0u8; 64];
+    let random = std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes));
+    if random.is_err() {
+        let seed = now_secs() ^ u64::from(std::process::id()) << 32;
+        for (i, b) in bytes.iter_mut().enumerate() {
+            *b = (seed >> (i % 8 * 8)) as u8 ^ i as u8;
+        }
+    }
+    let prefix: String = agent.chars().take(58).collect();
+    for chunk in bytes.chunks(4) {
+        let suffix: String = chunk
+            .iter()
+            .map(|b| ALPHABET[usize::from(*b) % ALPHABET.len()] as char)
+            .collect();
+        let name = format!("{prefix}-{suffix}");
+        let dirs = state.bottle(&name)?;
+        if !dirs.dir().exists() {
+            return Ok(name);
+        }
+    }
+    Err(BottleError::Exists(format!("{prefix}-…")))
+}
+
+/// A bottle as `list` shows it.
+#[derive(Clone, Debug, Serialize)]
+pub struct Status {
+    pub name: String,
+    pub agent: String,
+    pub state: &'static str,
+    pub image: String,
+    /// Seconds since the epoch of the last start.
+    pub started: u64,
+    /// The bundle's published endpoints, while it runs.
+    pub endpoints: std::collections::BTreeMap<String, SocketAddr>,
+}
+
+/// `krbottle list`: every bottle of this state dir.
+pub fn list() -> Result<Vec<Status>, BottleError> {
+    let state = StateRoot::open_default();
+    let mut out = Vec::new();
+    for name in state.names()? {
+        let dirs = state.bottle(&name)?;
+        let Some(record) = dirs.read_record()? else {
+            continue;
+        };
+        let running = dirs.is_running();
+        out.push(Status {
+            name,
+            agent: record.agent,
+            state: if running { "running" } else { "stopped" },
+            image: record.image,
+            started: record.started,
+            endpoints: if running {
+                record.endpoints
+            } else {
+                Default::default()
+            },
+        });
+    }
+    Ok(out)
+}
+
+/// `krbottle stop NAME`: asks the bottle's krbottle process to end the guest and tear down
+/// (SIGTERM, forwarded to the VMM, which is killed after [`STOP_TIMEOUT`]); returns once it has.
+pub async fn stop(name: &str) -> Result<(), BottleError> {
+    let state = StateRoot::open_default();
+    let dirs = state.bottle(name)?;
+    let record = dirs
+        .read_record()?
+        .ok_or_else(|| BottleError::NoBottle(name.to_string()))?;
+    if !dirs.is_running() {
+        return Err(BottleError::NotRunning(name.to_string()));
+    }
+    let Some(pid) = record.pid else {
+        return Err(BottleError::NotRunning(name.to_string()));
+    };
+    if let Some(p) = rustix::process::Pid::from_raw(pid as i32) {
+        let _ = rustix::process::kill_process(p, rustix::process::Signal::TERM);
+    }
+    let deadline = Instant::now() + STOP_WAIT;
+    while dirs.is_running() {
+        if Instant::now() > deadline {
+            return Err(BottleError::StopTimeout(name.to_string(), pid));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(())
+}
+
+/// `krbottle rm NAME`: removes a stopped bottle (its root, record, CA and logs); a running one
+/// only with `force`, which stops it first.
+pub async fn rm(name: &str, force: bool) -> Result<(), BottleError> {
+    let state = StateRoot::open_default();
+    let dirs = state.bottle(name)?;
+    if !dirs.dir().exists() {
+        return Err(BottleError::NoBottle(name.to_string()));
+    }
+    if dirs.is_running() {
+        if !force {
+            return Err(BottleError::Running(name.to_string()));
+        }
+        stop(name).await?;
+    }
+    let _lock = dirs.lock()?;
+    remove_tree_any_owner(dirs.dir()).map_err(|source| BottleError::Remove {
+        name: name.to_string(),
+        path: dirs.dir().to_path_buf(),
+        source,
+    })
+}
+
+/// `krbottle logs NAME`: the bundle's logs, of the running bundle or (stopped) of its last run;
+/// `daemon` keeps only that daemon's lines; `follow` keeps printing while it runs.
+pub async fn logs(
+    name: &str,
+    daemon: Option<&str>,
+    follow: bool,
+    mut stdout: impl std::io::Write,
+    mut stderr: impl std::io::Write,
+) -> Result<(), BottleError> {
+    let state = StateRoot::open_default();
+    let dirs = state.bottle(name)?;
+    if dirs.read_record()?.is_none() {
+        return Err(BottleError::NoBottle(name.to_string()));
+    }
+    let keep = |line: &[u8]| match daemon {
+        None => true,
+        Some(d) => crate::daemon::init::line_is_from(line, d),
+    };
+    if dirs.is_running() && Runtime::from_env().is_ok_and(|r| matches!(r, Runtime::Docker)) {
+        let engine = Engine::connect().await?;
+        let filter = |data: &[u8], out: &mut dyn std::io::Write| -> std::io::Result<()> {
+            for line in data.split_inclusive(|&b| b == b'\n') {
+                if keep(line) {
+                    out.write_all(line)?;
+                }
+            }
+            Ok(())
+        };
+        use futures_util::StreamExt;
+        let mut stream = std::pin::pin!(bundle::container::logs(&engine, name, follow));
+        while let Some(item) = stream.next().await {
+            let written = match item.map_err(BundleError::from)? {
+                bollard::container::LogOutput::StdErr { message } => filter(&message, &mut stderr),
+                other => filter(&other.into_bytes(), &mut stdout),
+            };
+            written.map_err(BundleError::WriteLogs)?;
+        }
+        return Ok(());
+    }
+    // Stopped: the last run's saved logs.
+    let mut runs: Vec<PathBuf> = std::fs::read_dir(dirs.logs_dir())
+        .map(|rd| rd.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    runs.sort();
+    let last = runs
+        .iter()
+        .filter_map(|p| p.file_stem().map(|s| s.to_os_string()))
+        .max();
+    let Some(last) = last else {
+        return Ok(());
+    };
+    for (ext, out) in [
+        ("out", &mut stdout as &mut dyn std::io::Write),
+        ("err", &mut stderr),
+    ] {
+        let path = dirs.logs_dir().join(&last).with_extension(ext);
+        if let Ok(data) = std::fs::read(&path) {
+            for line in data.split_inclusive(|&b| b == b'\n') {
+                if keep(line) {
+                    out.write_all(line).map_err(BundleError::WriteLogs)?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// What `gc` removed.
+#[derive(Debug, Default, Serialize)]
+pub struct Collected {
+    pub bundles: bundle::Removed,
+    /// Bottle directories that a start left before it recorded the bottle.
+    pub half_made: Vec<String>,
+    /// Cached root filesystems no bottle uses (`--cache`).
+    pub cache_entries: Vec<String>,
+}
+
+/// `krbottle gc [--cache]`: bundle containers and networks whose krbottle is gone, stale bundle
+/// images, half-made bottle dirs; with `cache`, cached root filesystems no bottle uses.
+pub async fn gc(cache: bool) -> Result<Collected, BottleError> {
+    let state = StateRoot::open_default();
+    let mut out = Collected::default();
+    match bundle::gc().await {
+        Ok(removed) => out.bundles = removed,
+        Err(BundleError::Docker(e)) => tracing::info!("no bundles collected: {e}"),
+        Err(e) => return Err(e.into()),
+    }
+    let engine = Engine::connect().await.ok();
+    let mut used = Vec::new();
+    for name in state.names()? {
+        let dirs = state.bottle(&name)?;
+        match dirs.read_record()? {
+            Some(r) => {
+                // A stopped bottle has no bundle: one left is a killed start's.
+                if !dirs.is_running()
+                    && let Some(engine) = &engine
+                {
+                    let removed = bundle::container::down(engine, &state, &name).await?;
+                    out.bundles.containers.extend(removed.containers);
+                    out.bundles.networks.extend(removed.networks);
+                }
+                used.push((r.image_id, r.ownership));
+            }
+            None if !dirs.is_running() => {
+                remove_tree_any_owner(dirs.dir()).map_err(|source| BottleError::Remove {
+                    name: name.clone(),
+                    path: dirs.dir().to_path_buf(),
+                    source,
+                })?;
+                out.half_made.push(name);
+            }
+            None => {}
+        }
+    }
+    if cache {
+        out.cache_entries = crate::image::prepare::prune_unused(&used).await?;
+    }
+    Ok(out)
+}
