@@ -76,6 +76,12 @@ pub enum StateError {
         #[source]
         source: CloneError,
     },
+    #[error(
+        "Cannot share {} with the guest: it holds krbottle's state dir {} (the approval queues, the bottles' CA keys); work from a directory apart from it, or move the state with KRBOTTLE_STATE_DIR",
+        dir.display(),
+        root.display()
+    )]
+    SharedState { dir: PathBuf, root: PathBuf },
 }
 
 /// The directory holding every bottle's state.
@@ -102,6 +108,37 @@ impl StateRoot {
 
     pub fn path(&self) -> &Path {
         &self.root
+    }
+
+    /// Refuses `dir` as a directory shared with a guest when the state dir is inside it or it is
+    /// inside the state dir: the guest could then write answers into an approval queue, or
+    /// read a bottle's CA key. Paths are compared after resolving links.
+    pub fn refuse_share(&self, dir: &Path) -> Result<(), StateError> {
+        let resolve = |p: &Path| {
+            // The state dir may not exist yet: resolve its longest existing ancestor.
+            let mut existing = p.to_path_buf();
+            let mut rest = Vec::new();
+            while !existing.exists() {
+                match (existing.file_name(), existing.parent()) {
+                    (Some(name), Some(parent)) => {
+                        rest.push(name.to_owned());
+                        existing = parent.to_path_buf();
+                    }
+                    _ => break,
+                }
+            }
+            let mut resolved = fs::canonicalize(&existing).unwrap_or(existing);
+            resolved.extend(rest.iter().rev());
+            resolved
+        };
+        let (shared, root) = (resolve(dir), resolve(&self.root));
+        if root.starts_with(&shared) || shared.starts_with(&root) {
+            return Err(StateError::SharedState {
+                dir: dir.to_path_buf(),
+                root: self.root.clone(),
+            });
+        }
+        Ok(())
     }
 
     /// The names of every bottle directory, sorted.
@@ -319,6 +356,36 @@ mod tests {
         assert_eq!(b.dir(), Path::new("/state/bottles/agent-1"));
         assert_eq!(b.bundle_dir(), Path::new("/state/bottles/agent-1/bundle"));
         assert_eq!(b.queue_dir(), Path::new("/state/bottles/agent-1/queue"));
+    }
+
+    #[test]
+    fn no_share_reaches_the_state_dir() {
+        let tmp = tempfile::tempdir().unwrap();
+        let home = tmp.path().join("home");
+        let project = home.join("project");
+        fs::create_dir_all(&project).unwrap();
+        std::os::unix::fs::symlink(&home, tmp.path().join("home-link")).unwrap();
+        let state = StateRoot::at(home.join(".local/share/krbottle"));
+        for bad in [
+            home.clone(),
+            tmp.path().join("home-link"),
+            home.join(".local/share/krbottle"),
+            home.join(".local/share/krbottle/bottles/b/queue"),
+            PathBuf::from("/"),
+        ] {
+            assert!(
+                matches!(
+                    state.refuse_share(&bad),
+                    Err(StateError::SharedState { .. })
+                ),
+                "{}",
+                bad.display()
+            );
+        }
+        state.refuse_share(&project).unwrap();
+        state
+            .refuse_share(&home.join(".local/share/krbottle-other"))
+            .unwrap();
     }
 
     #[test]
