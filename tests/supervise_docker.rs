@@ -261,3 +261,79 @@ fn the_bundle_refuses_foreign_hosts_oversized_calls_and_too_many_requests() {
     assert_eq!(second["is_error"], true, "{second}");
     assert!(second["text"].as_str().unwrap().contains("already waiting"));
 }
+
+/// An agent image for `start`: user `agent` (1000) with a home.
+fn agent_image() -> String {
+    common::docker_build(
+        "krbottle-test/supervise-agent:latest",
+        &format!(
+            "FROM {}\nRUN useradd --create-home --uid 1000 --user-group agent\nUSER agent\nWORKDIR /home/agent\nCMD [\"/bin/sh\"]\n",
+            common::BASE_IMAGE
+        ),
+        &[],
+    )
+}
+
+#[test]
+fn start_wires_the_server_into_claude_code_and_never_shares_the_queue() {
+    if !common::require_docker(&common::current_test()) {
+        return;
+    }
+    let image = agent_image();
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let name = format!("kss{}", std::process::id());
+    std::fs::write(
+        dir.path().join("krbottle.toml"),
+        format!(
+            "[agents.a]\nimage = \"{image}\"\nbottle = \"box\"\n[bottles.box]\nsupervise = true\n"
+        ),
+    )
+    .unwrap();
+    let start = |cwd: &Path, extra: &[&str]| {
+        let mut args = vec!["start", "a", "--name", &name];
+        args.extend(extra);
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_krbottle"))
+            .args(&args)
+            .args(["--manifest"])
+            .arg(dir.path().join("krbottle.toml"))
+            .args(["--", "/bin/sh", "-c", "exit 3"])
+            .env("KRBOTTLE_STATE_DIR", &state)
+            .env("KRBOTTLE_CACHE_DIR", dir.path().join("cache"))
+            .env_remove("KRBOTTLE_LIBKRUNFW")
+            .current_dir(cwd)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+
+    // Sharing a directory that holds the state dir is refused before anything starts.
+    let (code, stderr) = start(dir.path(), &["--share-cwd"]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("Cannot share"), "{stderr}");
+    assert!(
+        !state
+            .join("bottles")
+            .join(&name)
+            .join("bottle.json")
+            .exists()
+    );
+
+    // A plain start provisions Claude Code's MCP config (whether or not the guest boots here).
+    let (code, stderr) = start(dir.path(), &[]);
+    assert!(matches!(code, Some(3 | 125)), "{code:?} {stderr}");
+    let claude_json = state
+        .join("bottles")
+        .join(&name)
+        .join("root/diff/home/agent/.claude.json");
+    let claude: Value = serde_json::from_slice(&std::fs::read(&claude_json).unwrap()).unwrap();
+    assert_eq!(
+        claude["mcpServers"]["supervise"],
+        json!({"type": "http", "url": "http://127.0.0.1:9100/mcp"})
+    );
+    let _ = krbottle(&state, &["rm", &name]);
+}
