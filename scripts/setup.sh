@@ -3,8 +3,9 @@
 #
 # Installs what krbottle needs (Debian/Ubuntu; macOS steps are in the README), each step
 # idempotent: uidmap (newuidmap/newgidmap), libkrunfw (guest kernel) into ./lib, the local Debian
-# base image, the release binary. Then builds the example agent image (examples/agent) and
-# unpacks it into .work/example-rootfs with `krbottle image unpack`.
+# base image, the release binary, the example agent's Python wheels. Then runs the built-in
+# example: `krbottle start example` (examples/krbottle.toml), which builds the example agent's
+# image, prepares its root, starts its bundle and boots it, where this machine can boot guests.
 #
 # usage: scripts/setup.sh [--no-example]
 set -euo pipefail
@@ -32,13 +33,21 @@ say "built $bin"
 
 if [ "${1:-}" = "--no-example" ]; then exit 0; fi
 
-say "example: building the agent image from examples/agent"
-"$bin" image build examples/agent --tag krbottle-example/agent:latest
-out=$repo/.work/example-rootfs
-rm -rf "$out"
-mkdir -p "$(dirname "$out")"
-say "example: unpacking it into $out"
-"$bin" image unpack krbottle-example/agent:latest "$out" --json
-say "done: $out is the example agent's root filesystem"
-say "this machine, as krbottle sees it (krbottle doctor):"
-"$bin" doctor || say "krbottle run cannot boot guests here (see above); everything else works"
+bash "$here/example-wheels.sh"
+say "example: krbottle start example --manifest examples/krbottle.toml"
+made_up=
+if [ -z "${ANTHROPIC_API_KEY:-}" ]; then
+    say "ANTHROPIC_API_KEY is not set: the bundle gets a made-up key (the smoke's API call is then refused with 401); export yours for a real answer"
+    export ANTHROPIC_API_KEY=sk-ant-not-a-real-key-set-your-own
+    made_up=1
+fi
+rc=0
+"$bin" start example --manifest examples/krbottle.toml || rc=$?
+case "$rc" in
+    0) say "done: the example agent ran in its bottle (krbottle list shows it; krbottle rm NAME removes it)";;
+    125) say "this machine cannot boot a guest (above: doctor's reason); everything up to the hypervisor ran."
+         say "to see a real boot: scripts/vm-harness.sh runs start in an emulated machine with a capable hypervisor";;
+    2) [ -n "$made_up" ] || die "the example's smoke failed (exit 2, above)"
+       say "done: the example agent ran in its bottle; the API refused the made-up key, as it should";;
+    *) die "krbottle start example failed (exit $rc)";;
+esac

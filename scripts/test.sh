@@ -14,6 +14,7 @@ need_pkgs "busybox" busybox-static
 need_pkgs mitmdump mitmproxy  # the peer of `krbottle bench gateway`
 bash "$here/install-libkrunfw.sh"
 bash "$here/build-base-image.sh"
+bash "$here/example-wheels.sh"
 if [ "$(id -u)" = 0 ]; then bash "$here/test-user.sh"; fi
 
 say "cargo fmt --check"

@@ -21,6 +21,8 @@ mkdir -p "$W/debs"
 need_pkgs qemu-system-x86_64 qemu-system-x86
 need_pkgs cpio cpio
 need_pkgs python3 python3
+need_pkgs rsync rsync
+need_pkgs openssl openssl
 bash "$here/install-libkrunfw.sh" >/dev/null
 
 # Kernel and busybox as .deb files (downloaded, not installed). The kernel package name changes
@@ -98,6 +100,35 @@ done
 mkdir -p "$ird/images"
 docker save krbottle-harness/busybox:latest -o "$ird/images/busybox.tar"
 docker save krbottle-harness/agent:latest -o "$ird/images/agent.tar"
+# `krbottle start` in the emulated machine: the example agent as a saved image that start
+# prepares itself (`image_archive`), its bundle's daemons as host processes (there is no Docker
+# in there), and a stand-in for the Anthropic API (Python, with its own test CA) as the route
+# host, which the example's smoke reaches through the gateway with Anthropic's SDK.
+bash "$here/example-wheels.sh"
+"$bin" -q image build examples/agent --tag krbottle-harness/example:latest
+st=$ird/start
+mkdir -p "$st"
+docker save krbottle-harness/example:latest -o "$st/example.tar"
+cp examples/agent/CLAUDE.md tests/support/fake_anthropic.py "$st/"
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+    -subj /CN=krbottle-harness-fake-api-ca -keyout "$W/api-ca.key" -out "$st/api-ca.pem" 2>/dev/null
+openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -subj /CN=api.anthropic.com \
+    -keyout "$st/api.key" -out "$W/api.csr" 2>/dev/null
+printf 'subjectAltName=DNS:api.anthropic.com\n' >"$W/api.ext"
+openssl x509 -req -in "$W/api.csr" -CA "$st/api-ca.pem" -CAkey "$W/api-ca.key" -CAcreateserial \
+    -days 2 -extfile "$W/api.ext" -out "$st/api.pem" 2>/dev/null
+# Python for the stand-in: Debian's interpreter and the standard library it needs.
+py=/usr/bin/python3.11
+[ -x "$py" ] || need_pkgs python3.11 python3.11
+mkdir -p "$ird/usr/bin" "$ird/usr/lib"
+cp "$py" "$ird/usr/bin/python3"
+rsync -a --exclude test --exclude idlelib --exclude tkinter --exclude turtledemo --exclude ensurepip \
+    --exclude lib2to3 --exclude pydoc_data --exclude 'config-3.11*' --exclude site-packages \
+    --exclude dist-packages --exclude __pycache__ /usr/lib/python3.11 "$ird/usr/lib/"
+for l in $(ldd "$py" "$ird"/usr/lib/python3.11/lib-dynload/_ssl.*.so "$ird"/usr/lib/python3.11/lib-dynload/_hashlib.*.so \
+        | awk '/=>/{print $3}' | sort -u); do
+    mkdir -p "$ird$(dirname "$l")"; cp -L "$l" "$ird$l"
+done
 cp tests/vm/init.sh "$ird/init"; chmod +x "$ird/init"
 cp tests/vm/cases.sh "$ird/cases.sh"
 say "packing the initramfs ($(du -sh "$ird" | cut -f1))"
@@ -106,7 +137,7 @@ say "packing the initramfs ($(du -sh "$ird" | cut -f1))"
 log=$W/console.log
 say "booting the emulated machine (TCG, AMD SVM; about a minute)"
 set +e
-timeout "${KRBOTTLE_HARNESS_TIMEOUT:-600}" qemu-system-x86_64 -machine q35 -accel tcg,thread=multi \
+timeout "${KRBOTTLE_HARNESS_TIMEOUT:-1800}" qemu-system-x86_64 -machine q35 -accel tcg,thread=multi \
     -cpu qemu64,+svm,+npt -smp 1 -m 4096 -nographic -no-reboot \
     -kernel "$W/kern/boot/vmlinuz-$kv" -initrd "$W/initrd.cpio" \
     -append "console=ttyS0 quiet loglevel=3 panic=-1 rdinit=/init" </dev/null 2>&1 \

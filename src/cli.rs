@@ -196,6 +196,8 @@ pub enum BenchCommand {
     /// The guest's boot itself is not included: the time is what krbottle adds before the
     /// hypervisor takes over.
     Run(BenchRunArgs),
+    /// A warm `krbottle start` by phase, vs `bundle up` alone and `docker run --rm IMAGE true`.
+    Start(BenchStartArgs),
     /// Gateway: added latency of a spliced CONNECT, and route throughput vs mitmproxy.
     ///
     /// Everything runs on 127.0.0.1: an in-process HTTPS upstream, the gateway, and mitmproxy
@@ -208,6 +210,21 @@ pub struct BenchRunArgs {
     /// A Docker image reference in the local engine; unpacked once (not timed) and booted.
     #[arg(default_value = crate::image::BASE_IMAGE)]
     pub image: String,
+    /// Timed runs per contender (the median is reported).
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
+    pub runs: u32,
+    /// Print JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct BenchStartArgs {
+    /// The agent, an `[agents.NAME]` table of the manifest.
+    pub agent: String,
+    /// The manifest (default: krbottle.toml here or in the nearest parent directory).
+    #[arg(long)]
+    pub manifest: Option<PathBuf>,
     /// Timed runs per contender (the median is reported).
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
     pub runs: u32,

@@ -643,7 +643,8 @@ token_env = "ANTHROPIC_API_KEY"
 
     #[test]
     fn users_resolve_as_docker_resolves_them() {
-        let table: &[(&str, Result<(u32, u32, &str), PlanError>)] = &[
+        type Case = (&'static str, Result<(u32, u32, &'static str), PlanError>);
+        let table: &[Case] = &[
             ("", Ok((0, 0, "/root"))),
             ("node", Ok((1000, 1000, "/home/node"))),
             ("1000", Ok((1000, 1000, "/home/node"))),

@@ -11,6 +11,8 @@
 pub mod gateway;
 #[cfg(target_os = "linux")]
 pub mod run;
+#[cfg(target_os = "linux")]
+pub mod start;
 pub mod unpack;
 
 use std::process::{Command, Stdio};

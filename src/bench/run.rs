@@ -240,6 +240,7 @@ fn time_krbottle_run(
         endpoints: Endpoints::Now(vec![endpoint.clone()]),
         binds: Vec::new(),
         provision: Vec::new(),
+        only_if_bootable: false,
     };
     let t = Instant::now();
     let prepared = prepare(request, &Reporter::silent())?;
@@ -273,6 +274,7 @@ fn describe(outcome: &Outcome) -> String {
     match outcome {
         Outcome::Exited(code) => format!("the guest booted and exited with {code}"),
         Outcome::VmmFailed(why) => format!("the hypervisor did not boot the guest: {why}"),
+        Outcome::NotBooted(why) => format!("not booted: {why}"),
     }
 }
 

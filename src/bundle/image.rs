@@ -173,7 +173,7 @@ struct BuildPlan {
     tag: String,
     hash: String,
     origin: Origin,
-    /// The host binary's bytes ([`Origin::Host`]), read once for the hash and the context.
+    /// The host binary's bytes ([`Origin::Host`]), read only when the image is built.
     binary: Vec<u8>,
     /// PEM certificates, one each, the build stage trusts for its downloads
     /// ([`env_vars::KRBOTTLE_BUNDLE_BUILD_CA`]). They change no output, so no hash.
@@ -192,12 +192,17 @@ async fn plan(engine: &Engine, origin: Origin) -> Result<BuildPlan, ImageError> 
     let base_id = base.id.unwrap_or_default();
     let (binary, hash) = match &origin {
         Origin::Host(path) => {
-            let bytes = std::fs::read(path).map_err(|source| ImageError::ReadBinary {
+            let digest = binary_digest(path).map_err(|source| ImageError::ReadBinary {
                 path: path.clone(),
                 source,
             })?;
-            let hash = inputs_hash(&[DOCKERFILE.as_bytes(), b"host", &bytes, base_id.as_bytes()]);
-            (bytes, hash)
+            let hash = inputs_hash(&[
+                DOCKERFILE.as_bytes(),
+                b"host",
+                digest.as_bytes(),
+                base_id.as_bytes(),
+            ]);
+            (Vec::new(), hash)
         }
         Origin::Source { profile } => {
             let hash = inputs_hash(&[
@@ -256,6 +261,41 @@ fn pem(label: &str, der: &[u8]) -> String {
     out
 }
 
+/// The SHA-256 of the binary at `path`, remembered in the cache dir under the file's identity
+/// (device, inode, size, modification time), so each start does not read and hash the whole
+/// binary again: a rebuilt binary is a new file or a new mtime.
+fn binary_digest(path: &Path) -> std::io::Result<String> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(path)?;
+    let identity = format!(
+        "{}-{}-{}-{}.{}",
+        meta.dev(),
+        meta.ino(),
+        meta.size(),
+        meta.mtime(),
+        meta.mtime_nsec()
+    );
+    let memo = crate::image::cache::Cache::open_default()
+        .ok()
+        .map(|c| c.root().join("bundle-binaries").join(identity));
+    if let Some(memo) = &memo
+        && let Ok(text) = std::fs::read_to_string(memo)
+        && text.len() == 64
+    {
+        return Ok(text);
+    }
+    let mut hasher = Sha256::new();
+    std::io::copy(&mut std::fs::File::open(path)?, &mut hasher)?;
+    let digest = hex::encode(hasher.finalize());
+    if let Some(memo) = memo
+        && let Some(dir) = memo.parent()
+        && std::fs::create_dir_all(dir).is_ok()
+    {
+        let _ = crate::sys::fs::write_atomic(&memo, digest.as_bytes(), 0o644);
+    }
+    Ok(digest)
+}
+
 /// The tag of the bundle image for `origin` (built or not).
 pub async fn current_tag(engine: &Engine, origin: Origin) -> Result<String, ImageError> {
     Ok(plan(engine, origin).await?.tag)
@@ -310,6 +350,13 @@ pub async fn ensure(engine: &Engine, origin: Origin) -> Result<String, ImageErro
         if label.as_deref() == Some(plan.hash.as_str()) {
             return Ok(tag);
         }
+    }
+    let mut plan = plan;
+    if let Origin::Host(path) = &plan.origin {
+        plan.binary = std::fs::read(path).map_err(|source| ImageError::ReadBinary {
+            path: path.clone(),
+            source,
+        })?;
     }
     let context = pack_context(&plan).map_err(ImageError::PackContext)?;
     let mut buildargs = HashMap::from([("BASE".to_string(), BASE_IMAGE.to_string())]);

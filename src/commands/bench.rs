@@ -37,6 +37,22 @@ pub async fn run(cmd: BenchCommand, reporter: &Reporter) -> anyhow::Result<u8> {
         }
         #[cfg(not(target_os = "linux"))]
         BenchCommand::Run(_) => return super::not_on_this_os("bench run (the VM)"),
+        #[cfg(target_os = "linux")]
+        BenchCommand::Start(args) => {
+            let opts = bench::start::StartBench {
+                agent: args.agent,
+                manifest: args.manifest,
+                runs: args.runs,
+            };
+            let report = bench::start::run(&opts, reporter).await?;
+            if args.json {
+                print_json(&report)?;
+            } else {
+                report.print();
+            }
+        }
+        #[cfg(not(target_os = "linux"))]
+        BenchCommand::Start(_) => return super::not_on_this_os("bench start (the VM)"),
         BenchCommand::Gateway(args) => {
             let opts = bench::gateway::GatewayBench {
                 requests: args.requests,

@@ -27,11 +27,12 @@ pub async fn run(args: RunArgs, reporter: &Reporter) -> anyhow::Result<u8> {
         endpoints: Endpoints::Now(args.vm.endpoints),
         binds: Vec::new(),
         provision: Vec::new(),
+        only_if_bootable: false,
     };
     let prepared = prepare::prepare(request, reporter)?;
     match launch::run_attached(prepared.config, prepared.mapping, prepared.upstreams).await? {
         Outcome::Exited(code) => Ok(u8::try_from(code).unwrap_or(exit::FAILURE)),
-        Outcome::VmmFailed(why) => {
+        Outcome::VmmFailed(why) | Outcome::NotBooted(why) => {
             eprintln!("error: VMM failed: {why}");
             Ok(exit::VMM_FAILED)
         }

@@ -54,6 +54,12 @@ fn finish(
                 ));
                 Ok(exit::VMM_FAILED)
             }
+            Outcome::NotBooted(why) => {
+                eprintln!(
+                    "error: this machine cannot boot the guest: {why}\n  Everything up to the hypervisor ran: the image, bottle {name}'s root and files, its bundle (now removed). The bottle is kept (`krbottle resume {name}` on a machine that can boot). To see a real boot here, run scripts/vm-harness.sh (an emulated machine with a capable hypervisor)."
+                );
+                Ok(exit::VMM_FAILED)
+            }
         },
         Err(bottle::BottleError::Interrupted(sig)) => {
             eprintln!(

@@ -179,7 +179,7 @@ pub fn walk_create(
             Err(e) if e.raw_os_error() == Some(Errno::NOENT.raw_os_error()) => {
                 rustix::fs::mkdirat(cur.as_fd(), comp.as_bytes(), Mode::from_raw_mode(0o700))
                     .map_err(|e| WalkError::Io(e.into()))?;
-                let fd = open_dir_at(cur.as_fd(), comp).map_err(|e| WalkError::Io(e))?;
+                let fd = open_dir_at(cur.as_fd(), comp).map_err(WalkError::Io)?;
                 rustix::fs::fchmod(&fd, crate::sys::fs::mode(mode))
                     .map_err(|e| WalkError::Io(e.into()))?;
                 created.push(here.clone());

@@ -18,6 +18,7 @@ pub enum Verdict {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[allow(clippy::enum_variant_names)] // each says what was not listed
 pub enum DenyReason {
     NotListed,
     IpLiteralNotListed,

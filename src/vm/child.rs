@@ -169,6 +169,12 @@ fn setup_and_run(control: &mut UnixStream, ns: userns::Namespaces) -> Result<u8,
                 _ => return Ok(crate::exit::FAILURE),
             }
             let ctx = configure(&config)?;
+            if config.stop_before_enter.is_some() {
+                control
+                    .write_all(&[control::NOT_ENTERING])
+                    .map_err(ChildError::Configure)?;
+                return Ok(crate::exit::OK);
+            }
             let log = control.try_clone().map_err(ChildError::Configure)?;
             krun::init_log(log.into(), krun::LogLevel::Warn).map_err(ChildError::Configure)?;
             control

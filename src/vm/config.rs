@@ -376,6 +376,10 @@ pub struct VmConfig {
     /// Explicit `libkrunfw` to load before creating the context (`KRBOTTLE_LIBKRUNFW`).
     pub libkrunfw: Option<PathBuf>,
     pub mode: ChildMode,
+    /// Why this machine cannot boot the guest, when the caller asked not to try: the child
+    /// then makes every libkrun call but `krun_start_enter`, and ends.
+    #[serde(default)]
+    pub stop_before_enter: Option<String>,
 }
 
 /// Rejects a guest port given twice.
@@ -625,6 +629,7 @@ mod tests {
             mode: ChildMode::NetProbe {
                 targets: vec!["127.0.0.1:2".parse().unwrap()],
             },
+            stop_before_enter: Some("no hypervisor".into()),
         };
         let back: VmConfig = serde_json::from_str(&serde_json::to_string(&cfg).unwrap()).unwrap();
         assert_eq!(back, cfg);

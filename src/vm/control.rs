@@ -13,6 +13,9 @@ use std::io::{self, Read, Write};
 pub const LISTENERS: u8 = b'L';
 /// Parent → child: the upstreams are there, boot.
 pub const GO: u8 = b'G';
+/// Child → parent: configuration done, and `krun_start_enter` is not called (the config's
+/// `stop_before_enter`): the child ends.
+pub const NOT_ENTERING: u8 = b'N';
 /// Child → parent: configuration done, calling `krun_start_enter` now.
 pub const ENTERING: u8 = b'E';
 /// Child → parent: setup failed; a UTF-8 message follows until end of stream.

@@ -61,6 +61,9 @@ pub enum Outcome {
     /// The VMM itself failed after starting: the hypervisor refused the guest, libkrun
     /// reported an error, or the VMM was killed. The string says what happened.
     VmmFailed(String),
+    /// Everything up to `krun_start_enter` was done, and it was not called because this
+    /// machine cannot boot the guest (the string says why; see `VmConfig::stop_before_enter`).
+    NotBooted(String),
 }
 
 /// How long setup took, each time measured from the start of [`launch_timed`].
@@ -225,6 +228,19 @@ pub fn launch_timed(
         "phases: child in its namespaces {spawned:.1?}, config sent and relays up {configured:.1?}, krun_start_enter {:.1?} (since launch)",
         phases.entered.unwrap_or_else(|| started.elapsed())
     );
+    if status_byte == Some(control::NOT_ENTERING) {
+        drop(raw);
+        let _ = child.wait();
+        for relay in relays {
+            let _ = relay.join();
+        }
+        let why = config.stop_before_enter.clone().unwrap_or_default();
+        let phases = Phases {
+            entered: Some(started.elapsed()),
+            ..phases
+        };
+        return Ok((Outcome::NotBooted(why), phases));
+    }
     let log = match status_byte {
         Some(control::ENTERING) => Some(std::thread::spawn(move || forward_log(ours))),
         Some(control::FAILED) => {

@@ -106,6 +106,9 @@ pub struct VmRequest {
     pub binds: Vec<PathBuf>,
     /// Files written into the root before boot.
     pub provision: Vec<ProvisionFile>,
+    /// Where doctor says this machine cannot boot the guest, do everything but
+    /// `krun_start_enter` (`Outcome::NotBooted`) instead of letting the hypervisor fail.
+    pub only_if_bootable: bool,
 }
 
 /// The guest-facing endpoints: listeners on `127.0.0.1:GUESTPORT` in the VMM's network.
@@ -200,7 +203,7 @@ pub fn prepare(request: VmRequest, reporter: &Reporter) -> Result<PreparedVm, Pr
     for bind in &request.binds {
         utf8(bind)?;
     }
-    preflight(reporter)?;
+    let cannot_boot = preflight(reporter, request.only_if_bootable)?;
     Ok(PreparedVm {
         config: VmConfig {
             cpus: request.cpus,
@@ -214,6 +217,7 @@ pub fn prepare(request: VmRequest, reporter: &Reporter) -> Result<PreparedVm, Pr
             guest_ports,
             libkrunfw: doctor::libkrunfw_override(),
             mode: ChildMode::Boot,
+            stop_before_enter: cannot_boot,
         },
         mapping: IdMapping::for_current_user()?,
         upstreams,
@@ -283,8 +287,9 @@ fn prepare_overlay(o: Overlay, mount_point: &Path) -> Result<Overlay, PrepareErr
 }
 
 /// The checks doctor makes that a boot cannot do without: a missing libkrunfw or an unusable
-/// `/dev/kvm` stop here; a hypervisor known not to boot the kernel is a warning.
-fn preflight(reporter: &Reporter) -> Result<(), PrepareError> {
+/// `/dev/kvm` stop here. A hypervisor known not to boot the kernel is a warning, or, with
+/// `only_if_bootable`, the reason returned (the boot is then not attempted).
+fn preflight(reporter: &Reporter, only_if_bootable: bool) -> Result<Option<String>, PrepareError> {
     let (libkrunfw, source) = doctor::libkrunfw_fact();
     if let Err(why) = libkrunfw {
         return Err(PrepareError::Libkrunfw {
@@ -294,10 +299,18 @@ fn preflight(reporter: &Reporter) -> Result<(), PrepareError> {
     }
     let (kvm, modules) = doctor::kvm_facts();
     if let Err(e) = &kvm {
+        // The VMM opens /dev/kvm only in krun_start_enter: everything before it can still run.
+        if only_if_bootable {
+            return Ok(Some(PrepareError::Kvm(e.clone()).to_string()));
+        }
         return Err(PrepareError::Kvm(e.clone()));
     }
-    if let BootVerdict::CannotBoot(why) = doctor::hypervisor_verdict(&kvm, &modules) {
-        reporter.status(format!("warning: the guest will probably not boot: {why}"));
+    match doctor::hypervisor_verdict(&kvm, &modules) {
+        BootVerdict::CannotBoot(why) if only_if_bootable => Ok(Some(why)),
+        BootVerdict::CannotBoot(why) => {
+            reporter.status(format!("warning: the guest will probably not boot: {why}"));
+            Ok(None)
+        }
+        BootVerdict::CanBoot => Ok(None),
     }
-    Ok(())
 }

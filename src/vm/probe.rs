@@ -119,12 +119,15 @@ pub async fn probe(
         guest_ports: resolved.iter().map(|r| r.guest_port).collect(),
         libkrunfw: None,
         mode: ChildMode::NetProbe { targets },
+        stop_before_enter: None,
     };
     let mapping = crate::sys::userns::IdMapping::for_current_user()?;
     let upstreams = resolved.iter().map(|r| r.upstream).collect();
     match crate::vm::launch::run_attached(config, mapping, upstreams).await? {
         crate::vm::launch::Outcome::Exited(code) => Ok(code),
-        crate::vm::launch::Outcome::VmmFailed(why) => Err(ProbeError::ChildFailed(why)),
+        crate::vm::launch::Outcome::VmmFailed(why) | crate::vm::launch::Outcome::NotBooted(why) => {
+            Err(ProbeError::ChildFailed(why))
+        }
     }
 }
 

@@ -139,10 +139,109 @@ case_boot_timing_by_phase() {
     grep -q first-output /tmp/t.out
 }
 
+# `krbottle start` of the example agent, as a user runs it, with what the emulated machine has:
+# the agent image as a saved archive, the bundle's daemons as host processes, the route host
+# pinned to a stand-in for the Anthropic API on this machine's loopback.
+START_KEY=sk-ant-harness-real-key-0123456789abcdef
+start_env() {
+    env KRBOTTLE_BUNDLE_RUNTIME=process KRBOTTLE_STATE_DIR=/start/state \
+        KRBOTTLE_CACHE_DIR=/start/cache ANTHROPIC_API_KEY=$START_KEY "$@"
+}
+
+# Starts the stand-in API (once) and writes the manifest for its port.
+start_fixture() {
+    mkdir -p /start/state /start/cache
+    if ! [ -s /tmp/api.port ]; then
+        (python3 /start/fake_anthropic.py --cert /start/api.pem --key /start/api.key \
+            --expect-key $START_KEY --log /tmp/api-keys.log >/tmp/api.out 2>&1 &)
+        i=0; while [ $i -lt 300 ] && ! grep -q '^listening' /tmp/api.out 2>/dev/null; do
+            sleep 0.2; i=$((i+1)); done
+        sed -n 's/^listening //p' /tmp/api.out >/tmp/api.port
+    fi
+    port=$(cat /tmp/api.port)
+    [ -n "$port" ] || { cat /tmp/api.out; return 1; }
+    cat >/start/krbottle.toml <<MANIFEST
+[agents.example]
+image_archive = "example.tar"
+command = ["python3", "/opt/example/smoke.py"]
+prompt = "CLAUDE.md"
+bottle = "example"
+
+[bottles.example]
+cpus = 1
+memory_mib = 1024
+env = { KRBOTTLE_SMOKE_BASE_URL = "https://api.anthropic.com:$port" }
+allow = ["github.com"]
+resolve = { "api.anthropic.com" = "127.0.0.1" }
+upstream_ca_file = "api-ca.pem"
+git_user = { name = "Harness Agent", email = "agent@harness.invalid" }
+
+[[bottles.example.routes]]
+host = "api.anthropic.com"
+header = "x-api-key"
+token_env = "ANTHROPIC_API_KEY"
+MANIFEST
+}
+
+case_start_example_smoke_reaches_the_api_with_the_injected_key() {
+    start_fixture || return 1
+    : >/tmp/api-keys.log
+    start_env krbottle start example --manifest /start/krbottle.toml --name smoke \
+        >/tmp/smoke.out 2>&1; rc=$?
+    cat /tmp/smoke.out
+    echo "keys the API saw: $(sort -u /tmp/api-keys.log | tr '\n' ' ')"
+    expect rc "$rc" 0 &&
+    grep -q 'the API answered: Hello from the fake API' /tmp/smoke.out &&
+    grep -q 'example.org is refused' /tmp/smoke.out &&
+    expect api-saw "$(sort -u /tmp/api-keys.log)" "$START_KEY" &&
+    ! grep -q "$START_KEY" /tmp/smoke.out
+}
+
+case_start_provisioned_files_as_the_guest_sees_them() {
+    start_fixture || return 1
+    out=$(start_env krbottle start example --manifest /start/krbottle.toml --name files -- sh -c '
+        id -u; stat -c "%u:%g %a" ~/.claude.json ~/.claude ~/.claude/CLAUDE.md
+        grep -c "BEGIN CERTIFICATE" /etc/ssl/certs/ca-certificates.crt >/dev/null && echo ca-in-bundle
+        python3 -c "import json,os; d=json.load(open(os.path.expanduser(\"~/.claude.json\"))); print(d[\"hasCompletedOnboarding\"], d[\"projects\"][\"/workspace\"][\"hasTrustDialogAccepted\"])"
+        git config user.name
+        echo "key=$ANTHROPIC_API_KEY"' 2>/tmp/files.err); rc=$?
+    echo "$out"; cat /tmp/files.err
+    expect rc "$rc" 0 &&
+    expect uid "$(echo "$out" | sed -n 1p)" 1000 &&
+    expect claude-json "$(echo "$out" | sed -n 2p)" "1000:1000 600" &&
+    expect claude-dir "$(echo "$out" | sed -n 3p)" "1000:1000 700" &&
+    expect prompt "$(echo "$out" | sed -n 4p)" "1000:1000 600" &&
+    expect ca "$(echo "$out" | sed -n 5p)" ca-in-bundle &&
+    expect claude-state "$(echo "$out" | sed -n 6p)" "True True" &&
+    expect git "$(echo "$out" | sed -n 7p)" "Harness Agent" &&
+    echo "$out" | grep -q '^key=krbottle-placeholder'
+}
+
+case_start_list_stop_resume_rm_of_a_running_bottle() {
+    start_fixture || return 1
+    start_env krbottle start example --manifest /start/krbottle.toml --name life -- \
+        sh -c 'echo life-up; sleep 300' >/tmp/life.out 2>&1 &
+    starter=$!
+    i=0; while [ $i -lt 600 ] && ! grep -q life-up /tmp/life.out; do sleep 0.2; i=$((i+1)); done
+    state=$(start_env krbottle list --json | tr -d ' \n')
+    echo "list while running: $state"
+    echo "$state" | grep -q '"name":"life","agent":"example","state":"running"' || return 1
+    start_env krbottle stop life || return 1
+    wait $starter; echo "start ended with $?"
+    start_env krbottle list --json | tr -d ' \n' | grep -q '"name":"life","agent":"example","state":"stopped"' || return 1
+    # Resume runs the kept command again on the kept root.
+    start_env krbottle resume life >/tmp/life2.out 2>&1 &
+    starter=$!
+    i=0; while [ $i -lt 600 ] && ! grep -q life-up /tmp/life2.out; do sleep 0.2; i=$((i+1)); done
+    grep -q life-up /tmp/life2.out || { cat /tmp/life2.out; return 1; }
+    start_env krbottle stop life && wait $starter
+    start_env krbottle rm life && ! [ -e /start/state/bottles/life ]
+}
+
 run_case() {
     echo "KRB-CASE $1"
     t0=$(now)
-    if timeout 180 sh -c ". /cases.sh; case_$1" 2>&1; then r=pass; else r=fail; fi
+    if timeout "${KRB_CASE_TIMEOUT:-600}" sh -c ". /cases.sh; case_$1" 2>&1; then r=pass; else r=fail; fi
     echo "KRB-RESULT $1 $r $(now) (started $t0)"
 }
 

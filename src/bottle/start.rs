@@ -1,16 +1,5 @@
-//! A bottle's life: `start`, `resume`, `stop`, `list`, `rm`, `logs`, `gc`.
-//!
-//! `start` is the product's flow, each step a library call:
-//! manifest → [`plan`](crate::plan) (pure) → image (build, cached rootfs) → the bottle's
-//! writable root (an overlay over the cache, kept under the state dir) → the VMM child, which
-//! mounts it and writes the planned files into it (`crate::provision`) while the bundle comes
-//! up → the guest boots once the bundle answers, its console on the user's terminal → teardown.
-//!
-//! Teardown runs on every path (the guest's exit, a signal, a failing step): the bundle's
-//! container and network are removed (its logs saved first), the terminal restored, the lock
-//! released, the bottle's root and record kept for `resume`. Termination signals are owned by
-//! `sys::signals`: before boot they cancel what is under way; once the VMM runs they are
-//! forwarded to it, and it is killed if it has not ended [`STOP_TIMEOUT`] later.
+//! `start` and `resume`: the flow of a bottle's run (see the module above), on Linux so far
+//! (the macOS VMM child is still to come).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -18,103 +7,23 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
 use tokio::sync::watch;
 
-use crate::bundle::process::{ProcessBundle, ProcessError};
-use crate::bundle::{self, BundleError, BundleRecord, BundleRequest, ContainerError};
+use super::{BottleError, MAX_SKILL_BYTES, Runtime, STOP_TIMEOUT};
+use crate::bundle::process::ProcessBundle;
+use crate::bundle::{self, BundleRecord, BundleRequest, ContainerError};
 use crate::daemon::DaemonSpec;
 use crate::docker::{DockerError, Engine};
+use crate::image::Ownership;
 use crate::image::prepare::{PrepareError, Source};
-use crate::image::{Ownership, remove_tree_any_owner};
-use crate::manifest::{Agent, ImageSource, Manifest, ManifestError};
+use crate::manifest::{Agent, ImageSource, Manifest};
 use crate::output::Reporter;
-use crate::plan::{BottlePlan, Cwd, PlanError, PlanInput, Skill};
-use crate::state::{BottleDirs, BottleRecord, StateError, StateRoot, now_secs};
+use crate::plan::{BottlePlan, Cwd, PlanInput, Skill};
+use crate::state::{BottleDirs, BottleRecord, StateRoot, now_secs};
 use crate::sys::signals::{ChildSignaller, Signal, Termination};
 use crate::vm::config::{GuestUser, Overlay};
 use crate::vm::launch::{self, LaunchError, Outcome, Phases};
 use crate::vm::prepare::{Endpoints, Root, VmRequest};
-
-/// How long the guest gets to end after a forwarded signal before the VMM is killed.
-pub const STOP_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long `stop` waits for the bottle's process to finish its teardown.
-const STOP_WAIT: Duration = Duration::from_secs(60);
-/// The most bytes of skill files read for one agent.
-const MAX_SKILL_BYTES: u64 = 8 << 20;
-
-#[derive(Debug, thiserror::Error)]
-pub enum BottleError {
-    #[error(
-        "No {file} in {} or any parent directory; run krbottle in your project, or pass --manifest",
-        dir.display(),
-        file = crate::manifest::MANIFEST_FILE
-    )]
-    NoManifest { dir: PathBuf },
-    #[error(transparent)]
-    Manifest(#[from] ManifestError),
-    #[error("No agent `{agent}` in {}; it has: {known}", manifest.display())]
-    NoAgent {
-        agent: String,
-        manifest: PathBuf,
-        known: String,
-    },
-    #[error(transparent)]
-    Bundle(#[from] BundleError),
-    #[error(transparent)]
-    Container(#[from] ContainerError),
-    #[error(transparent)]
-    Process(#[from] ProcessError),
-    #[error(transparent)]
-    Docker(#[from] DockerError),
-    #[error(transparent)]
-    Image(#[from] PrepareError),
-    #[error(transparent)]
-    State(#[from] StateError),
-    #[error(transparent)]
-    Plan(#[from] PlanError),
-    #[error(transparent)]
-    Vm(#[from] crate::vm::prepare::PrepareError),
-    #[error(transparent)]
-    Launch(#[from] LaunchError),
-    #[error(
-        "Bottle `{0}` exists and is stopped; continue it with `krbottle resume {0}`, or remove it with `krbottle rm {0}`"
-    )]
-    Exists(String),
-    #[error("Bottle `{0}` is running; stop it first with `krbottle stop {0}`")]
-    Running(String),
-    #[error("No bottle `{0}`; `krbottle list` shows them")]
-    NoBottle(String),
-    #[error("Bottle `{0}` is not running")]
-    NotRunning(String),
-    #[error("Bottle `{0}` did not stop within {STOP_WAIT:?}; its process is {1}")]
-    StopTimeout(String, u32),
-    #[error("Cannot read {}", path.display())]
-    Read {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("Skill directory {} holds more than {} MiB", path.display(), MAX_SKILL_BYTES >> 20)]
-    SkillTooLarge { path: PathBuf },
-    #[error("Cannot find the current directory")]
-    Cwd(#[source] std::io::Error),
-    #[error("{var}={value:?} is not a bundle runtime: use `docker` or `process`", var = crate::env_vars::KRBOTTLE_BUNDLE_RUNTIME)]
-    BadRuntime { value: String },
-    #[error("Cannot handle termination signals")]
-    Signals(#[source] std::io::Error),
-    #[error("Interrupted by {}", .0.name())]
-    Interrupted(Signal),
-    #[error("The VMM launcher stopped unexpectedly")]
-    Join(#[source] tokio::task::JoinError),
-    #[error("Cannot remove bottle `{name}`'s directory {}", path.display())]
-    Remove {
-        name: String,
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-}
 
 /// How the current directory goes into the guest.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -149,7 +58,7 @@ pub enum Finished {
     Ran {
         name: String,
         outcome: Outcome,
-        timings: Timings,
+        timings: Box<Timings>,
     },
 }
 
@@ -165,25 +74,6 @@ pub struct Timings {
     pub vmm_started_at: Option<Duration>,
     pub exited: Option<Duration>,
     pub teardown: Option<Duration>,
-}
-
-/// Where the bundle runs.
-#[derive(Clone, Debug)]
-enum Runtime {
-    Docker,
-    Process,
-}
-
-impl Runtime {
-    fn from_env() -> Result<Runtime, BottleError> {
-        match std::env::var(crate::env_vars::KRBOTTLE_BUNDLE_RUNTIME).as_deref() {
-            Err(_) | Ok("docker") => Ok(Runtime::Docker),
-            Ok("process") => Ok(Runtime::Process),
-            Ok(other) => Err(BottleError::BadRuntime {
-                value: other.to_string(),
-            }),
-        }
-    }
 }
 
 /// `krbottle start`.
@@ -395,45 +285,26 @@ async fn run_locked(
     // The manifest's bottle, named as this instance: its bundle, CA and logs are this bottle's.
     let mut bottle = bundle::find_bottle(&manifest, &agent.bottle)?;
     bottle.name = spec.name.clone();
+    // The tokens first: a start without them would fail later, after the image build.
+    if !spec.dry_run {
+        let check = BundleRequest {
+            bottle: &bottle,
+            image: String::new(),
+            daemons: Vec::new(),
+            files: Vec::new(),
+            extra_secrets: Vec::new(),
+        };
+        bundle::container::secrets(&check, &|n| std::env::var(n).ok())?;
+    }
     let needs_engine = matches!(started.runtime, Runtime::Docker)
         || !matches!(agent.image, ImageSource::Archive(_));
     if needs_engine {
         let engine = cancellable(&mut cancel, async { Ok(Engine::connect().await?) }).await?;
-        if !spec.dry_run {
-            // The cheap part of gc: bundles whose krbottle is gone.
-            if let Err(e) = bundle::container::gc(&engine, state).await {
-                tracing::debug!("bundle gc before start: {e}");
-            }
-        }
         started.engine = Some(engine);
     }
     let engine = started.engine.clone();
 
-    // Image: build (Dockerfile agents) and the cached root filesystem.
-    let source = cancellable(
-        &mut cancel,
-        image_source(engine.as_ref(), &manifest, &agent, reporter),
-    )
-    .await?;
-    let ownership = Ownership::default_here();
-    let prepared = cancellable(&mut cancel, async {
-        Ok(crate::image::prepare::prepare(engine.as_ref(), &source, ownership, reporter).await?)
-    })
-    .await?;
-    timings.image = begun.elapsed();
-
-    // Plan.
-    let lower = prepared.entry.rootfs.clone();
-    let upper = dirs.overlay_upper();
-    let guest_file = |path: &str| -> Result<String, BottleError> {
-        for layer in [upper.join("diff"), lower.clone()] {
-            if let Ok(Some(bytes)) = crate::provision::read_guest_file(&layer, path) {
-                return Ok(String::from_utf8_lossy(&bytes).into_owned());
-            }
-        }
-        Ok(String::new())
-    };
-    let (passwd, group) = (guest_file("/etc/passwd")?, guest_file("/etc/group")?);
+    // The bundle comes up while everything else is done: it needs only the bottle and its CA.
     let ca_pem = if spec.dry_run {
         crate::ca::BottleCa::generate(&spec.name)
             .map(|ca| ca.cert_pem().to_string())
@@ -444,6 +315,144 @@ async fn run_locked(
     } else {
         bundle::container::ensure_ca(&dirs.bundle_dir(), &spec.name)?
     };
+    let mut bundle = (!spec.dry_run).then(|| {
+        if matches!(started.runtime, Runtime::Docker) {
+            started.docker_bundle = true;
+        }
+        BundleStart {
+            handle: Some(tokio::spawn(bundle_up(
+                started.runtime.clone(),
+                engine.clone(),
+                bottle.clone(),
+                state.clone(),
+                stopping.clone(),
+                reporter.clone(),
+            ))),
+            process: None,
+            began: Instant::now(),
+        }
+    });
+    let ctx = BootContext {
+        spec,
+        dirs,
+        manifest: &manifest,
+        agent: &agent,
+        bottle: &bottle,
+        engine: engine.as_ref(),
+        ca_pem: &ca_pem,
+        vmm: &vmm,
+        begun,
+        reporter,
+    };
+    let result = prepare_and_boot(&ctx, &mut cancel, bundle.as_mut(), &mut timings).await;
+    // Whatever happened, the bundle's start has ended (it stops waiting when asked) before
+    // teardown looks for what it made.
+    if let Some(mut bundle) = bundle {
+        if bundle.handle.is_some() {
+            stopping.store(true, Ordering::SeqCst);
+            let _ = bundle.wait().await;
+        }
+        started.process_bundle = bundle.process;
+    }
+    match result? {
+        Step::Planned(plan) => Ok(Finished::Planned(plan)),
+        Step::Ran(outcome) => Ok(Finished::Ran {
+            name: spec.name.clone(),
+            outcome,
+            timings: Box::new(timings),
+        }),
+    }
+}
+
+/// What [`prepare_and_boot`] got to.
+enum Step {
+    Planned(Box<BottlePlan>),
+    Ran(Outcome),
+}
+
+/// What the bundle's start ends with: its record, and the daemons' processes when they run on
+/// the host.
+type BundleStarted = Result<(BundleRecord, Option<ProcessBundle>), BottleError>;
+
+/// The bundle's start, running beside the rest.
+struct BundleStart {
+    /// Until it has ended.
+    handle: Option<tokio::task::JoinHandle<BundleStarted>>,
+    /// The daemons' processes, when they run on the host and came up.
+    process: Option<ProcessBundle>,
+    began: Instant,
+}
+
+impl BundleStart {
+    /// Waits for the start to end. Cancel-safe: dropped before it ends, the start goes on and
+    /// can be waited for again.
+    async fn wait(&mut self) -> Result<BundleRecord, BottleError> {
+        let Some(handle) = self.handle.as_mut() else {
+            return Err(BottleError::Join(None));
+        };
+        let result = handle.await;
+        self.handle = None;
+        let (record, process) = result.map_err(|e| BottleError::Join(Some(e)))??;
+        self.process = process;
+        Ok(record)
+    }
+}
+
+/// What [`prepare_and_boot`] works from.
+struct BootContext<'a> {
+    spec: &'a RunSpec,
+    dirs: &'a BottleDirs,
+    manifest: &'a Manifest,
+    agent: &'a Agent,
+    bottle: &'a crate::manifest::Bottle,
+    engine: Option<&'a Engine>,
+    ca_pem: &'a str,
+    vmm: &'a Arc<Mutex<Option<ChildSignaller>>>,
+    begun: Instant,
+    reporter: &'a Reporter,
+}
+
+/// Image, plan, root and the VMM; the guest boots once the bundle (its task, started at the
+/// given instant; none for a dry run) answers.
+async fn prepare_and_boot(
+    ctx: &BootContext<'_>,
+    cancel: &mut watch::Receiver<Option<Signal>>,
+    bundle: Option<&mut BundleStart>,
+    timings: &mut Timings,
+) -> Result<Step, BottleError> {
+    let BootContext {
+        spec,
+        dirs,
+        manifest,
+        agent,
+        bottle,
+        engine,
+        ca_pem,
+        vmm,
+        begun,
+        reporter,
+    } = *ctx;
+    // Image: build (Dockerfile agents) and the cached root filesystem.
+    let source = cancellable(cancel, image_source(engine, manifest, agent, reporter)).await?;
+    let ownership = Ownership::default_here();
+    let prepared = cancellable(cancel, async {
+        Ok(crate::image::prepare::prepare(engine, &source, ownership, reporter).await?)
+    })
+    .await?;
+    timings.image = begun.elapsed();
+
+    // Plan.
+    let lower = prepared.entry.rootfs.clone();
+    let upper = dirs.overlay_upper();
+    let guest_file = |path: &str| -> String {
+        for layer in [upper.join("diff"), lower.clone()] {
+            if let Ok(Some(bytes)) = crate::provision::read_guest_file(&layer, path) {
+                return String::from_utf8_lossy(&bytes).into_owned();
+            }
+        }
+        String::new()
+    };
+    let (passwd, group) = (guest_file("/etc/passwd"), guest_file("/etc/group"));
     let prompt = match &agent.prompt {
         Some(p) => Some(
             std::fs::read_to_string(p).map_err(|source| BottleError::Read {
@@ -458,18 +467,18 @@ async fn run_locked(
         .iter()
         .map(|d| read_skill(d))
         .collect::<Result<Vec<_>, _>>()?;
-    let daemons: Vec<&'static DaemonSpec> = crate::daemon::enabled_for(&bottle);
+    let daemons: Vec<&'static DaemonSpec> = crate::daemon::enabled_for(bottle);
     let image_name = source.to_string();
     let plan = crate::plan::plan(&PlanInput {
         name: &spec.name,
-        agent: &agent,
-        bottle: &bottle,
+        agent,
+        bottle,
         image: &image_name,
         image_id: &prepared.entry.meta.image_id,
         image_config: &prepared.config,
         passwd: &passwd,
         group: &group,
-        ca_pem: &ca_pem,
+        ca_pem,
         prompt: prompt.as_deref(),
         skills: &skills,
         argv: &spec.argv,
@@ -477,9 +486,9 @@ async fn run_locked(
         daemons: &daemons,
     })?;
     timings.plan = begun.elapsed();
-    if spec.dry_run {
-        return Ok(Finished::Planned(Box::new(plan)));
-    }
+    let Some(bundle) = bundle else {
+        return Ok(Step::Planned(Box::new(plan)));
+    };
 
     // The record: the bottle exists from here on.
     let now = now_secs();
@@ -529,6 +538,7 @@ async fn run_locked(
         endpoints: Endpoints::Later(plan.endpoints.iter().map(|e| e.guest_port).collect()),
         binds,
         provision: plan.files.clone(),
+        only_if_bootable: true,
     };
     let vm = crate::vm::prepare::prepare(request, reporter)?;
     timings.root = begun.elapsed();
@@ -550,45 +560,35 @@ async fn run_locked(
         Err(_) => Err(LaunchError::Upstreams("the start was abandoned".into())),
     };
     let (config, mapping) = (vm.config, vm.mapping);
-    let vmm_started = begun.elapsed();
+    timings.vmm_started_at = Some(begun.elapsed());
     let mut launch = tokio::task::spawn_blocking(move || {
         launch::launch_timed(&config, &mapping, upstreams, on_spawn)
     });
-    timings.vmm_started_at = Some(vmm_started);
-
-    let bundle_request = BundleRequest::for_bottle(&bottle, "")?;
-    let bundle_begun = Instant::now();
-    // Not dropped mid-way on a signal (what the engine is creating must exist when teardown
-    // looks): it stops waiting for the daemons when `stopping` is set.
-    let up = bundle_up(started, bundle_request, state, &stopping, reporter);
-    tokio::pin!(up);
-    let record_up = tokio::select! {
-        r = &mut up => r,
+    let up = tokio::select! {
+        r = bundle.wait() => r,
         done = &mut launch => {
             // The VMM ended before the bundle was up: its setup failed (or it was killed).
-            drop(up);
-            return match done.map_err(BottleError::Join)? {
+            return match done.map_err(|e| BottleError::Join(Some(e)))? {
                 Err(e) => Err(e.into()),
-                Ok((outcome, _)) => Ok(Finished::Ran { name: spec.name.clone(), outcome, timings }),
+                Ok((outcome, _)) => Ok(Step::Ran(outcome)),
             };
         }
     };
-    let bundle_record = match record_up {
-        Ok(r) => r,
-        Err(BottleError::Container(ContainerError::Cancelled { .. })) => {
-            let sig = cancel.borrow().unwrap_or(Signal::Terminate);
-            let _ = up_tx.send(Err("the start was stopped".into()));
-            let _ = launch.await;
-            return Err(BottleError::Interrupted(sig));
-        }
+    let bundle_record = match up {
+        Ok(record) => record,
         Err(e) => {
             let _ = up_tx.send(Err(e.to_string()));
             let _ = launch.await;
-            return Err(e);
+            return Err(match e {
+                BottleError::Container(ContainerError::Cancelled { .. }) => {
+                    BottleError::Interrupted(cancel.borrow().unwrap_or(Signal::Terminate))
+                }
+                e => e,
+            });
         }
     };
     timings.bundle_up = Some(begun.elapsed());
-    timings.bundle_up_alone = Some(bundle_begun.elapsed());
+    timings.bundle_up_alone = Some(bundle.began.elapsed());
     let addrs = plan
         .endpoints
         .iter()
@@ -606,40 +606,41 @@ async fn run_locked(
     record.endpoints = bundle_record.endpoints.clone();
     dirs.write_record(&record)?;
     let _ = up_tx.send(Ok(addrs));
-    let (outcome, phases) = launch.await.map_err(BottleError::Join)??;
+    let (outcome, phases) = launch.await.map_err(|e| BottleError::Join(Some(e)))??;
     timings.vmm = Some(phases);
     timings.exited = Some(begun.elapsed());
-    Ok(Finished::Ran {
-        name: spec.name.clone(),
-        outcome,
-        timings,
-    })
+    Ok(Step::Ran(outcome))
 }
 
-/// Brings the bundle up where the runtime says, with the bundle image built if needed.
+/// Brings the bundle up where the runtime says, with the bundle image built if needed; stops
+/// waiting for its daemons when `stopping` is set.
 async fn bundle_up(
-    started: &mut Started,
-    mut request: BundleRequest<'_>,
-    state: &StateRoot,
-    stopping: &AtomicBool,
-    reporter: &Reporter,
-) -> Result<BundleRecord, BottleError> {
+    runtime: Runtime,
+    engine: Option<Engine>,
+    bottle: crate::manifest::Bottle,
+    state: StateRoot,
+    stopping: Arc<AtomicBool>,
+    reporter: Reporter,
+) -> BundleStarted {
     let env = |name: &str| std::env::var(name).ok();
-    match started.runtime {
+    let mut request = BundleRequest::for_bottle(&bottle, "")?;
+    match runtime {
         Runtime::Docker => {
-            let engine = started.engine.clone().ok_or(DockerError::Build {
+            let engine = engine.ok_or(DockerError::Build {
                 what: "the bundle".into(),
                 message: "no Docker engine".into(),
             })?;
-            request.image = bundle::ensure_image(&engine, reporter).await?;
-            started.docker_bundle = true;
-            Ok(bundle::container::up(&engine, &request, state, env, stopping).await?)
+            // The cheap part of gc first: bundles whose krbottle is gone.
+            if let Err(e) = bundle::container::gc(&engine, &state).await {
+                tracing::debug!("bundle gc before start: {e}");
+            }
+            request.image = bundle::ensure_image(&engine, &reporter).await?;
+            let record = bundle::container::up(&engine, &request, &state, env, &stopping).await?;
+            Ok((record, None))
         }
         Runtime::Process => {
-            let b = crate::bundle::process::up(&request, state, env).await?;
-            let record = b.record.clone();
-            started.process_bundle = Some(b);
-            Ok(record)
+            let b = crate::bundle::process::up(&request, &state, env).await?;
+            Ok((b.record.clone(), Some(b)))
         }
     }
 }
@@ -786,212 +787,4 @@ fn fresh_name(state: &StateRoot, agent: &str) -> Result<String, BottleError> {
         }
     }
     Err(BottleError::Exists(format!("{prefix}-…")))
-}
-
-/// A bottle as `list` shows it.
-#[derive(Clone, Debug, Serialize)]
-pub struct Status {
-    pub name: String,
-    pub agent: String,
-    pub state: &'static str,
-    pub image: String,
-    /// Seconds since the epoch of the last start.
-    pub started: u64,
-    /// The bundle's published endpoints, while it runs.
-    pub endpoints: std::collections::BTreeMap<String, SocketAddr>,
-}
-
-/// `krbottle list`: every bottle of this state dir.
-pub fn list() -> Result<Vec<Status>, BottleError> {
-    let state = StateRoot::open_default();
-    let mut out = Vec::new();
-    for name in state.names()? {
-        let dirs = state.bottle(&name)?;
-        let Some(record) = dirs.read_record()? else {
-            continue;
-        };
-        let running = dirs.is_running();
-        out.push(Status {
-            name,
-            agent: record.agent,
-            state: if running { "running" } else { "stopped" },
-            image: record.image,
-            started: record.started,
-            endpoints: if running {
-                record.endpoints
-            } else {
-                Default::default()
-            },
-        });
-    }
-    Ok(out)
-}
-
-/// `krbottle stop NAME`: asks the bottle's krbottle process to end the guest and tear down
-/// (SIGTERM, forwarded to the VMM, which is killed after [`STOP_TIMEOUT`]); returns once it has.
-pub async fn stop(name: &str) -> Result<(), BottleError> {
-    let state = StateRoot::open_default();
-    let dirs = state.bottle(name)?;
-    let record = dirs
-        .read_record()?
-        .ok_or_else(|| BottleError::NoBottle(name.to_string()))?;
-    if !dirs.is_running() {
-        return Err(BottleError::NotRunning(name.to_string()));
-    }
-    let Some(pid) = record.pid else {
-        return Err(BottleError::NotRunning(name.to_string()));
-    };
-    if let Some(p) = rustix::process::Pid::from_raw(pid as i32) {
-        let _ = rustix::process::kill_process(p, rustix::process::Signal::TERM);
-    }
-    let deadline = Instant::now() + STOP_WAIT;
-    while dirs.is_running() {
-        if Instant::now() > deadline {
-            return Err(BottleError::StopTimeout(name.to_string(), pid));
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    Ok(())
-}
-
-/// `krbottle rm NAME`: removes a stopped bottle (its root, record, CA and logs); a running one
-/// only with `force`, which stops it first.
-pub async fn rm(name: &str, force: bool) -> Result<(), BottleError> {
-    let state = StateRoot::open_default();
-    let dirs = state.bottle(name)?;
-    if !dirs.dir().exists() {
-        return Err(BottleError::NoBottle(name.to_string()));
-    }
-    if dirs.is_running() {
-        if !force {
-            return Err(BottleError::Running(name.to_string()));
-        }
-        stop(name).await?;
-    }
-    let _lock = dirs.lock()?;
-    remove_tree_any_owner(dirs.dir()).map_err(|source| BottleError::Remove {
-        name: name.to_string(),
-        path: dirs.dir().to_path_buf(),
-        source,
-    })
-}
-
-/// `krbottle logs NAME`: the bundle's logs, of the running bundle or (stopped) of its last run;
-/// `daemon` keeps only that daemon's lines; `follow` keeps printing while it runs.
-pub async fn logs(
-    name: &str,
-    daemon: Option<&str>,
-    follow: bool,
-    mut stdout: impl std::io::Write,
-    mut stderr: impl std::io::Write,
-) -> Result<(), BottleError> {
-    let state = StateRoot::open_default();
-    let dirs = state.bottle(name)?;
-    if dirs.read_record()?.is_none() {
-        return Err(BottleError::NoBottle(name.to_string()));
-    }
-    let keep = |line: &[u8]| match daemon {
-        None => true,
-        Some(d) => crate::daemon::init::line_is_from(line, d),
-    };
-    if dirs.is_running() && Runtime::from_env().is_ok_and(|r| matches!(r, Runtime::Docker)) {
-        let engine = Engine::connect().await?;
-        let filter = |data: &[u8], out: &mut dyn std::io::Write| -> std::io::Result<()> {
-            for line in data.split_inclusive(|&b| b == b'\n') {
-                if keep(line) {
-                    out.write_all(line)?;
-                }
-            }
-            Ok(())
-        };
-        use futures_util::StreamExt;
-        let mut stream = std::pin::pin!(bundle::container::logs(&engine, name, follow));
-        while let Some(item) = stream.next().await {
-            let written = match item.map_err(BundleError::from)? {
-                bollard::container::LogOutput::StdErr { message } => filter(&message, &mut stderr),
-                other => filter(&other.into_bytes(), &mut stdout),
-            };
-            written.map_err(BundleError::WriteLogs)?;
-        }
-        return Ok(());
-    }
-    // Stopped: the last run's saved logs.
-    let mut runs: Vec<PathBuf> = std::fs::read_dir(dirs.logs_dir())
-        .map(|rd| rd.flatten().map(|e| e.path()).collect())
-        .unwrap_or_default();
-    runs.sort();
-    let last = runs
-        .iter()
-        .filter_map(|p| p.file_stem().map(|s| s.to_os_string()))
-        .max();
-    let Some(last) = last else {
-        return Ok(());
-    };
-    for (ext, out) in [
-        ("out", &mut stdout as &mut dyn std::io::Write),
-        ("err", &mut stderr),
-    ] {
-        let path = dirs.logs_dir().join(&last).with_extension(ext);
-        if let Ok(data) = std::fs::read(&path) {
-            for line in data.split_inclusive(|&b| b == b'\n') {
-                if keep(line) {
-                    out.write_all(line).map_err(BundleError::WriteLogs)?;
-                }
-            }
-        }
-    }
-    Ok(())
-}
-
-/// What `gc` removed.
-#[derive(Debug, Default, Serialize)]
-pub struct Collected {
-    pub bundles: bundle::Removed,
-    /// Bottle directories that a start left before it recorded the bottle.
-    pub half_made: Vec<String>,
-    /// Cached root filesystems no bottle uses (`--cache`).
-    pub cache_entries: Vec<String>,
-}
-
-/// `krbottle gc [--cache]`: bundle containers and networks whose krbottle is gone, stale bundle
-/// images, half-made bottle dirs; with `cache`, cached root filesystems no bottle uses.
-pub async fn gc(cache: bool) -> Result<Collected, BottleError> {
-    let state = StateRoot::open_default();
-    let mut out = Collected::default();
-    match bundle::gc().await {
-        Ok(removed) => out.bundles = removed,
-        Err(BundleError::Docker(e)) => tracing::info!("no bundles collected: {e}"),
-        Err(e) => return Err(e.into()),
-    }
-    let engine = Engine::connect().await.ok();
-    let mut used = Vec::new();
-    for name in state.names()? {
-        let dirs = state.bottle(&name)?;
-        match dirs.read_record()? {
-            Some(r) => {
-                // A stopped bottle has no bundle: one left is a killed start's.
-                if !dirs.is_running()
-                    && let Some(engine) = &engine
-                {
-                    let removed = bundle::container::down(engine, &state, &name).await?;
-                    out.bundles.containers.extend(removed.containers);
-                    out.bundles.networks.extend(removed.networks);
-                }
-                used.push((r.image_id, r.ownership));
-            }
-            None if !dirs.is_running() => {
-                remove_tree_any_owner(dirs.dir()).map_err(|source| BottleError::Remove {
-                    name: name.clone(),
-                    path: dirs.dir().to_path_buf(),
-                    source,
-                })?;
-                out.half_made.push(name);
-            }
-            None => {}
-        }
-    }
-    if cache {
-        out.cache_entries = crate::image::prepare::prune_unused(&used).await?;
-    }
-    Ok(out)
 }
