@@ -74,6 +74,13 @@ pub enum Command {
     /// The sidecar bundle: the daemons that run inside its container.
     #[command(subcommand)]
     Bundle(BundleCommand),
+    /// What agents ask a human (through the supervise daemon): pending requests and notices of
+    /// BOTTLE or of every bottle, oldest first.
+    Queue(QueueArgs),
+    /// Approve a pending request; the agent waiting for it gets the answer at once.
+    Approve(AnswerArgs),
+    /// Deny a pending request; the agent waiting for it gets the answer at once.
+    Deny(AnswerArgs),
     /// Internal: the unpacker child of `--ownership userns`. Not for direct use.
     #[command(name = hidden::UNPACK_CHILD, hide = true)]
     UnpackChild { dest: PathBuf },
@@ -403,6 +410,39 @@ pub struct DaemonArgs {
     /// The daemon's JSON config (written by `krbottle bundle up`).
     #[arg(long)]
     pub config: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct QueueArgs {
+    /// Only this bottle's queue.
+    pub bottle: Option<String>,
+    /// Print JSON on stdout (with --watch, one JSON object per line).
+    #[arg(long)]
+    pub json: bool,
+    /// Keep watching and announce each new request or notice (a desktop notification through
+    /// notify-send where it exists, else the terminal bell) until interrupted.
+    #[arg(short, long)]
+    pub watch: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct AnswerArgs {
+    /// The request's id, as `krbottle queue` shows it.
+    #[arg(value_parser = parse_request_id)]
+    pub id: crate::queue::Id,
+    /// A comment for the agent: why, or on what terms.
+    #[arg(short, long)]
+    pub comment: Option<String>,
+    /// The bottle whose queue holds ID (needed only when two bottles have that id).
+    #[arg(long)]
+    pub bottle: Option<String>,
+    /// Print the answered request as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn parse_request_id(s: &str) -> Result<crate::queue::Id, String> {
+    crate::queue::Id::parse(s).map_err(|e| e.to_string())
 }
 
 #[derive(Debug, Subcommand)]

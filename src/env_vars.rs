@@ -55,3 +55,10 @@ pub const KRBOTTLE_BUNDLE_BUILD_CA: &str = "KRBOTTLE_BUNDLE_BUILD_CA";
 /// `process` (child processes of krbottle on the host, for machines without a Docker engine,
 /// like the emulated-hypervisor harness; the daemons then lack the container's isolation).
 pub const KRBOTTLE_BUNDLE_RUNTIME: &str = "KRBOTTLE_BUNDLE_RUNTIME";
+
+/// The login name, recorded as who answered a request (`krbottle approve` / `deny`). Default:
+/// the numeric user id.
+pub const USER: &str = "USER";
+
+/// The host's search path: where `krbottle queue --watch` looks for `notify-send`.
+pub const PATH: &str = "PATH";

@@ -44,6 +44,7 @@ pub(crate) mod plan;
 pub(crate) mod ports;
 #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
 pub(crate) mod provision;
+pub mod queue;
 pub(crate) mod resources;
 pub(crate) mod secrets;
 pub mod state;

@@ -91,6 +91,41 @@ pub struct Bottle {
     /// Extra CA certificates (PEM, a host path) the gateway trusts for upstreams, besides the
     /// public roots: a corporate TLS proxy, a test upstream.
     pub upstream_ca_file: Option<PathBuf>,
+    /// The approval queue (`supervise = true` or a `[bottles.NAME.supervise]` table); `None`
+    /// when the bottle has none.
+    pub supervise: Option<Supervise>,
+}
+
+/// The supervise daemon's settings for one bottle: its MCP tools wait for a human's answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Supervise {
+    /// How long one tool call waits for a decision before it answers `pending`. Claude Code
+    /// drops an HTTP tool call after about 5 minutes, so this stays below that.
+    pub wait_secs: u32,
+    /// How long a request can be answered; after that it is expired.
+    pub expire_secs: u64,
+    /// How many requests may wait for an answer at once.
+    pub max_pending: u32,
+    /// The largest MCP request body the daemon reads.
+    pub max_request_bytes: u32,
+}
+
+impl Supervise {
+    pub const WAIT_SECS: std::ops::RangeInclusive<u32> = 1..=290;
+    pub const EXPIRE_SECS: std::ops::RangeInclusive<u64> = 1..=30 * 24 * 3600;
+    pub const MAX_PENDING: std::ops::RangeInclusive<u32> = 1..=1000;
+    pub const MAX_REQUEST_BYTES: std::ops::RangeInclusive<u32> = 4096..=4 * 1024 * 1024;
+}
+
+impl Default for Supervise {
+    fn default() -> Self {
+        Supervise {
+            wait_secs: 240,
+            expire_secs: 24 * 3600,
+            max_pending: 8,
+            max_request_bytes: 256 * 1024,
+        }
+    }
 }
 
 /// git's identity in the guest.
@@ -152,6 +187,46 @@ struct RawBottle {
     #[serde(default)]
     resolve: BTreeMap<Spanned<String>, Spanned<String>>,
     upstream_ca_file: Option<Spanned<String>>,
+    supervise: Option<Spanned<RawSupervise>>,
+}
+
+/// `supervise = true|false`, or a table of settings (which turns it on).
+enum RawSupervise {
+    Switch(bool),
+    Table(RawSuperviseTable),
+}
+
+impl<'de> Deserialize<'de> for RawSupervise {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = RawSupervise;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("true, false or a table of supervise settings")
+            }
+            fn visit_bool<E>(self, v: bool) -> Result<RawSupervise, E> {
+                Ok(RawSupervise::Switch(v))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<RawSupervise, A::Error> {
+                // Through the map itself, so the table's values keep their spans.
+                let d = serde::de::value::MapAccessDeserializer::new(map);
+                RawSuperviseTable::deserialize(d).map(RawSupervise::Table)
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSuperviseTable {
+    wait_secs: Option<Spanned<u32>>,
+    expire_secs: Option<Spanned<u64>>,
+    max_pending: Option<Spanned<u32>>,
+    max_request_bytes: Option<Spanned<u32>>,
 }
 
 #[derive(Deserialize)]
@@ -368,6 +443,11 @@ impl Validator<'_> {
             resolve.insert(canonical.to_string(), addr);
         }
         let upstream_ca_file = raw.upstream_ca_file.map(|f| self.relative(f.get_ref()));
+        let supervise = match raw.supervise.map(Spanned::into_inner) {
+            None | Some(RawSupervise::Switch(false)) => None,
+            Some(RawSupervise::Switch(true)) => Some(Supervise::default()),
+            Some(RawSupervise::Table(t)) => Some(self.supervise(&key("supervise"), t)?),
+        };
         Ok(Bottle {
             name,
             cpus,
@@ -378,6 +458,63 @@ impl Validator<'_> {
             git_user,
             resolve,
             upstream_ca_file,
+            supervise,
+        })
+    }
+
+    fn supervise(&self, key: &str, raw: RawSuperviseTable) -> Result<Supervise, ManifestError> {
+        fn within<T: PartialOrd + Copy + std::fmt::Display>(
+            v: &Validator<'_>,
+            value: Option<Spanned<T>>,
+            key: String,
+            range: std::ops::RangeInclusive<T>,
+            why: &str,
+            default: T,
+        ) -> Result<T, ManifestError> {
+            match value {
+                Some(x) if !range.contains(x.get_ref()) => Err(v.err(
+                    x.span(),
+                    key,
+                    format!("must be {} to {}{why}", range.start(), range.end()),
+                )),
+                Some(x) => Ok(x.into_inner()),
+                None => Ok(default),
+            }
+        }
+        let d = Supervise::default();
+        Ok(Supervise {
+            wait_secs: within(
+                self,
+                raw.wait_secs,
+                format!("{key}.wait_secs"),
+                Supervise::WAIT_SECS,
+                " (Claude Code drops a tool call after about 5 minutes)",
+                d.wait_secs,
+            )?,
+            expire_secs: within(
+                self,
+                raw.expire_secs,
+                format!("{key}.expire_secs"),
+                Supervise::EXPIRE_SECS,
+                "",
+                d.expire_secs,
+            )?,
+            max_pending: within(
+                self,
+                raw.max_pending,
+                format!("{key}.max_pending"),
+                Supervise::MAX_PENDING,
+                "",
+                d.max_pending,
+            )?,
+            max_request_bytes: within(
+                self,
+                raw.max_request_bytes,
+                format!("{key}.max_request_bytes"),
+                Supervise::MAX_REQUEST_BYTES,
+                "",
+                d.max_request_bytes,
+            )?,
         })
     }
 
@@ -599,6 +736,39 @@ token_env = "OPENAI_API_KEY"
     }
 
     #[test]
+    fn supervise_is_a_switch_or_a_table_of_settings() {
+        let cases: &[(&str, Option<Supervise>)] = &[
+            ("[bottles.b]\n", None),
+            ("[bottles.b]\nsupervise = false\n", None),
+            (
+                "[bottles.b]\nsupervise = true\n",
+                Some(Supervise::default()),
+            ),
+            ("[bottles.b.supervise]\n", Some(Supervise::default())),
+            (
+                "[bottles.b.supervise]\nwait_secs = 5\nexpire_secs = 60\nmax_pending = 2\nmax_request_bytes = 8192\n",
+                Some(Supervise {
+                    wait_secs: 5,
+                    expire_secs: 60,
+                    max_pending: 2,
+                    max_request_bytes: 8192,
+                }),
+            ),
+            (
+                "[bottles.b]\nsupervise = { max_pending = 3 }\n",
+                Some(Supervise {
+                    max_pending: 3,
+                    ..Supervise::default()
+                }),
+            ),
+        ];
+        for (text, want) in cases {
+            let m = parse(text).unwrap_or_else(|e| panic!("{text:?}: {e}"));
+            assert_eq!(&m.bottles["b"].supervise, want, "{text:?}");
+        }
+    }
+
+    #[test]
     fn single_bottle_is_the_default() {
         let m = parse("[agents.a]\ndockerfile = \"Dockerfile\"\n[bottles.only]\n").unwrap();
         assert_eq!(m.agents["a"].bottle, "only");
@@ -677,6 +847,26 @@ token_env = "OPENAI_API_KEY"
                 "agents.a.bottle",
             ),
             ("[agents.a]\nimage = \"x\"\n", 1, "agents.a.bottle"),
+            (
+                "[bottles.b.supervise]\nwait_secs = 300\n",
+                2,
+                "bottles.b.supervise.wait_secs",
+            ),
+            (
+                "[bottles.b.supervise]\nwait_secs = 10\nmax_pending = 0\n",
+                3,
+                "bottles.b.supervise.max_pending",
+            ),
+            (
+                "[bottles.b.supervise]\nexpire_secs = 0\n",
+                2,
+                "bottles.b.supervise.expire_secs",
+            ),
+            (
+                "[bottles.b]\nsupervise = { max_request_bytes = 10 }\n",
+                2,
+                "bottles.b.supervise.max_request_bytes",
+            ),
         ];
         for (text, line, key) in cases {
             match parse(text) {
@@ -696,6 +886,12 @@ token_env = "OPENAI_API_KEY"
             ("[bottles.b]\ncpus = \"two\"\n", 2, ""),
             ("[bottles.b]\n\nallowed = []\n", 3, "allowed"),
             ("[bottles.b\n", 1, ""),
+            ("[bottles.b.supervise]\n\nwait = 5\n", 3, "wait"),
+            (
+                "[bottles.b]\nsupervise = \"yes\"\n",
+                2,
+                "true, false or a table",
+            ),
         ];
         for (text, line, needle) in cases {
             match parse(text) {

@@ -7,6 +7,5 @@ pub const GATEWAY: u16 = 8888;
 /// git-gate, the guest's git remote (git's own port).
 #[allow(dead_code)] // its daemon is still to come
 pub const GIT_GATE: u16 = 9418;
-/// supervise, the guest's MCP approval queue.
-#[allow(dead_code)] // its daemon is still to come
+/// supervise, the guest's MCP approval queue (`http://127.0.0.1:9100/mcp`).
 pub const SUPERVISE: u16 = 9100;

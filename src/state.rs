@@ -8,6 +8,8 @@
 //! bottles/<name>/bundle/       the bundle's config, CA and up record (`bundle::container`)
 //! bottles/<name>/bottle.json   the bottle's record (agent, image, state, the running pid)
 //! bottles/<name>/logs/         the bundle's logs of past runs, saved at teardown
+//! bottles/<name>/queue/        the approval queue the supervise daemon and `krbottle approve`
+//!                              share (`queue`); the guest never sees it
 //! bottles/<name>/lock          flock held while the bottle runs
 //! ```
 //! A bottle exists once its record does; a directory without one is a start that failed before
@@ -74,6 +76,12 @@ pub enum StateError {
         #[source]
         source: CloneError,
     },
+    #[error(
+        "Cannot share {} with the guest: it holds krbottle's state dir {} (the approval queues, the bottles' CA keys); work from a directory apart from it, or move the state with KRBOTTLE_STATE_DIR",
+        dir.display(),
+        root.display()
+    )]
+    SharedState { dir: PathBuf, root: PathBuf },
 }
 
 /// The directory holding every bottle's state.
@@ -100,6 +108,37 @@ impl StateRoot {
 
     pub fn path(&self) -> &Path {
         &self.root
+    }
+
+    /// Refuses `dir` as a directory shared with a guest when the state dir is inside it or it is
+    /// inside the state dir: the guest could then write answers into an approval queue, or
+    /// read a bottle's CA key. Paths are compared after resolving links.
+    pub fn refuse_share(&self, dir: &Path) -> Result<(), StateError> {
+        let resolve = |p: &Path| {
+            // The state dir may not exist yet: resolve its longest existing ancestor.
+            let mut existing = p.to_path_buf();
+            let mut rest = Vec::new();
+            while !existing.exists() {
+                match (existing.file_name(), existing.parent()) {
+                    (Some(name), Some(parent)) => {
+                        rest.push(name.to_owned());
+                        existing = parent.to_path_buf();
+                    }
+                    _ => break,
+                }
+            }
+            let mut resolved = fs::canonicalize(&existing).unwrap_or(existing);
+            resolved.extend(rest.iter().rev());
+            resolved
+        };
+        let (shared, root) = (resolve(dir), resolve(&self.root));
+        if root.starts_with(&shared) || shared.starts_with(&root) {
+            return Err(StateError::SharedState {
+                dir: dir.to_path_buf(),
+                root: self.root.clone(),
+            });
+        }
+        Ok(())
     }
 
     /// The names of every bottle directory, sorted.
@@ -132,7 +171,7 @@ impl StateRoot {
 }
 
 /// One bottle's state directory.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BottleDirs {
     name: String,
     dir: PathBuf,
@@ -155,6 +194,15 @@ impl BottleDirs {
 
     pub fn bundle_dir(&self) -> PathBuf {
         self.dir.join("bundle")
+    }
+
+    /// The bottle's approval queue (`crate::queue`), bind-mounted into its bundle.
+    pub fn queue_dir(&self) -> PathBuf {
+        self.dir.join("queue")
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
     }
 
     /// Where the bundle's logs of past runs are kept.
@@ -307,6 +355,37 @@ mod tests {
         let b = state.bottle("agent-1").unwrap();
         assert_eq!(b.dir(), Path::new("/state/bottles/agent-1"));
         assert_eq!(b.bundle_dir(), Path::new("/state/bottles/agent-1/bundle"));
+        assert_eq!(b.queue_dir(), Path::new("/state/bottles/agent-1/queue"));
+    }
+
+    #[test]
+    fn no_share_reaches_the_state_dir() {
+        let tmp = tempfile::tempdir().unwrap();
+        let home = tmp.path().join("home");
+        let project = home.join("project");
+        fs::create_dir_all(&project).unwrap();
+        std::os::unix::fs::symlink(&home, tmp.path().join("home-link")).unwrap();
+        let state = StateRoot::at(home.join(".local/share/krbottle"));
+        for bad in [
+            home.clone(),
+            tmp.path().join("home-link"),
+            home.join(".local/share/krbottle"),
+            home.join(".local/share/krbottle/bottles/b/queue"),
+            PathBuf::from("/"),
+        ] {
+            assert!(
+                matches!(
+                    state.refuse_share(&bad),
+                    Err(StateError::SharedState { .. })
+                ),
+                "{}",
+                bad.display()
+            );
+        }
+        state.refuse_share(&project).unwrap();
+        state
+            .refuse_share(&home.join(".local/share/krbottle-other"))
+            .unwrap();
     }
 
     #[test]

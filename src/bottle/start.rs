@@ -164,6 +164,10 @@ async fn run(
     reporter: &Reporter,
 ) -> Result<Finished, BottleError> {
     let begun = Instant::now();
+    if let Cwd::Share { path } = &spec.cwd {
+        // The guest must have no path to the state: the approval queue, the CA keys.
+        state.refuse_share(path)?;
+    }
     let mut signals = Termination::listen().map_err(BottleError::Signals)?;
     let (cancel_tx, cancel_rx) = watch::channel(None::<Signal>);
     let vmm: Arc<Mutex<Option<ChildSignaller>>> = Arc::default();

@@ -5,7 +5,8 @@
 //! - Secrets reach the container only as environment set through the API: never on a command
 //!   line, never in a file in the image or in the bottle's directory.
 //! - The bottle's bundle directory (config, CA) is bind-mounted read-only; the CA key is mode
-//!   0600 on the host.
+//!   0600 on the host. The state directories a daemon asks for (`DaemonSpec::mounts`, e.g. the
+//!   approval queue) are bind-mounted read-write, and nowhere else.
 //! - Agent-facing ports are published on `127.0.0.1` only, on random host ports.
 //! - Every object carries the bottle, role, state-directory and owner-pid labels, so `down`
 //!   and `gc` find them after a crash. A bundle is "up" only once its record (`up.json`) is
@@ -285,6 +286,16 @@ pub async fn up(
         .collect();
     write_bundle_dir(&dir, name, &files)?;
 
+    let bottle_dirs = state.bottle(name)?;
+    let mut mounts = Vec::new();
+    for d in &request.daemons {
+        for m in d.0.mounts {
+            let host = (m.host)(&bottle_dirs);
+            create_private_dir(&host)?;
+            mounts.push(format!("{}:{}:rw", host.to_string_lossy(), m.container));
+        }
+    }
+
     let container = container_name(name);
     if docker.inspect_container(&container, None).await.is_ok() {
         return Err(ContainerError::AlreadyUp {
@@ -315,6 +326,7 @@ pub async fn up(
         container: &container,
         network: &network,
         daemons: &daemons,
+        mounts,
     };
     let result = create_and_wait(docker, &spec, labels, secrets, cancel).await;
     let removed_on_error = |e| async {
@@ -430,6 +442,8 @@ struct ContainerSpec<'a> {
     container: &'a str,
     network: &'a str,
     daemons: &'a [&'static DaemonSpec],
+    /// Read-write binds of the daemons' state dirs, `HOST:CONTAINER:rw`.
+    mounts: Vec<String>,
 }
 
 async fn create_and_wait(
@@ -469,10 +483,11 @@ async fn create_and_wait(
                 .collect(),
         ),
         host_config: Some(HostConfig {
-            binds: Some(vec![format!(
-                "{}:{CONFIG_DIR}:ro",
-                spec.dir.to_string_lossy()
-            )]),
+            binds: Some(
+                std::iter::once(format!("{}:{CONFIG_DIR}:ro", spec.dir.to_string_lossy()))
+                    .chain(spec.mounts.iter().cloned())
+                    .collect(),
+            ),
             port_bindings: Some(port_bindings),
             network_mode: Some(spec.network.to_string()),
             init: Some(true),

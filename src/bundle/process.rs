@@ -54,10 +54,8 @@ pub async fn up(
     env: impl Fn(&str) -> Option<String>,
 ) -> Result<ProcessBundle, ProcessError> {
     let bottle = request.bottle;
-    let dir = state
-        .bottle(&bottle.name)
-        .map_err(ContainerError::from)?
-        .bundle_dir();
+    let bottle_dirs = state.bottle(&bottle.name).map_err(ContainerError::from)?;
+    let dir = bottle_dirs.bundle_dir();
     let secrets = crate::bundle::container::secrets(request, &env)?;
     let mut files = Vec::new();
     let mut endpoints = BTreeMap::new();
@@ -69,6 +67,7 @@ pub async fn up(
         let place = Placement {
             listen: SocketAddr::from(([127, 0, 0, 1], port)),
             config_dir: dir.clone(),
+            state: Some(bottle_dirs.clone()),
         };
         let config = (d.config)(bottle, &place).map_err(ContainerError::from)?;
         files.push((d.config_file.to_string(), config));

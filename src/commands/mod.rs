@@ -3,6 +3,7 @@
 //! hidden children (`__vmm`, `__unpack`, `__remove-tree`) run without one (the VMM child must
 //! stay single-threaded).
 
+mod approve;
 mod bench;
 mod bottles;
 mod bundle;
@@ -11,6 +12,7 @@ mod debug;
 #[cfg(target_os = "linux")]
 mod doctor;
 mod image;
+mod queue;
 #[cfg(target_os = "linux")]
 mod run;
 #[cfg(target_os = "linux")]
@@ -18,6 +20,7 @@ mod start;
 
 use crate::cli::{Cli, Command};
 use crate::output::{Reporter, Verbosity};
+use crate::queue::Verdict;
 
 /// Runs the parsed command line and returns the process exit code.
 pub fn dispatch(cli: Cli) -> anyhow::Result<u8> {
@@ -56,6 +59,9 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<u8> {
             Command::Run(_) | Command::Doctor(_) | Command::Debug(_) => not_on_this_os("the VM"),
             Command::Bench(cmd) => bench::run(cmd, &reporter).await,
             Command::Bundle(cmd) => bundle::run(cmd, &reporter).await,
+            Command::Queue(args) => queue::run(args, &reporter).await,
+            Command::Approve(args) => approve::run(args, Verdict::Approve, &reporter).await,
+            Command::Deny(args) => approve::run(args, Verdict::Deny, &reporter).await,
             Command::UnpackChild { .. } | Command::RemoveTreeChild { .. } | Command::Vmm => {
                 unreachable!("handled above")
             }

@@ -9,12 +9,14 @@
 
 pub mod gateway;
 pub mod init;
+pub mod supervise;
 
 use std::future::Future;
 use std::path::PathBuf;
 use std::pin::Pin;
 
 use crate::manifest::Bottle;
+use crate::state::BottleDirs;
 
 /// Directory of the bundle's read-only configuration inside the container (mounted from the
 /// bottle's bundle directory on the host).
@@ -42,6 +44,9 @@ pub struct Placement {
     /// Where it finds its config dir (the CA, extra files): [`CONFIG_DIR`] in the container,
     /// the bottle's bundle dir when the daemons run as host processes.
     pub config_dir: PathBuf,
+    /// The bottle's state dirs when the daemons run as host processes; `None` in the
+    /// container, where they are mounted ([`DaemonSpec::mounts`]).
+    pub state: Option<BottleDirs>,
 }
 
 impl Placement {
@@ -50,6 +55,16 @@ impl Placement {
         Placement {
             listen: std::net::SocketAddr::from(([0, 0, 0, 0], port)),
             config_dir: PathBuf::from(CONFIG_DIR),
+            state: None,
+        }
+    }
+
+    /// Where the daemon finds the state dir of `mount`: its mount point in the container, the
+    /// host dir itself for a host process.
+    pub fn state_dir(&self, mount: &StateMount) -> PathBuf {
+        match &self.state {
+            Some(dirs) => (mount.host)(dirs),
+            None => PathBuf::from(mount.container),
         }
     }
 }
@@ -70,12 +85,23 @@ pub struct DaemonSpec {
     /// The path of its MCP endpoint, for a daemon the agent uses as an MCP server (written
     /// into the guest's `~/.claude.json`).
     pub mcp_path: Option<&'static str>,
+    /// Directories of the bottle's state it reads and writes, bind-mounted read-write into the
+    /// bundle container (created on the host first). Nothing of them reaches the guest.
+    pub mounts: &'static [StateMount],
     /// Whether a bottle runs it.
     pub enabled: fn(&Bottle) -> bool,
     /// Its config file for a bottle (names, never secrets), where it runs.
     pub config: fn(&Bottle, &Placement) -> Result<Vec<u8>, DaemonError>,
     /// Runs it with its config file until SIGTERM or SIGINT.
     pub run: fn(PathBuf) -> DaemonFuture,
+}
+
+/// A directory of a bottle's state that a daemon uses (e.g. supervise's queue).
+pub struct StateMount {
+    /// The directory on the host.
+    pub host: fn(&BottleDirs) -> PathBuf,
+    /// Where the daemon sees it in the container.
+    pub container: &'static str,
 }
 
 impl std::fmt::Debug for DaemonSpec {
@@ -91,7 +117,7 @@ impl PartialEq for DaemonSpec {
 }
 
 /// Every daemon a bundle can run.
-pub static DAEMONS: &[DaemonSpec] = &[gateway::DAEMON];
+pub static DAEMONS: &[DaemonSpec] = &[gateway::DAEMON, supervise::DAEMON];
 
 /// The daemon called `name`.
 pub fn find(name: &str) -> Option<&'static DaemonSpec> {

@@ -50,6 +50,7 @@ pub(super) async fn measure(scratch: &Path, reporter: &Reporter) -> anyhow::Resu
         git_user: None,
         resolve: Default::default(),
         upstream_ca_file: None,
+        supervise: None,
     };
     let request = BundleRequest::for_bottle(&bottle, &tag)?;
     let state = StateRoot::at(scratch.join("bundle-state"));

@@ -590,6 +590,7 @@ pub const DAEMON: crate::daemon::DaemonSpec = crate::daemon::DaemonSpec {
     port: crate::ports::GATEWAY,
     config_file: "gateway.json",
     mcp_path: None,
+    mounts: &[],
     enabled: |_| true,
     config: |bottle, place| {
         let mut config = GatewayConfig::for_bottle(bottle);
