@@ -1,6 +1,6 @@
 #!/bin/sh
 # /init of the emulated machine: load KVM for the emulated AMD SVM CPU, run the cases, power off.
-export PATH=/bin:/sbin:/opt/krbottle/bin
+export PATH=/bin:/sbin:/usr/bin:/opt/krbottle/bin
 mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev
 mkdir -p /dev/pts && mount -t devpts devpts /dev/pts
 ip link set lo up
