@@ -8,6 +8,8 @@
 //!   0600 on the host. The state directories a daemon asks for (`DaemonSpec::mounts`, e.g. the
 //!   approval queue) are bind-mounted read-write, and nowhere else.
 //! - Agent-facing ports are published on `127.0.0.1` only, on random host ports.
+//! - The daemons run as the host user who owns the bottle's files, with every capability
+//!   dropped and no new privileges.
 //! - Every object carries the bottle, role, state-directory and owner-pid labels, so `down`
 //!   and `gc` find them after a crash. A bundle is "up" only once its record (`up.json`) is
 //!   written, after every daemon answered; `up` removes what it created if it fails.
@@ -471,8 +473,17 @@ async fn create_and_wait(
         .collect::<Vec<_>>()
         .join(",");
     let container = spec.container;
+    // The daemons run as the user who owns the bottle's files (its 0700 bundle dir, the 0600 CA
+    // key, the queue), not as root: with every capability dropped, root could not read them
+    // for another user, and nothing in the bundle needs more than that user.
+    let user = format!(
+        "{}:{}",
+        rustix::process::geteuid().as_raw(),
+        rustix::process::getegid().as_raw()
+    );
     let body = ContainerCreateBody {
         image: Some(spec.image.to_string()),
+        user: Some(user),
         cmd: Some(vec!["--daemons".into(), daemon_list]),
         env: Some(secrets),
         labels: Some(labels),
