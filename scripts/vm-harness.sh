@@ -79,7 +79,7 @@ rm -rf "$ird"
 mkdir -p "$ird"/{bin,sbin,proc,sys,dev,tmp,mods,rootfs,opt/krbottle/bin,opt/krbottle/lib,lib64,lib/x86_64-linux-gnu,usr/lib/x86_64-linux-gnu}
 cp "$W/bbx/bin/busybox" "$ird/bin/busybox"
 for a in $("$ird/bin/busybox" --list); do [ "$a" = busybox ] || ln -sf busybox "$ird/bin/$a"; done
-for m in virt/lib/irqbypass.ko arch/x86/kvm/kvm.ko drivers/crypto/ccp/ccp.ko arch/x86/kvm/kvm-amd.ko; do
+for m in virt/lib/irqbypass.ko arch/x86/kvm/kvm.ko drivers/crypto/ccp/ccp.ko arch/x86/kvm/kvm-amd.ko fs/overlayfs/overlay.ko; do
     f=$mods/$m
     [ -f "$f" ] || f=$(ls "$f".xz 2>/dev/null) || die "kernel $kv lacks $m"
     case "$f" in *.xz) xz -dc "$f" >"$ird/mods/$(basename "$m")";; *) cp "$f" "$ird/mods/";; esac

@@ -30,10 +30,9 @@ pub enum ChildError {
     ReadConfig(#[source] std::io::Error),
     #[error("The VMM child has no mount namespace of its own; refusing to mount the overlay")]
     NoMountNamespace,
-    #[error(
-        "Could not mount the overlay of {lower} on {target}; overlayfs in a user namespace needs Linux 5.11 or later"
-    )]
+    #[error("Could not mount the overlay of {lower} on {target}; {hint}")]
     MountOverlay {
+        hint: &'static str,
         lower: String,
         target: String,
         #[source]
@@ -192,6 +191,11 @@ fn setup_and_run(control: &mut UnixStream, ns: userns::Namespaces) -> Result<u8,
 /// before).
 fn mount_overlay(overlay: &Overlay, target: &std::path::Path) -> Result<(), ChildError> {
     let err = |source: rustix::io::Errno| ChildError::MountOverlay {
+        hint: if source == rustix::io::Errno::NODEV {
+            "this kernel has no overlayfs: load its module (`modprobe overlay`)"
+        } else {
+            "overlayfs in a user namespace needs Linux 5.11 or later"
+        },
         lower: overlay.lower.display().to_string(),
         target: target.display().to_string(),
         source: source.into(),

@@ -4,7 +4,8 @@ export PATH=/bin:/sbin:/usr/bin:/opt/krbottle/bin
 mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev
 mkdir -p /dev/pts && mount -t devpts devpts /dev/pts
 ip link set lo up
-for m in irqbypass kvm ccp kvm-amd; do insmod /mods/$m.ko 2>/dev/null; done
+# kvm for the hypervisor; overlay for the bottles' writable roots (krbottle start).
+for m in irqbypass kvm ccp kvm-amd overlay; do insmod /mods/$m.ko 2>/dev/null; done
 echo "KRB-HARNESS-START $(cut -d' ' -f1 /proc/uptime)"
 # The guests' root filesystems, made by krbottle itself from the saved images.
 for img in /images/*.tar; do
