@@ -21,3 +21,34 @@ pub mod signals;
 pub mod tty;
 #[cfg(target_os = "linux")]
 pub mod userns;
+
+/// Raises this process's open-file limit as far as it may go, for the VMM child to inherit:
+/// libkrun's virtio-fs keeps a host descriptor for every guest inode it has looked up, so a guest
+/// that walks many files (a Python import, a `node_modules`) would hit a 1024-file soft limit
+/// and see `EMFILE`. The soft limit goes to the hard one; as root (in the initial user
+/// namespace, where the child cannot do it), the hard one goes up to the kernel's `nr_open`.
+pub fn raise_open_file_limit() {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let current = getrlimit(Resource::Nofile);
+    let nr_open = std::fs::read_to_string("/proc/sys/fs/nr_open")
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok());
+    let hard = match (current.maximum, nr_open) {
+        (Some(h), Some(n)) if rustix::process::geteuid().is_root() => Some(h.max(n)),
+        (h, _) => h,
+    };
+    let wanted = Rlimit {
+        current: hard,
+        maximum: hard,
+    };
+    if setrlimit(Resource::Nofile, wanted).is_err() {
+        // Not root after all (or a sandbox): the soft limit up to what the hard one allows.
+        let _ = setrlimit(
+            Resource::Nofile,
+            Rlimit {
+                current: current.maximum,
+                maximum: current.maximum,
+            },
+        );
+    }
+}

@@ -124,6 +124,7 @@ pub fn launch_timed(
     on_spawn: impl FnOnce(signals::ChildSignaller),
 ) -> Result<(Outcome, Phases), LaunchError> {
     let started = Instant::now();
+    crate::sys::raise_open_file_limit();
     let exe = std::env::current_exe().map_err(LaunchError::CurrentExe)?;
     let (mut ours, theirs) = UnixStream::pair().map_err(LaunchError::Socket)?;
     let theirs: std::os::fd::OwnedFd = theirs.into();
