@@ -1,10 +1,22 @@
-//! The bundle's secrets as byte patterns: finding them in requests and scrubbing them from
-//! responses.
+//! The bundle's secrets as byte patterns, and the one normaliser through which every byte is
+//! looked at: finding secrets in what leaves (the gateway's requests, git-gate's pushed blobs)
+//! and scrubbing them from what comes back (the gateway's responses, log lines).
 //!
-//! Each secret is searched for raw and in the encodings an agent could use to smuggle it:
-//! lower/upper hex, standard and URL-safe base64 at each of the three byte alignments (so a
-//! token inside a larger base64 blob is found too), and percent-encoding. Secrets shorter than
-//! [`MIN_SECRET_LEN`] are refused: they would match ordinary text. Only secret *names* ever
+//! Two layers, both one pass:
+//! - The **normaliser** ([`normalise`]) undoes the reversible wrappings an encoded secret can
+//!   travel in: percent-escapes (partial, double and deeper: decoded bytes are decoded again),
+//!   JSON string escapes (`\/`, `\uXXXX`, `\n`…) and line breaks with the indentation after
+//!   them (so MIME's 76-column base64 and wrapped hex join up). Bytes between escapes are copied
+//!   as runs; data without `%`, `\`, CR or LF is not copied at all.
+//! - One **automaton** (Aho-Corasick, ASCII case-insensitive, so hex of any case matches) over
+//!   each secret's forms in normalised space: raw, hex, and standard and URL-safe base64 at each
+//!   of the three byte alignments, trimmed to the characters the secret alone decides (so
+//!   padding, or a token inside a larger blob, makes no difference).
+//!
+//! Invariants: a scrubbed stream holds no form of a secret however it is cut into chunks (a
+//! possible start of one is held back until the next chunk decides); a match in normalised
+//! space redacts the whole original span it came from; secrets shorter than
+//! [`MIN_SECRET_LEN`] are refused (they would match ordinary text). Only secret *names* ever
 //! leave this module, never values.
 
 use std::borrow::Cow;
@@ -21,22 +33,29 @@ pub const MIN_SECRET_LEN: usize = 8;
 /// What replaces a secret in scrubbed output.
 pub const REDACTED: &[u8] = b"[REDACTED]";
 
+/// Most indentation dropped after a line break: enough for any wrapped block, and it bounds
+/// what a stream can make the scrubber hold back.
+const MAX_INDENT: usize = 64;
+
+/// Most bytes a [`Scrubber`] holds back between chunks. Honest data needs a few hundred at
+/// most (a secret's longest form, escaped); only a run of escapes that never completes
+/// exceeds it, and that stream is refused rather than passed unread.
+pub const MAX_HELD_BYTES: usize = 16 * 1024;
+
 #[derive(Debug, thiserror::Error)]
 pub enum SecretError {
     #[error("the secret in {name} is shorter than {MIN_SECRET_LEN} bytes; use the real token")]
     TooShort { name: String },
-}
-
-#[derive(Clone, Debug)]
-struct Secret {
-    name: String,
-    patterns: Vec<Vec<u8>>,
+    #[error(
+        "a stream held more than {MAX_HELD_BYTES} bytes of unfinished escapes; it cannot be scrubbed as it streams, so it is cut"
+    )]
+    Unscannable,
 }
 
 /// All secrets of one bundle, with their encoded forms.
 #[derive(Clone, Debug, Default)]
 pub struct SecretSet {
-    secrets: Vec<Secret>,
+    names: Arc<[String]>,
     matcher: Arc<Matcher>,
 }
 
@@ -46,76 +65,63 @@ impl SecretSet {
     pub fn new<'a>(
         secrets: impl IntoIterator<Item = (&'a str, &'a [u8])>,
     ) -> Result<SecretSet, SecretError> {
-        let mut out = Vec::new();
+        let mut names = Vec::new();
+        let mut patterns = Vec::new();
         for (name, value) in secrets {
             if value.len() < MIN_SECRET_LEN {
                 return Err(SecretError::TooShort {
                     name: name.to_string(),
                 });
             }
-            out.push(Secret {
-                name: name.to_string(),
-                patterns: encodings(value),
-            });
+            let owner = names.len();
+            names.push(name.to_string());
+            patterns.extend(forms(value).into_iter().map(|p| (p, owner)));
         }
-        let matcher = Arc::new(Matcher::new(&out));
         Ok(SecretSet {
-            secrets: out,
-            matcher,
+            names: names.into(),
+            matcher: Arc::new(Matcher::new(patterns)),
         })
     }
 
     pub fn is_empty(&self) -> bool {
-        self.secrets.is_empty()
+        self.names.is_empty()
     }
 
-    /// The name of the first secret found in `data`, skipping the secret named `except`.
-    /// Percent-escapes are also decoded before searching, since any byte may be escaped.
+    /// The name of the first secret found in `data` (any bytes: a header, a body, a blob) in
+    /// any of its forms, skipping the secret named `except`.
     pub fn find_in(&self, data: &[u8], except: Option<&str>) -> Option<&str> {
-        let decoded = percent_decode(data);
-        let views = std::iter::once(data).chain(decoded.as_deref());
-        for view in views {
-            let found = self
-                .secrets
-                .iter()
-                .filter(|s| Some(s.name.as_str()) != except)
-                .find(|s| s.patterns.iter().any(|p| contains(view, p)));
-            if let Some(s) = found {
-                return Some(&s.name);
-            }
-        }
-        None
+        let view = normalise(data);
+        let found = self.matcher.find(&view, |owner| {
+            Some(self.names[owner].as_str()) != except
+        })?;
+        Some(&self.names[found])
     }
 
-    /// A streaming scrubber for all the secrets' patterns. Cheap: the matcher is built once,
-    /// in [`SecretSet::new`], and shared.
+    /// A streaming scrubber for all the secrets' forms. Cheap: the automaton is built once, in
+    /// [`SecretSet::new`], and shared.
     pub fn scrubber(&self) -> Scrubber {
         Scrubber {
             matcher: self.matcher.clone(),
             carry: Vec::new(),
+            found: false,
         }
     }
 
     /// Replaces every secret in `data` (one complete buffer, e.g. a header value).
     pub fn scrub(&self, data: &[u8]) -> Vec<u8> {
-        let mut s = self.scrubber();
-        let mut out = s.push(data);
-        out.extend(s.finish());
-        out
+        let (out, _) = self.matcher.replace(data, true);
+        out.scrubbed.into_owned()
+    }
+
+    /// [`SecretSet::scrub`] that borrows when nothing was replaced.
+    pub fn scrub_cow<'a>(&self, data: &'a [u8]) -> Cow<'a, [u8]> {
+        self.matcher.replace(data, true).0.scrubbed
     }
 }
 
-fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    memchr::memmem::find(haystack, needle).is_some()
-}
-
-/// The forms in which `value` is searched for.
-fn encodings(value: &[u8]) -> Vec<Vec<u8>> {
-    let mut out = vec![
-        value.to_vec(),
-        hex::encode(value).into_bytes(),
-        hex::encode_upper(value).into_bytes(),
-    ];
+/// The forms in which `value` is searched for, in normalised space.
+fn forms(value: &[u8]) -> Vec<Vec<u8>> {
+    let mut out = vec![normalise(value).into_owned(), hex::encode(value).into_bytes()];
     for engine in [&STANDARD_NO_PAD, &URL_SAFE_NO_PAD] {
         for align in 0..3usize {
             let mut padded = vec![0u8; align];
@@ -129,216 +135,601 @@ fn encodings(value: &[u8]) -> Vec<Vec<u8>> {
             }
         }
     }
-    for upper in [true, false] {
-        out.push(percent_encode(value, upper));
-    }
     out.retain(|p| p.len() >= MIN_SECRET_LEN.min(value.len()));
+    for p in &mut out {
+        p.make_ascii_lowercase();
+    }
     out.sort();
     out.dedup();
     out
 }
 
-/// `data` with `%XX` escapes decoded and `+` as space (form encoding); `None` if it has none.
-fn percent_decode(data: &[u8]) -> Option<Vec<u8>> {
-    if !data.iter().any(|&b| b == b'%' || b == b'+') {
-        return None;
+/// The normalised view of `data`, as the scanner sees it (see the module docs). Borrowed when
+/// `data` holds nothing to undo.
+pub fn normalise(data: &[u8]) -> Cow<'_, [u8]> {
+    Normalised::new(data, true, false).bytes
+}
+
+/// One stretch of normalised output and where it came from. A run maps byte for byte; a
+/// decoded stretch (an escape) maps as a whole to its original span.
+#[derive(Clone, Copy, Debug)]
+struct Seg {
+    norm: usize,
+    orig: usize,
+    orig_len: usize,
+    run: bool,
+}
+
+/// A normalised view with, on request, the map back to the original bytes.
+struct Normalised<'a> {
+    bytes: Cow<'a, [u8]>,
+    /// Empty when `bytes` is `data` itself.
+    segs: Vec<Seg>,
+    /// Input from here on was not decoded: it may start an escape the next chunk completes.
+    complete: usize,
+}
+
+impl<'a> Normalised<'a> {
+    /// `at_end`: no more input follows, so an unfinished escape is taken literally.
+    fn new(data: &'a [u8], at_end: bool, map: bool) -> Normalised<'a> {
+        let m3 = memchr::memchr3(b'%', b'\\', b'\n', data).unwrap_or(data.len());
+        let cr = memchr::memchr(b'\r', data).unwrap_or(data.len());
+        if m3 == data.len() && cr == data.len() {
+            return Normalised {
+                bytes: Cow::Borrowed(data),
+                segs: Vec::new(),
+                complete: data.len(),
+            };
+        }
+        let mut d = Decoder {
+            data,
+            pos: 0,
+            next_m3: m3,
+            next_cr: cr,
+            back: Vec::new(),
+            out: Vec::with_capacity(data.len()),
+            segs: Vec::new(),
+            map,
+        };
+        let complete = d.run(at_end);
+        Normalised {
+            bytes: Cow::Owned(d.out),
+            segs: d.segs,
+            complete,
+        }
     }
-    let hex = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
-    let mut out = Vec::with_capacity(data.len());
-    let mut i = 0;
-    while i < data.len() {
-        match data[i] {
-            b'%' if i + 2 < data.len() => match (hex(data[i + 1]), hex(data[i + 2])) {
-                (Some(h), Some(l)) => {
-                    out.push(h << 4 | l);
-                    i += 3;
-                    continue;
+
+    fn seg(&self, n: usize) -> Option<&Seg> {
+        let i = self.segs.partition_point(|s| s.norm <= n);
+        self.segs.get(i.checked_sub(1)?)
+    }
+
+    /// Where normalised byte `n` starts in the original.
+    fn orig_start(&self, n: usize) -> usize {
+        match self.seg(n) {
+            None => n,
+            Some(s) if s.run => s.orig + (n - s.norm),
+            Some(s) => s.orig,
+        }
+    }
+
+    /// Where normalised byte `n` ends in the original (exclusive).
+    fn orig_end(&self, n: usize) -> usize {
+        match self.seg(n) {
+            None => n + 1,
+            Some(s) if s.run => s.orig + (n - s.norm) + 1,
+            Some(s) => s.orig + s.orig_len,
+        }
+    }
+}
+
+/// An input byte still to be normalised, with its original span (decoded bytes are fed back).
+#[derive(Clone, Copy, Debug)]
+struct Item {
+    byte: u8,
+    start: usize,
+    end: usize,
+}
+
+struct Decoder<'a> {
+    data: &'a [u8],
+    pos: usize,
+    /// The next `%`, `\` or LF at or after `pos` (or the end), and the next CR.
+    next_m3: usize,
+    next_cr: usize,
+    /// Decoded bytes to read again before `data[pos..]`; the last is next.
+    back: Vec<Item>,
+    out: Vec<u8>,
+    segs: Vec<Seg>,
+    map: bool,
+}
+
+fn hex_value(b: u8) -> Option<u8> {
+    (b as char).to_digit(16).map(|d| d as u8)
+}
+
+impl Decoder<'_> {
+    fn peek(&self, k: usize) -> Option<Item> {
+        let nb = self.back.len();
+        if k < nb {
+            return Some(self.back[nb - 1 - k]);
+        }
+        let i = self.pos + (k - nb);
+        self.data.get(i).map(|&byte| Item {
+            byte,
+            start: i,
+            end: i + 1,
+        })
+    }
+
+    /// Consumes `k` items (all available); returns the span they cover.
+    fn take(&mut self, k: usize) -> (usize, usize) {
+        let (mut start, mut end) = (usize::MAX, 0);
+        for _ in 0..k {
+            let item = match self.back.pop() {
+                Some(item) => item,
+                None => {
+                    let i = self.pos;
+                    self.pos += 1;
+                    Item {
+                        byte: 0,
+                        start: i,
+                        end: i + 1,
+                    }
                 }
-                _ => out.push(b'%'),
-            },
-            b'+' => out.push(b' '),
-            b => out.push(b),
+            };
+            start = start.min(item.start);
+            end = end.max(item.end);
         }
-        i += 1;
+        (start, end)
     }
-    Some(out)
+
+    fn emit(&mut self, bytes: &[u8], start: usize, end: usize) {
+        let norm = self.out.len();
+        self.out.extend_from_slice(bytes);
+        if !self.map {
+            return;
+        }
+        let run = bytes.len() == end - start;
+        if run
+            && let Some(last) = self.segs.last_mut()
+            && last.run
+            && last.orig + last.orig_len == start
+            && last.norm + last.orig_len == norm
+        {
+            last.orig_len += end - start;
+            return;
+        }
+        self.segs.push(Seg {
+            norm,
+            orig: start,
+            orig_len: end - start,
+            run,
+        });
+    }
+
+    fn next_special(&mut self) -> usize {
+        let rest = |from: usize| from..self.data.len();
+        if self.next_m3 < self.pos {
+            let r = rest(self.pos);
+            self.next_m3 = memchr::memchr3(b'%', b'\\', b'\n', &self.data[r.clone()])
+                .map_or(self.data.len(), |i| r.start + i);
+        }
+        if self.next_cr < self.pos {
+            let r = rest(self.pos);
+            self.next_cr =
+                memchr::memchr(b'\r', &self.data[r.clone()]).map_or(self.data.len(), |i| r.start + i);
+        }
+        self.next_m3.min(self.next_cr)
+    }
+
+    /// Moves the next `n` items (as far as there are any) onto the pushback stack.
+    fn materialise(&mut self, n: usize) {
+        while self.back.len() < n && self.pos < self.data.len() {
+            let i = self.pos;
+            self.pos += 1;
+            self.back.insert(
+                0,
+                Item {
+                    byte: self.data[i],
+                    start: i,
+                    end: i + 1,
+                },
+            );
+        }
+    }
+
+    /// Replaces the `n` items at position `k` by one decoded byte.
+    fn collapse(&mut self, k: usize, n: usize, byte: u8) {
+        self.materialise(k + n);
+        let hi = self.back.len() - k;
+        let lo = hi - n;
+        let start = self.back[lo..hi].iter().map(|i| i.start).min().unwrap_or(0);
+        let end = self.back[lo..hi].iter().map(|i| i.end).max().unwrap_or(0);
+        self.back.splice(lo..hi, [Item { byte, start, end }]);
+    }
+
+    /// The item at position `k` with percent-escapes there decoded (again and again: a
+    /// decoded byte can be `%` once more).
+    fn look(&mut self, k: usize, undecided: bool) -> Look {
+        loop {
+            let Some(item) = self.peek(k) else {
+                return if undecided { Look::Incomplete } else { Look::End };
+            };
+            if item.byte != b'%' {
+                return Look::Item(item);
+            }
+            let h = self.peek(k + 1).map(|i| hex_value(i.byte));
+            let l = self.peek(k + 2).map(|i| hex_value(i.byte));
+            match (h, l) {
+                (Some(Some(h)), Some(Some(l))) => self.collapse(k, 3, (h << 4) | l),
+                (None, _) | (Some(Some(_)), None) if undecided => return Look::Incomplete,
+                _ => return Look::Item(item),
+            }
+        }
+    }
+
+    /// The value of a `\uXXXX` escape at position 0, whose four digits are at 2..6.
+    fn unicode_escape(&mut self, undecided: bool) -> Result<Option<char>, ()> {
+        let mut value = 0u32;
+        for k in 2..6 {
+            match self.look(k, undecided) {
+                Look::Incomplete => return Err(()),
+                Look::End => return Ok(None),
+                Look::Item(i) => match hex_value(i.byte) {
+                    Some(d) => value = value << 4 | u32::from(d),
+                    None => return Ok(None),
+                },
+            }
+        }
+        Ok(char::from_u32(value))
+    }
+
+    /// Normalises everything it can; returns where undecided input starts.
+    fn run(&mut self, at_end: bool) -> usize {
+        let undecided = !at_end;
+        loop {
+            if self.back.is_empty() {
+                let special = self.next_special();
+                if special > self.pos {
+                    let (a, b) = (self.pos, special);
+                    self.pos = b;
+                    let data = self.data;
+                    self.emit(&data[a..b], a, b);
+                }
+            }
+            let c = match self.look(0, undecided) {
+                Look::Item(c) => c,
+                Look::End => return self.data.len(),
+                Look::Incomplete => return self.peek(0).map_or(self.data.len(), |i| i.start),
+            };
+            match c.byte {
+                b'\r' | b'\n' => {
+                    let mut k = 1;
+                    while let Some(n) = self.peek(k) {
+                        match n.byte {
+                            b'\r' | b'\n' => {}
+                            b' ' | b'\t' if k <= MAX_INDENT => {}
+                            _ => break,
+                        }
+                        k += 1;
+                    }
+                    if undecided && self.peek(k).is_none() && k <= MAX_INDENT {
+                        return c.start;
+                    }
+                    self.take(k);
+                }
+                b'\\' => match self.look(1, undecided) {
+                    Look::Incomplete => return c.start,
+                    Look::Item(Item { byte: b'u', .. }) => match self.unicode_escape(undecided) {
+                        Err(()) => return c.start,
+                        Ok(Some(ch)) if ch.is_ascii() => {
+                            let (start, end) = self.take(6);
+                            // Read again: `\u0025` can start a percent-escape.
+                            self.back.push(Item {
+                                byte: ch as u8,
+                                start,
+                                end,
+                            });
+                        }
+                        Ok(Some(ch)) => {
+                            let (start, end) = self.take(6);
+                            let mut buf = [0u8; 4];
+                            self.emit(ch.encode_utf8(&mut buf).as_bytes(), start, end);
+                        }
+                        // A surrogate or not an escape: the backslash is literal.
+                        Ok(None) => {
+                            self.take(1);
+                            self.emit(b"\\", c.start, c.end);
+                        }
+                    },
+                    Look::Item(Item {
+                        byte: next @ (b'/' | b'"' | b'\\' | b'n' | b'r' | b't' | b'b' | b'f'),
+                        ..
+                    }) => {
+                        let (start, end) = self.take(2);
+                        let byte = match next {
+                            b'n' => b'\n',
+                            b'r' => b'\r',
+                            b't' => b'\t',
+                            b'b' => 0x08,
+                            b'f' => 0x0c,
+                            other => other,
+                        };
+                        if matches!(byte, b'\n' | b'\r') {
+                            // Read again, so an escaped line break joins lines like a real one.
+                            self.back.push(Item { byte, start, end });
+                        } else {
+                            // An escaped backslash is literal: never the start of another escape.
+                            self.emit(&[byte], start, end);
+                        }
+                    }
+                    Look::Item(_) | Look::End => {
+                        self.take(1);
+                        self.emit(b"\\", c.start, c.end);
+                    }
+                },
+                byte => {
+                    self.take(1);
+                    self.emit(&[byte], c.start, c.end);
+                }
+            }
+        }
+    }
 }
 
-fn percent_encode(value: &[u8], upper: bool) -> Vec<u8> {
-    let digits: &[u8; 16] = if upper {
-        b"0123456789ABCDEF"
-    } else {
-        b"0123456789abcdef"
-    };
-    let mut out = Vec::with_capacity(value.len() * 3);
-    for &b in value {
-        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-            out.push(b);
-        } else {
-            out.extend([
-                b'%',
-                digits[usize::from(b >> 4)],
-                digits[usize::from(b & 15)],
-            ]);
-        }
-    }
-    out
+/// What is at a position of the input, percent-escapes decoded.
+enum Look {
+    Item(Item),
+    /// No more input, and none will come.
+    End,
+    /// No more input yet: the next chunk decides.
+    Incomplete,
 }
 
-/// Every pattern of every secret, longest first, with a multi-pattern searcher over them.
-///
-/// The searcher finds the leftmost match and, among those starting there, the longest: the
-/// same choice as trying the patterns longest first at each position, so a raw token is not
-/// half-replaced by a shorter encoding's match.
+/// The automata over every form of every secret, and what the streaming tail check needs.
 #[derive(Debug, Default)]
 struct Matcher {
-    patterns: Vec<Vec<u8>>,
-    /// `None` when there is no pattern.
-    searcher: Option<AhoCorasick>,
-    /// Bytes that start some pattern: only there can a held-back prefix begin.
+    /// Lowercase forms, longest first, and the secret each belongs to.
+    patterns: Vec<(Vec<u8>, usize)>,
+    /// Leftmost-longest, for replacing: among matches starting at one place, the longest, so
+    /// a raw token is not half-replaced by a shorter form's match. `None` without patterns.
+    replacer: Option<AhoCorasick>,
+    /// Every match, overlapping, for finding a secret other than an excepted one.
+    finder: Option<AhoCorasick>,
+    /// Bytes (either case) that start some pattern: only there can a held-back prefix begin.
     first: Vec<bool>,
     longest: usize,
 }
 
+/// The result of one replacement step.
+struct Replaced<'a> {
+    scrubbed: Cow<'a, [u8]>,
+    found: bool,
+}
+
 impl Matcher {
-    fn new(secrets: &[Secret]) -> Matcher {
-        let mut patterns: Vec<Vec<u8>> = secrets
-            .iter()
-            .flat_map(|s| s.patterns.iter().cloned())
-            .collect();
-        patterns.sort_by_key(|p| std::cmp::Reverse(p.len()));
-        patterns.dedup();
+    fn new(mut patterns: Vec<(Vec<u8>, usize)>) -> Matcher {
+        patterns.sort_by(|a, b| b.0.len().cmp(&a.0.len()).then(a.cmp(b)));
+        patterns.dedup_by(|a, b| a.0 == b.0);
         let mut first = vec![false; 256];
-        for p in &patterns {
-            first[usize::from(p[0])] = true;
+        for (p, _) in &patterns {
+            first[usize::from(p[0].to_ascii_lowercase())] = true;
+            first[usize::from(p[0].to_ascii_uppercase())] = true;
         }
         // Building only fails past size limits that a few dozen short patterns cannot reach;
         // should it ever fail, `replace` falls back to trying each pattern at each byte.
-        let searcher = (!patterns.is_empty())
-            .then(|| {
-                AhoCorasick::builder()
-                    .match_kind(MatchKind::LeftmostLongest)
-                    .build(&patterns)
-                    .ok()
-            })
-            .flatten();
-        let longest = patterns.first().map_or(0, Vec::len);
+        let build = |kind| {
+            (!patterns.is_empty())
+                .then(|| {
+                    AhoCorasick::builder()
+                        .match_kind(kind)
+                        .ascii_case_insensitive(true)
+                        .build(patterns.iter().map(|(p, _)| p))
+                        .ok()
+                })
+                .flatten()
+        };
+        let longest = patterns.first().map_or(0, |(p, _)| p.len());
         Matcher {
-            patterns,
-            searcher,
+            replacer: build(MatchKind::LeftmostLongest),
+            finder: build(MatchKind::Standard),
             first,
             longest,
+            patterns,
         }
     }
 
-    /// The scrubbed form of `buf` up to the returned offset, from which input is held back
-    /// (it could be the start of a secret that the next chunk completes). Borrowed when
-    /// nothing was replaced, so clean data is not copied.
-    fn replace<'a>(&self, buf: &'a [u8], at_end: bool) -> (Cow<'a, [u8]>, usize) {
-        if self.patterns.is_empty() {
-            return (Cow::Borrowed(buf), buf.len());
+    /// The owner of a match in normalised `view` for which `wanted` holds.
+    fn find(&self, view: &[u8], wanted: impl Fn(usize) -> bool) -> Option<usize> {
+        match &self.finder {
+            Some(finder) => finder
+                .find_overlapping_iter(view)
+                .map(|m| self.patterns[m.pattern().as_usize()].1)
+                .find(|&owner| wanted(owner)),
+            None => (0..view.len()).find_map(|i| {
+                self.patterns
+                    .iter()
+                    .find(|(p, owner)| starts_with_ci(&view[i..], p) && wanted(*owner))
+                    .map(|(_, owner)| *owner)
+            }),
         }
+    }
+
+    /// The scrubbed form of `buf` up to the returned offset, from which input is held back (it
+    /// could be the start of a secret, or of an escape, that the next chunk completes).
+    /// Borrowed when nothing was replaced, so clean data is not copied.
+    fn replace<'a>(&self, buf: &'a [u8], at_end: bool) -> (Replaced<'a>, usize) {
+        if self.patterns.is_empty() {
+            let scrubbed = Cow::Borrowed(buf);
+            return (
+                Replaced {
+                    scrubbed,
+                    found: false,
+                },
+                buf.len(),
+            );
+        }
+        let view = Normalised::new(buf, at_end, true);
+        let norm = &view.bytes[..];
         // Only the last `longest - 1` bytes can start a proper prefix of a pattern; before
-        // them, every match is complete and the searcher decides alone.
-        let tail = buf.len().saturating_sub(self.longest.saturating_sub(1));
-        let mut out: Option<Vec<u8>> = None;
+        // them, every match is complete and the automaton decides alone.
+        let tail = if at_end {
+            norm.len()
+        } else {
+            norm.len().saturating_sub(self.longest.saturating_sub(1))
+        };
+        let mut matches: Vec<(usize, usize)> = Vec::new();
         let mut pos = 0;
-        if let Some(searcher) = &self.searcher {
-            for m in searcher.find_iter(buf) {
+        if let Some(replacer) = &self.replacer {
+            for m in replacer.find_iter(norm) {
                 if m.start() >= tail {
                     break;
                 }
-                let out = out.get_or_insert_with(|| Vec::with_capacity(buf.len()));
-                out.extend_from_slice(&buf[pos..m.start()]);
-                out.extend_from_slice(REDACTED);
+                matches.push((m.start(), m.end()));
                 pos = m.end();
             }
         }
-        let resume = pos.max(if self.searcher.is_some() { tail } else { 0 });
-        let (tail_out, held) = self.replace_bytewise(&buf[resume..], at_end);
-        let held = resume + held;
-        match out {
-            None if tail_out.is_none() => (Cow::Borrowed(&buf[..held]), held),
-            out => {
-                let mut out = out.unwrap_or_else(|| Vec::with_capacity(buf.len()));
-                out.extend_from_slice(&buf[pos..resume]);
-                match tail_out {
-                    Some(t) => out.extend_from_slice(&t),
-                    None => out.extend_from_slice(&buf[resume..held]),
-                }
-                (Cow::Owned(out), held)
+        let resume = pos.max(if self.replacer.is_some() { tail } else { 0 });
+        let held_norm = self.replace_bytewise(norm, resume, at_end, &mut matches);
+        let mut held = if held_norm < norm.len() {
+            view.orig_start(held_norm)
+        } else {
+            view.complete
+        };
+        // Original spans; a multi-byte decoded character can be shared by two matches.
+        let mut spans: Vec<(usize, usize)> = Vec::with_capacity(matches.len());
+        for (s, e) in matches {
+            let (os, oe) = (view.orig_start(s), view.orig_end(e - 1));
+            match spans.last_mut() {
+                Some(last) if os < last.1 => last.1 = last.1.max(oe),
+                _ => spans.push((os, oe)),
             }
         }
+        if let Some(last) = spans.last() {
+            held = held.max(last.1);
+        }
+        if spans.is_empty() {
+            let scrubbed = Cow::Borrowed(&buf[..held]);
+            return (
+                Replaced {
+                    scrubbed,
+                    found: false,
+                },
+                held,
+            );
+        }
+        let mut out = Vec::with_capacity(held);
+        let mut copied = 0;
+        for (s, e) in spans {
+            out.extend_from_slice(&buf[copied..s]);
+            out.extend_from_slice(REDACTED);
+            copied = e;
+        }
+        out.extend_from_slice(&buf[copied..held]);
+        (
+            Replaced {
+                scrubbed: Cow::Owned(out),
+                found: true,
+            },
+            held,
+        )
     }
 
-    /// Tries every pattern at every byte of `buf` (a short tail, or everything if there is no
-    /// searcher). `None` when nothing was replaced; the offset from which input is held back.
-    fn replace_bytewise(&self, buf: &[u8], at_end: bool) -> (Option<Vec<u8>>, usize) {
-        let mut out: Option<Vec<u8>> = None;
-        let mut copied = 0;
-        let mut i = 0;
-        while i < buf.len() {
-            if self.first[usize::from(buf[i])] {
-                let rest = &buf[i..];
-                if let Some(p) = self.patterns.iter().find(|p| rest.starts_with(p)) {
-                    let out = out.get_or_insert_with(|| Vec::with_capacity(buf.len()));
-                    out.extend_from_slice(&buf[copied..i]);
-                    out.extend_from_slice(REDACTED);
-                    i += p.len();
-                    copied = i;
-                    continue;
+    /// Tries every pattern at every byte of `norm[from..]` (a short tail, or everything if
+    /// there is no automaton), adding full matches; returns where input must be held back.
+    fn replace_bytewise(
+        &self,
+        norm: &[u8],
+        from: usize,
+        at_end: bool,
+        matches: &mut Vec<(usize, usize)>,
+    ) -> usize {
+        let mut i = from;
+        while i < norm.len() {
+            if self.first[usize::from(norm[i])] {
+                let rest = &norm[i..];
+                if !at_end
+                    && self
+                        .patterns
+                        .iter()
+                        .any(|(p, _)| p.len() > rest.len() && starts_with_ci(p, rest))
+                {
+                    return i;
                 }
-                if !at_end && self.patterns.iter().any(|p| p.starts_with(rest)) {
-                    break;
+                if let Some((p, _)) = self.patterns.iter().find(|(p, _)| starts_with_ci(rest, p)) {
+                    matches.push((i, i + p.len()));
+                    i += p.len();
+                    continue;
                 }
             }
             i += 1;
         }
-        if let Some(out) = &mut out {
-            out.extend_from_slice(&buf[copied..i]);
-        }
-        (out, i)
+        norm.len()
     }
 }
 
-/// Replaces secrets in a stream of chunks. Bytes that could be the start of a secret split
-/// across chunks are held back until the next chunk (or [`Scrubber::finish`]) decides.
+fn starts_with_ci(haystack: &[u8], prefix: &[u8]) -> bool {
+    haystack.len() >= prefix.len() && haystack[..prefix.len()].eq_ignore_ascii_case(prefix)
+}
+
+/// Replaces secrets in a stream of chunks. Bytes that could be the start of a secret (or of an
+/// escape) split across chunks are held back until the next chunk or [`Scrubber::finish`]
+/// decides.
 #[derive(Clone, Debug)]
 pub struct Scrubber {
     matcher: Arc<Matcher>,
     carry: Vec<u8>,
+    found: bool,
 }
 
 impl Scrubber {
     /// Scrubs the next chunk; returns the bytes that are safe to send now.
-    pub fn push(&mut self, chunk: &[u8]) -> Vec<u8> {
+    pub fn push(&mut self, chunk: &[u8]) -> Result<Vec<u8>, SecretError> {
         let mut buf = std::mem::take(&mut self.carry);
         buf.extend_from_slice(chunk);
         let (out, held) = self.matcher.replace(&buf, false);
-        let out = out.into_owned();
-        self.carry = buf[held..].to_vec();
-        out
+        self.found |= out.found;
+        let out = out.scrubbed.into_owned();
+        self.hold(&buf[held..])?;
+        Ok(out)
     }
 
     /// [`Scrubber::push`] for a shared buffer: a chunk with nothing to replace or hold back is
     /// returned as a slice of itself, without a copy.
-    pub fn push_bytes(&mut self, chunk: Bytes) -> Bytes {
+    pub fn push_bytes(&mut self, chunk: Bytes) -> Result<Bytes, SecretError> {
         if !self.carry.is_empty() {
-            return Bytes::from(self.push(&chunk));
+            return self.push(&chunk).map(Bytes::from);
         }
         let (out, held) = self.matcher.replace(&chunk, false);
-        let out = match out {
+        self.found |= out.found;
+        let out = match out.scrubbed {
             Cow::Borrowed(_) => chunk.slice(..held),
             Cow::Owned(v) => Bytes::from(v),
         };
-        self.carry = chunk[held..].to_vec();
-        out
+        self.hold(&chunk[held..])?;
+        Ok(out)
+    }
+
+    fn hold(&mut self, rest: &[u8]) -> Result<(), SecretError> {
+        if rest.len() > MAX_HELD_BYTES {
+            return Err(SecretError::Unscannable);
+        }
+        self.carry = rest.to_vec();
+        Ok(())
     }
 
     /// Flushes what was held back at the end of the stream.
     pub fn finish(&mut self) -> Vec<u8> {
         let buf = std::mem::take(&mut self.carry);
-        self.matcher.replace(&buf, true).0.into_owned()
+        let (out, _) = self.matcher.replace(&buf, true);
+        self.found |= out.found;
+        out.scrubbed.into_owned()
+    }
+
+    /// Whether some secret was replaced so far.
+    pub fn found(&self) -> bool {
+        self.found
     }
 }
 
@@ -349,54 +740,192 @@ mod tests {
     use super::*;
 
     const TOKEN: &[u8] = b"sk-live-0123456789abcdef/+=?";
+    const OTHER: &[u8] = b"zz-other-secret-42";
 
     fn set() -> SecretSet {
-        SecretSet::new([
-            ("API_TOKEN", TOKEN),
-            ("OTHER_TOKEN", &b"zz-other-secret-42"[..]),
-        ])
-        .unwrap()
+        SecretSet::new([("API_TOKEN", TOKEN), ("OTHER_TOKEN", OTHER)]).unwrap()
     }
 
-    /// Every smuggling form, embedded in other text, must be found.
-    #[test]
-    fn finds_encoded_forms() {
-        let mut cases: Vec<Vec<u8>> = vec![
-            TOKEN.to_vec(),
-            hex::encode(TOKEN).into_bytes(),
-            hex::encode_upper(TOKEN).into_bytes(),
-            percent_encode(TOKEN, true),
-            percent_encode(TOKEN, false),
+    fn percent_all(data: &[u8]) -> String {
+        data.iter().map(|b| format!("%{b:02X}")).collect()
+    }
+
+    fn percent_some(data: &[u8]) -> String {
+        data.iter()
+            .enumerate()
+            .map(|(i, &b)| {
+                if i % 3 == 0 {
+                    format!("%{b:02x}")
+                } else {
+                    (b as char).to_string()
+                }
+            })
+            .collect()
+    }
+
+    fn wrap(text: &str, cols: usize, eol: &str) -> String {
+        let chars: Vec<char> = text.chars().collect();
+        chars
+            .chunks(cols)
+            .map(|c| c.iter().collect::<String>())
+            .collect::<Vec<_>>()
+            .join(eol)
+    }
+
+    fn json_escape_all(data: &[u8]) -> String {
+        data.iter().map(|b| format!("\\u{:04x}", b)).collect()
+    }
+
+    fn mixed_case_hex(data: &[u8]) -> String {
+        hex::encode(data)
+            .chars()
+            .enumerate()
+            .map(|(i, c)| if i % 2 == 0 { c.to_ascii_uppercase() } else { c })
+            .collect()
+    }
+
+    /// Every form a secret can travel in, each embedded in other text. Each row names its form.
+    fn forms_table(token: &[u8]) -> Vec<(&'static str, Vec<u8>)> {
+        let mut blob = b"ab".to_vec();
+        blob.extend_from_slice(token);
+        blob.extend_from_slice(b"trailing bytes of a larger blob, long enough to wrap");
+        let b64 = STANDARD.encode(&blob);
+        let rows: Vec<(&'static str, String)> = vec![
+            ("raw", String::from_utf8_lossy(token).into_owned()),
+            ("hex lower", hex::encode(token)),
+            ("hex upper", hex::encode_upper(token)),
+            ("hex mixed case", mixed_case_hex(token)),
+            ("hex wrapped LF", wrap(&hex::encode(token), 16, "\n")),
+            ("base64 std padded", STANDARD.encode(token)),
+            ("base64 std unpadded", STANDARD_NO_PAD.encode(token)),
+            ("base64 url padded", URL_SAFE.encode(token)),
+            ("base64 url unpadded", URL_SAFE_NO_PAD.encode(token)),
+            ("base64 inside a blob", b64.clone()),
+            ("base64 MIME 76 CRLF", wrap(&b64, 76, "\r\n")),
+            ("base64 wrapped 10 LF", wrap(&b64, 10, "\n")),
+            ("base64 wrapped, indented", wrap(&b64, 12, "\n    ")),
+            ("percent, every byte", percent_all(token)),
+            ("percent, partial", percent_some(token)),
+            ("percent, double", percent_all(token).replace('%', "%25")),
+            ("percent, triple", percent_all(token).replace('%', "%2525")),
+            (
+                "json slash escape",
+                String::from_utf8_lossy(token).replace('/', "\\/"),
+            ),
+            ("json unicode escapes", json_escape_all(token)),
+            (
+                "json escaped newlines in base64",
+                wrap(&b64, 20, "\\n"),
+            ),
+            (
+                "percent-encoded json escape",
+                String::from_utf8_lossy(token).replace('/', "%5C%2F"),
+            ),
+            (
+                "json-escaped percent",
+                percent_all(token).replace('%', "\\u0025"),
+            ),
         ];
-        for prefix in ["", "a", "ab", "abc"] {
-            let mut blob = prefix.as_bytes().to_vec();
-            blob.extend_from_slice(TOKEN);
-            blob.extend_from_slice(b"trailing");
-            cases.push(STANDARD.encode(&blob).into_bytes());
-            cases.push(URL_SAFE.encode(&blob).into_bytes());
-        }
+        rows.into_iter()
+            .map(|(name, form)| {
+                let mut text = b"{\"q\":1, \"x\": \"".to_vec();
+                text.extend(form.as_bytes());
+                text.extend(b"\", \"y\": 2}");
+                (name, text)
+            })
+            .collect()
+    }
+
+    /// Every form is found by the scanner, and only the secret it belongs to.
+    #[test]
+    fn scanner_finds_every_form() {
         let s = set();
-        for case in cases {
-            let mut text = b"q=1&x=".to_vec();
-            text.extend(&case);
-            text.extend(b"&y=2");
-            assert_eq!(
-                s.find_in(&text, None),
-                Some("API_TOKEN"),
-                "{}",
-                String::from_utf8_lossy(&case)
-            );
-            assert_eq!(s.find_in(&text, Some("API_TOKEN")), None);
+        for (name, text) in forms_table(TOKEN) {
+            assert_eq!(s.find_in(&text, None), Some("API_TOKEN"), "{name}");
+            assert_eq!(s.find_in(&text, Some("API_TOKEN")), None, "{name}");
         }
-        assert_eq!(s.find_in(b"nothing secret here", None), None);
-        // Escaping bytes that need no escaping still decodes to the token.
-        let escaped: String = TOKEN.iter().map(|b| format!("%{b:02x}")).collect();
-        assert_eq!(s.find_in(escaped.as_bytes(), None), Some("API_TOKEN"));
+        for (name, text) in forms_table(OTHER) {
+            assert_eq!(s.find_in(&text, None), Some("OTHER_TOKEN"), "{name}");
+        }
+    }
+
+    /// Near misses and ordinary text are not secrets.
+    #[test]
+    fn scanner_ignores_near_misses() {
+        let s = set();
+        let cases: &[&[u8]] = &[
+            b"nothing secret here",
+            b"sk-live-0123456789abcde",
+            b"zz-other-secret-4",
+            b"zz-other-secret-4%",
+            b"%%%%\\\\\\u12\r\n\r\n",
+            b"736b2d6c6976652d30313233343536",
+        ];
+        for case in cases {
+            assert_eq!(s.find_in(case, None), None, "{:?}", String::from_utf8_lossy(case));
+        }
+    }
+
+    /// The scrubber removes every form the scanner finds, and leaves the rest unchanged.
+    #[test]
+    fn scrubber_removes_every_form() {
+        let s = set();
+        for token in [TOKEN, OTHER] {
+            for (name, text) in forms_table(token) {
+                let out = s.scrub(&text);
+                assert_eq!(s.find_in(&out, None), None, "{name}: {}", String::from_utf8_lossy(&out));
+                let text_s = String::from_utf8_lossy(&out);
+                assert!(text_s.starts_with("{\"q\":1, \"x\": \""), "{name}: {text_s}");
+                assert!(text_s.ends_with("\", \"y\": 2}"), "{name}: {text_s}");
+                assert!(text_s.contains("[REDACTED]"), "{name}: {text_s}");
+            }
+        }
+    }
+
+    /// The normaliser's table: what each wrapping becomes.
+    #[test]
+    fn normaliser_table() {
+        let cases: &[(&[u8], &[u8])] = &[
+            (b"plain", b"plain"),
+            (b"a%2Db", b"a-b"),
+            (b"a%252Db", b"a-b"),
+            (b"a%25252db", b"a-b"),
+            (b"100%", b"100%"),
+            (b"%zz%4", b"%zz%4"),
+            (b"a\\/b", b"a/b"),
+            (b"\\u0041\\u00e9", "A\u{e9}".as_bytes()),
+            (b"\\ud83d", b"\\ud83d"),
+            (b"\\\\u0041", b"\\u0041"),
+            (b"ab\r\ncd\n  ef", b"abcdef"),
+            (b"ab\\ncd", b"abcd"),
+            (b"\\u00252D", b"-"),
+            (b"%5C%2F", b"/"),
+            (b"a\\qb", b"a\\qb"),
+            (b"tail\\", b"tail\\"),
+        ];
+        for (input, want) in cases {
+            assert_eq!(
+                &normalise(input)[..],
+                *want,
+                "{:?}",
+                String::from_utf8_lossy(input)
+            );
+        }
     }
 
     #[test]
     fn short_secret_is_refused() {
         assert!(SecretSet::new([("T", &b"short"[..])]).is_err());
+    }
+
+    fn stream(s: &SecretSet, parts: &[&[u8]]) -> Vec<u8> {
+        let mut sc = s.scrubber();
+        let mut out = Vec::new();
+        for p in parts {
+            out.extend(sc.push(p).unwrap());
+        }
+        out.extend(sc.finish());
+        out
     }
 
     /// However the stream is cut, no secret form survives and other bytes are unchanged.
@@ -407,19 +936,29 @@ mod tests {
         text.extend(TOKEN);
         text.extend(b" mid ");
         text.extend(hex::encode(TOKEN).as_bytes());
-        text.extend(b" sk-live-0 not a token ");
-        text.extend(b"zz-other-secret-42 end");
-        let want =
-            b"before [REDACTED] mid [REDACTED] sk-live-0 not a token [REDACTED] end".to_vec();
+        text.extend(b" sk-live-0 not a token %41 ");
+        text.extend(percent_all(OTHER).replace('%', "%25").as_bytes());
+        text.extend(b" end\\/");
+        let want = b"before [REDACTED] mid [REDACTED] sk-live-0 not a token %41 [REDACTED] end\\/"
+            .to_vec();
         assert_eq!(s.scrub(&text), want);
         for cut in 0..text.len() {
-            for cut2 in cut..text.len() {
-                let mut sc = s.scrubber();
-                let mut out = sc.push(&text[..cut]);
-                out.extend(sc.push(&text[cut..cut2]));
-                out.extend(sc.push(&text[cut2..]));
-                out.extend(sc.finish());
+            for cut2 in (cut..text.len()).step_by(3) {
+                let out = stream(&s, &[&text[..cut], &text[cut..cut2], &text[cut2..]]);
                 assert_eq!(out, want, "cuts {cut} {cut2}");
+            }
+        }
+    }
+
+    /// Every form, cut at every place, is scrubbed.
+    #[test]
+    fn scrubber_handles_every_form_at_every_split() {
+        let s = set();
+        for (name, text) in forms_table(TOKEN) {
+            let want = s.scrub(&text);
+            for cut in 0..text.len() {
+                let out = stream(&s, &[&text[..cut], &text[cut..]]);
+                assert_eq!(out, want, "{name}, cut {cut}");
             }
         }
     }
@@ -431,7 +970,7 @@ mod tests {
         let mut text = b"x ".to_vec();
         text.extend(TOKEN);
         text.extend(b" y ");
-        text.extend(percent_encode(TOKEN, true));
+        text.extend(percent_all(TOKEN).as_bytes());
         text.extend(b" zz-other-secret-4 zz-other-secret-42");
         let want = s.scrub(&text);
         assert_eq!(
@@ -442,9 +981,9 @@ mod tests {
         for cut in 0..text.len() {
             for cut2 in cut..text.len() {
                 let mut sc = s.scrubber();
-                let mut out = sc.push_bytes(text.slice(..cut)).to_vec();
-                out.extend(sc.push_bytes(text.slice(cut..cut2)));
-                out.extend(sc.push_bytes(text.slice(cut2..)));
+                let mut out = sc.push_bytes(text.slice(..cut)).unwrap().to_vec();
+                out.extend(sc.push_bytes(text.slice(cut..cut2)).unwrap());
+                out.extend(sc.push_bytes(text.slice(cut2..)).unwrap());
                 out.extend(sc.finish());
                 assert_eq!(out, want, "cuts {cut} {cut2}");
             }
@@ -456,13 +995,14 @@ mod tests {
     fn push_bytes_does_not_copy_clean_data() {
         let mut sc = set().scrubber();
         let chunk = Bytes::from(vec![b'.'; 64 * 1024]);
-        let out = sc.push_bytes(chunk.clone());
+        let out = sc.push_bytes(chunk.clone()).unwrap();
         assert_eq!(out.as_ptr(), chunk.as_ptr());
         assert_eq!(out.len(), chunk.len());
         assert!(sc.finish().is_empty());
+        assert!(!sc.found());
     }
 
-    /// Long clean runs with secrets far apart: what the searcher skips is still scrubbed.
+    /// Long clean runs with secrets far apart: what the automaton skips is still scrubbed.
     #[test]
     fn scrubber_finds_secrets_in_long_data() {
         let s = set();
@@ -476,9 +1016,10 @@ mod tests {
             let mut sc = s.scrubber();
             let mut out = Vec::new();
             for chunk in text.chunks(chunk_len) {
-                out.extend(sc.push_bytes(Bytes::copy_from_slice(chunk)));
+                out.extend(sc.push_bytes(Bytes::copy_from_slice(chunk)).unwrap());
             }
             out.extend(sc.finish());
+            assert!(sc.found());
             assert_eq!(out.len(), 300_000 + 2 * REDACTED.len(), "{chunk_len}");
             assert_eq!(s.find_in(&out, None), None, "{chunk_len}");
         }
@@ -487,8 +1028,30 @@ mod tests {
     #[test]
     fn scrubber_only_holds_possible_prefixes() {
         let mut sc = set().scrubber();
-        assert_eq!(sc.push(b"hello world"), b"hello world");
-        assert_eq!(sc.push(b"data: sk-li"), b"data: ");
+        assert_eq!(sc.push(b"hello world").unwrap(), b"hello world");
+        assert_eq!(sc.push(b"data: sk-li").unwrap(), b"data: ");
         assert_eq!(sc.finish(), b"sk-li");
+    }
+
+    /// A stream of escapes that never completes is cut, not held without bound.
+    #[test]
+    fn endless_escapes_are_refused() {
+        let mut sc = set().scrubber();
+        assert_eq!(sc.push(b"%").unwrap(), b"");
+        let mut result = Ok(Vec::new());
+        let chain = b"25".repeat(512);
+        for _ in 0..(MAX_HELD_BYTES / chain.len() + 2) {
+            result = sc.push(&chain);
+            if result.is_err() {
+                break;
+            }
+        }
+        assert!(matches!(result, Err(SecretError::Unscannable)));
+        // Line breaks and indentation alone are bounded and pass.
+        let mut sc = set().scrubber();
+        for _ in 0..10_000 {
+            sc.push(b"\n   ").unwrap();
+        }
+        sc.finish();
     }
 }

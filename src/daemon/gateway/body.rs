@@ -56,7 +56,7 @@ impl Body for ObservedBody {
                 Ok(data) => {
                     this.bytes += data.len() as u64;
                     let out = match &mut this.scrubber {
-                        Some(s) => s.push_bytes(data),
+                        Some(s) => s.push_bytes(data).unwrap_or_default(),
                         None => data,
                     };
                     Poll::Ready(Some(Ok(Frame::data(out))))
