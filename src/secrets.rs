@@ -91,9 +91,9 @@ impl SecretSet {
     /// any of its forms, skipping the secret named `except`.
     pub fn find_in(&self, data: &[u8], except: Option<&str>) -> Option<&str> {
         let view = normalise(data);
-        let found = self.matcher.find(&view, |owner| {
-            Some(self.names[owner].as_str()) != except
-        })?;
+        let found = self
+            .matcher
+            .find(&view, |owner| Some(self.names[owner].as_str()) != except)?;
         Some(&self.names[found])
     }
 
@@ -121,7 +121,10 @@ impl SecretSet {
 
 /// The forms in which `value` is searched for, in normalised space.
 fn forms(value: &[u8]) -> Vec<Vec<u8>> {
-    let mut out = vec![normalise(value).into_owned(), hex::encode(value).into_bytes()];
+    let mut out = vec![
+        normalise(value).into_owned(),
+        hex::encode(value).into_bytes(),
+    ];
     for engine in [&STANDARD_NO_PAD, &URL_SAFE_NO_PAD] {
         for align in 0..3usize {
             let mut padded = vec![0u8; align];
@@ -317,8 +320,8 @@ impl Decoder<'_> {
         }
         if self.next_cr < self.pos {
             let r = rest(self.pos);
-            self.next_cr =
-                memchr::memchr(b'\r', &self.data[r.clone()]).map_or(self.data.len(), |i| r.start + i);
+            self.next_cr = memchr::memchr(b'\r', &self.data[r.clone()])
+                .map_or(self.data.len(), |i| r.start + i);
         }
         self.next_m3.min(self.next_cr)
     }
@@ -354,7 +357,11 @@ impl Decoder<'_> {
     fn look(&mut self, k: usize, undecided: bool) -> Look {
         loop {
             let Some(item) = self.peek(k) else {
-                return if undecided { Look::Incomplete } else { Look::End };
+                return if undecided {
+                    Look::Incomplete
+                } else {
+                    Look::End
+                };
             };
             if item.byte != b'%' {
                 return Look::Item(item);
@@ -780,7 +787,13 @@ mod tests {
         hex::encode(data)
             .chars()
             .enumerate()
-            .map(|(i, c)| if i % 2 == 0 { c.to_ascii_uppercase() } else { c })
+            .map(|(i, c)| {
+                if i % 2 == 0 {
+                    c.to_ascii_uppercase()
+                } else {
+                    c
+                }
+            })
             .collect()
     }
 
@@ -813,10 +826,7 @@ mod tests {
                 String::from_utf8_lossy(token).replace('/', "\\/"),
             ),
             ("json unicode escapes", json_escape_all(token)),
-            (
-                "json escaped newlines in base64",
-                wrap(&b64, 20, "\\n"),
-            ),
+            ("json escaped newlines in base64", wrap(&b64, 20, "\\n")),
             (
                 "percent-encoded json escape",
                 String::from_utf8_lossy(token).replace('/', "%5C%2F"),
@@ -862,7 +872,12 @@ mod tests {
             b"736b2d6c6976652d30313233343536",
         ];
         for case in cases {
-            assert_eq!(s.find_in(case, None), None, "{:?}", String::from_utf8_lossy(case));
+            assert_eq!(
+                s.find_in(case, None),
+                None,
+                "{:?}",
+                String::from_utf8_lossy(case)
+            );
         }
     }
 
@@ -873,9 +888,17 @@ mod tests {
         for token in [TOKEN, OTHER] {
             for (name, text) in forms_table(token) {
                 let out = s.scrub(&text);
-                assert_eq!(s.find_in(&out, None), None, "{name}: {}", String::from_utf8_lossy(&out));
+                assert_eq!(
+                    s.find_in(&out, None),
+                    None,
+                    "{name}: {}",
+                    String::from_utf8_lossy(&out)
+                );
                 let text_s = String::from_utf8_lossy(&out);
-                assert!(text_s.starts_with("{\"q\":1, \"x\": \""), "{name}: {text_s}");
+                assert!(
+                    text_s.starts_with("{\"q\":1, \"x\": \""),
+                    "{name}: {text_s}"
+                );
                 assert!(text_s.ends_with("\", \"y\": 2}"), "{name}: {text_s}");
                 assert!(text_s.contains("[REDACTED]"), "{name}: {text_s}");
             }
