@@ -395,7 +395,8 @@ mod tests {
                 );
             }
         }
-        let routes: &[(&str, Result<(&str, u16), ()>)] = &[
+        type RouteCase = (&'static str, Result<(&'static str, u16), ()>);
+        let routes: &[RouteCase] = &[
             ("api.example.com", Ok(("api.example.com", 443))),
             ("API.example.com.:8443", Ok(("api.example.com", 8443))),
             ("10.0.0.1", Err(())),
