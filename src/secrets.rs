@@ -90,10 +90,15 @@ impl SecretSet {
     /// The name of the first secret found in `data` (any bytes: a header, a body, a blob) in
     /// any of its forms, skipping the secret named `except`.
     pub fn find_in(&self, data: &[u8], except: Option<&str>) -> Option<&str> {
-        let view = normalise(data);
-        let found = self
-            .matcher
-            .find(&view, |owner| Some(self.names[owner].as_str()) != except)?;
+        let wanted = |owner: usize| Some(self.names[owner].as_str()) != except;
+        let found = match normalise(data) {
+            Cow::Borrowed(_) => self.matcher.find(data, wanted),
+            // An escape can swallow the start of a form written right after it: both views.
+            Cow::Owned(norm) => self
+                .matcher
+                .find(&norm, wanted)
+                .or_else(|| self.matcher.find(data, wanted)),
+        }?;
         Some(&self.names[found])
     }
 
@@ -566,6 +571,10 @@ impl Matcher {
     /// The scrubbed form of `buf` up to the returned offset, from which input is held back (it
     /// could be the start of a secret, or of an escape, that the next chunk completes).
     /// Borrowed when nothing was replaced, so clean data is not copied.
+    ///
+    /// Matches are looked for in the normalised view and, when normalising changed anything,
+    /// in the bytes as they are too: an escape can swallow the first characters of a form
+    /// written right after it (`%` before a token that starts with two hex digits).
     fn replace<'a>(&self, buf: &'a [u8], at_end: bool) -> (Replaced<'a>, usize) {
         if self.patterns.is_empty() {
             let scrubbed = Cow::Borrowed(buf);
@@ -578,45 +587,39 @@ impl Matcher {
             );
         }
         let view = Normalised::new(buf, at_end, true);
-        let norm = &view.bytes[..];
-        // Only the last `longest - 1` bytes can start a proper prefix of a pattern; before
-        // them, every match is complete and the automaton decides alone.
-        let tail = if at_end {
-            norm.len()
-        } else {
-            norm.len().saturating_sub(self.longest.saturating_sub(1))
-        };
-        let mut matches: Vec<(usize, usize)> = Vec::new();
-        let mut pos = 0;
-        if let Some(replacer) = &self.replacer {
-            for m in replacer.find_iter(norm) {
-                if m.start() >= tail {
-                    break;
-                }
-                matches.push((m.start(), m.end()));
-                pos = m.end();
-            }
-        }
-        let resume = pos.max(if self.replacer.is_some() { tail } else { 0 });
-        let held_norm = self.replace_bytewise(norm, resume, at_end, &mut matches);
-        let mut held = if held_norm < norm.len() {
+        let (matches, held_norm) = self.matches(&view.bytes, at_end);
+        let mut held = if held_norm < view.bytes.len() {
             view.orig_start(held_norm)
         } else {
             view.complete
         };
-        // Original spans; a multi-byte decoded character can be shared by two matches.
-        let mut spans: Vec<(usize, usize)> = Vec::with_capacity(matches.len());
-        for (s, e) in matches {
-            let (os, oe) = (view.orig_start(s), view.orig_end(e - 1));
-            match spans.last_mut() {
-                Some(last) if os < last.1 => last.1 = last.1.max(oe),
-                _ => spans.push((os, oe)),
+        let mut spans: Vec<(usize, usize)> = matches
+            .into_iter()
+            .map(|(s, e)| (view.orig_start(s), view.orig_end(e - 1)))
+            .collect();
+        if !view.segs.is_empty() {
+            let (raw, held_raw) = self.matches(buf, at_end);
+            spans.extend(raw);
+            held = held.min(held_raw);
+            spans.sort_unstable();
+        }
+        // Merge overlaps (two forms, or two matches sharing a decoded multi-byte character).
+        let mut merged: Vec<(usize, usize)> = Vec::with_capacity(spans.len());
+        for (s, e) in spans {
+            match merged.last_mut() {
+                Some(last) if s < last.1 => last.1 = last.1.max(e),
+                _ => merged.push((s, e)),
             }
         }
-        if let Some(last) = spans.last() {
-            held = held.max(last.1);
+        // A match reaching past the hold point is decided with the next chunk.
+        while let Some(&(s, e)) = merged.last() {
+            if e <= held {
+                break;
+            }
+            held = held.min(s);
+            merged.pop();
         }
-        if spans.is_empty() {
+        if merged.is_empty() {
             let scrubbed = Cow::Borrowed(&buf[..held]);
             return (
                 Replaced {
@@ -628,7 +631,7 @@ impl Matcher {
         }
         let mut out = Vec::with_capacity(held);
         let mut copied = 0;
-        for (s, e) in spans {
+        for (s, e) in merged {
             out.extend_from_slice(&buf[copied..s]);
             out.extend_from_slice(REDACTED);
             copied = e;
@@ -641,6 +644,31 @@ impl Matcher {
             },
             held,
         )
+    }
+
+    /// The complete matches in `hay`, and where input must be held back.
+    fn matches(&self, hay: &[u8], at_end: bool) -> (Vec<(usize, usize)>, usize) {
+        // Only the last `longest - 1` bytes can start a proper prefix of a pattern; before
+        // them, every match is complete and the automaton decides alone.
+        let tail = if at_end {
+            hay.len()
+        } else {
+            hay.len().saturating_sub(self.longest.saturating_sub(1))
+        };
+        let mut matches: Vec<(usize, usize)> = Vec::new();
+        let mut pos = 0;
+        if let Some(replacer) = &self.replacer {
+            for m in replacer.find_iter(hay) {
+                if m.start() >= tail {
+                    break;
+                }
+                matches.push((m.start(), m.end()));
+                pos = m.end();
+            }
+        }
+        let resume = pos.max(if self.replacer.is_some() { tail } else { 0 });
+        let held = self.replace_bytewise(hay, resume, at_end, &mut matches);
+        (matches, held)
     }
 
     /// Tries every pattern at every byte of `norm[from..]` (a short tail, or everything if
@@ -831,6 +859,9 @@ mod tests {
                 "percent-encoded json escape",
                 String::from_utf8_lossy(token).replace('/', "%5C%2F"),
             ),
+            ("after a percent sign", format!("%{}", String::from_utf8_lossy(token))),
+            ("hex after a percent sign", format!("%{}", hex::encode(token))),
+            ("after a backslash", format!("\\{}", String::from_utf8_lossy(token))),
             (
                 "json-escaped percent",
                 percent_all(token).replace('%', "\\u0025"),
