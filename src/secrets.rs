@@ -93,11 +93,19 @@ impl SecretSet {
         let wanted = |owner: usize| Some(self.names[owner].as_str()) != except;
         let found = match normalise(data) {
             Cow::Borrowed(_) => self.matcher.find(data, wanted),
-            // An escape can swallow the start of a form written right after it: both views.
+            Cow::Owned(norm) if memchr::memchr2(b'%', b'\\', data).is_none() => {
+                self.matcher.find(&norm, wanted)
+            }
+            // An escape can swallow the start of a form written right after it: the bytes as
+            // they are, and with only their line breaks dropped, are looked at too.
             Cow::Owned(norm) => self
                 .matcher
                 .find(&norm, wanted)
-                .or_else(|| self.matcher.find(data, wanted)),
+                .or_else(|| self.matcher.find(data, wanted))
+                .or_else(|| {
+                    let lines = Normalised::new(data, true, false, Mode::Lines).bytes;
+                    self.matcher.find(&lines, wanted)
+                }),
         }?;
         Some(&self.names[found])
     }
@@ -155,7 +163,17 @@ fn forms(value: &[u8]) -> Vec<Vec<u8>> {
 /// The normalised view of `data`, as the scanner sees it (see the module docs). Borrowed when
 /// `data` holds nothing to undo.
 pub fn normalise(data: &[u8]) -> Cow<'_, [u8]> {
-    Normalised::new(data, true, false).bytes
+    Normalised::new(data, true, false, Mode::Full).bytes
+}
+
+/// Which wrappings a view undoes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// Escapes and line breaks.
+    Full,
+    /// Line breaks only: an escape that swallows the first characters of a wrapped form
+    /// (`%8` before base64 that starts with `d`) must not hide it.
+    Lines,
 }
 
 /// One stretch of normalised output and where it came from. A run maps byte for byte; a
@@ -179,7 +197,7 @@ struct Normalised<'a> {
 
 impl<'a> Normalised<'a> {
     /// `at_end`: no more input follows, so an unfinished escape is taken literally.
-    fn new(data: &'a [u8], at_end: bool, map: bool) -> Normalised<'a> {
+    fn new(data: &'a [u8], at_end: bool, map: bool, mode: Mode) -> Normalised<'a> {
         let m3 = memchr::memchr3(b'%', b'\\', b'\n', data).unwrap_or(data.len());
         let cr = memchr::memchr(b'\r', data).unwrap_or(data.len());
         if m3 == data.len() && cr == data.len() {
@@ -198,6 +216,7 @@ impl<'a> Normalised<'a> {
             out: Vec::with_capacity(data.len()),
             segs: Vec::new(),
             map,
+            escapes: mode == Mode::Full,
         };
         let complete = d.run(at_end);
         Normalised {
@@ -210,6 +229,16 @@ impl<'a> Normalised<'a> {
     fn seg(&self, n: usize) -> Option<&Seg> {
         let i = self.segs.partition_point(|s| s.norm <= n);
         self.segs.get(i.checked_sub(1)?)
+    }
+
+    /// `at`, or the start of the decoded escape it falls inside: a place where normalising can
+    /// start again and see the same.
+    fn align(&self, at: usize) -> usize {
+        let i = self.segs.partition_point(|s| s.orig <= at);
+        match i.checked_sub(1).map(|i| &self.segs[i]) {
+            Some(s) if !s.run && at < s.orig + s.orig_len => s.orig,
+            _ => at,
+        }
     }
 
     /// Where normalised byte `n` starts in the original.
@@ -250,6 +279,8 @@ struct Decoder<'a> {
     out: Vec<u8>,
     segs: Vec<Seg>,
     map: bool,
+    /// Whether escapes are undone (else only line breaks are dropped).
+    escapes: bool,
 }
 
 fn hex_value(b: u8) -> Option<u8> {
@@ -368,7 +399,7 @@ impl Decoder<'_> {
                     Look::End
                 };
             };
-            if item.byte != b'%' {
+            if item.byte != b'%' || !self.escapes {
                 return Look::Item(item);
             }
             let h = self.peek(k + 1).map(|i| hex_value(i.byte));
@@ -431,7 +462,7 @@ impl Decoder<'_> {
                     }
                     self.take(k);
                 }
-                b'\\' => match self.look(1, undecided) {
+                b'\\' if self.escapes => match self.look(1, undecided) {
                     Look::Incomplete => return c.start,
                     Look::Item(Item { byte: b'u', .. }) => match self.unicode_escape(undecided) {
                         Err(()) => return c.start,
@@ -586,21 +617,21 @@ impl Matcher {
                 buf.len(),
             );
         }
-        let view = Normalised::new(buf, at_end, true);
-        let (matches, held_norm) = self.matches(&view.bytes, at_end);
-        let mut held = if held_norm < view.bytes.len() {
-            view.orig_start(held_norm)
-        } else {
-            view.complete
-        };
-        let mut spans: Vec<(usize, usize)> = matches
-            .into_iter()
-            .map(|(s, e)| (view.orig_start(s), view.orig_end(e - 1)))
-            .collect();
-        if !view.segs.is_empty() {
+        let view = Normalised::new(buf, at_end, true, Mode::Full);
+        let (mut spans, mut held) = self.spans(&view, at_end);
+        // Dropped line breaks cannot hide a form; a decoded escape can swallow the start of
+        // one written right after it. So with escapes around, the bytes as they are, and with
+        // only their line breaks dropped, are looked at too.
+        if !view.segs.is_empty() && memchr::memchr2(b'%', b'\\', buf).is_some() {
             let (raw, held_raw) = self.matches(buf, at_end);
             spans.extend(raw);
             held = held.min(held_raw);
+            if memchr::memchr2(b'\n', b'\r', buf).is_some() {
+                let lines = Normalised::new(buf, at_end, true, Mode::Lines);
+                let (more, held_lines) = self.spans(&lines, at_end);
+                spans.extend(more);
+                held = held.min(held_lines);
+            }
             spans.sort_unstable();
         }
         // Merge overlaps (two forms, or two matches sharing a decoded multi-byte character).
@@ -611,13 +642,17 @@ impl Matcher {
                 _ => merged.push((s, e)),
             }
         }
-        // A match reaching past the hold point is decided with the next chunk.
-        while let Some(&(s, e)) = merged.last() {
-            if e <= held {
-                break;
+        // A match reaching past the hold point is decided with the next chunk, and the next
+        // chunk starts where normalising sees the same as now (not inside an escape).
+        loop {
+            held = view.align(held);
+            match merged.last() {
+                Some(&(s, e)) if e > held => {
+                    held = held.min(s);
+                    merged.pop();
+                }
+                _ => break,
             }
-            held = held.min(s);
-            merged.pop();
         }
         if merged.is_empty() {
             let scrubbed = Cow::Borrowed(&buf[..held]);
@@ -644,6 +679,22 @@ impl Matcher {
             },
             held,
         )
+    }
+
+    /// The complete matches in a view, as original spans, and the original offset where input
+    /// must be held back.
+    fn spans(&self, view: &Normalised<'_>, at_end: bool) -> (Vec<(usize, usize)>, usize) {
+        let (matches, held_norm) = self.matches(&view.bytes, at_end);
+        let held = if held_norm < view.bytes.len() {
+            view.orig_start(held_norm)
+        } else {
+            view.complete
+        };
+        let spans = matches
+            .into_iter()
+            .map(|(s, e)| (view.orig_start(s), view.orig_end(e - 1)))
+            .collect();
+        (spans, held)
     }
 
     /// The complete matches in `hay`, and where input must be held back.
@@ -859,9 +910,22 @@ mod tests {
                 "percent-encoded json escape",
                 String::from_utf8_lossy(token).replace('/', "%5C%2F"),
             ),
-            ("after a percent sign", format!("%{}", String::from_utf8_lossy(token))),
-            ("hex after a percent sign", format!("%{}", hex::encode(token))),
-            ("after a backslash", format!("\\{}", String::from_utf8_lossy(token))),
+            (
+                "after a percent sign",
+                format!("%{}", String::from_utf8_lossy(token)),
+            ),
+            (
+                "hex after a percent sign",
+                format!("%{}", hex::encode(token)),
+            ),
+            (
+                "after a backslash",
+                format!("\\{}", String::from_utf8_lossy(token)),
+            ),
+            (
+                "wrapped hex after a percent sign",
+                format!("%{}", wrap(&hex::encode(token), 10, "\n")),
+            ),
             (
                 "json-escaped percent",
                 percent_all(token).replace('%', "\\u0025"),
@@ -1085,6 +1149,19 @@ mod tests {
         assert_eq!(sc.push(b"hello world").unwrap(), b"hello world");
         assert_eq!(sc.push(b"data: sk-li").unwrap(), b"data: ");
         assert_eq!(sc.finish(), b"sk-li");
+    }
+
+    /// Found by the `normaliser` fuzz target: `%8d` swallows the `d` that starts a wrapped
+    /// base64 form. Scrubbed whole, and the same however the stream is cut.
+    #[test]
+    fn escape_before_a_wrapped_form() {
+        let s = SecretSet::new([("B", &b"7e57ab1e-d00d/+=?%\\x"[..])]).unwrap();
+        let text = b"%8dlntdhyjfllwqwmgqvk\n\nz0_jvx4%";
+        let whole = s.scrub(text);
+        assert_eq!(whole, b"%8[REDACTED]%");
+        for cut in 0..text.len() {
+            assert_eq!(stream(&s, &[&text[..cut], &text[cut..]]), whole, "cut {cut}");
+        }
     }
 
     /// A stream of escapes that never completes is cut, not held without bound.

@@ -1480,15 +1480,29 @@ async fn idle_timeout_covers_every_wait() {
     let stalled_body = format!(
         "POST {plain} HTTP/1.1\r\nHost: plain.test\r\nContent-Length: 100\r\n\r\nonly part of it"
     );
-    let stalled_route_body =
-        "POST / HTTP/1.1\r\nHost: route.test\r\nContent-Length: 100\r\n\r\npart";
     let _ = w.raw_request(stalled_body.as_bytes()).await;
     // Inside a route tunnel too, and waiting for an upstream's head.
     let r = w
         .curl(&format!("https://raw.test:{}/stall-head", w.raw_port), &[])
         .await;
     assert_ne!(r.status, 200);
-    let _ = stalled_route_body;
+    // A request body that stalls inside a route's tunnel (curl uploads what stdin gives).
+    let mut upload = tokio::process::Command::new("curl")
+        .args(["-sS", "--max-time", "20", "-T", "-", "--proxy"])
+        .arg(format!("http://{}", w.gateway))
+        .arg("--cacert")
+        .arg(&w.cafile)
+        .arg(format!("https://route.test:{}/upload", w.upstream_port))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdin = upload.stdin.take().unwrap();
+    stdin.write_all(b"the start of a body").await.unwrap();
+    let ended = tokio::time::timeout(std::time::Duration::from_secs(15), upload.wait()).await;
+    assert!(ended.is_ok(), "the stalled upload was not cut");
+    drop(stdin);
     assert!(
         started.elapsed() < std::time::Duration::from_secs(15),
         "the waits were cut by the idle timeout, not the total one: {:?}",
@@ -1501,10 +1515,17 @@ async fn idle_timeout_covers_every_wait() {
         })
         .await;
     assert_eq!(head["decision"], "fail");
-    w.wait_for_line(|l| {
-        l["reason_code"] == "idle_timeout" && l["reason"].as_str().unwrap().contains("request")
-    })
-    .await;
+    for host in ["plain.test", "route.test"] {
+        w.wait_for_line(|l| {
+            l["host"] == host
+                && l["reason_code"] == "idle_timeout"
+                && l["reason"]
+                    .as_str()
+                    .unwrap()
+                    .contains("reading the request")
+        })
+        .await;
+    }
 }
 
 /// Class 6: buffered bodies share one process-wide budget, not one per connection.

@@ -73,7 +73,7 @@ impl Shared {
         // The first bytes decide whether the body is an undeclared compressed stream.
         let mut first: VecDeque<Bytes> = VecDeque::new();
         let mut head = Vec::with_capacity(4);
-        while head.len() < 4 {
+        while head.len() < 4 && decode::may_become_compressed(&head) {
             match stream.next().await {
                 Some(Ok(chunk)) => {
                     head.extend(chunk.iter().take(4 - head.len()));

@@ -112,6 +112,18 @@ pub fn sniff(head: &[u8]) -> Option<Coding> {
     }
 }
 
+/// Whether more bytes could still make `head` a compressed stream's start (so sniffing must
+/// wait for them).
+pub fn may_become_compressed(head: &[u8]) -> bool {
+    match head {
+        [] => true,
+        [0x1f] | [0x1f, 0x8b] => true,
+        [0x28] | [0x28, 0xb5] | [0x28, 0xb5, 0x2f] => true,
+        [cmf] => cmf & 0x0f == 8 && cmf >> 4 <= 7,
+        _ => false,
+    }
+}
+
 fn is_zlib_header(cmf: u8, flg: u8) -> bool {
     cmf & 0x0f == 8 && cmf >> 4 <= 7 && (u16::from(cmf) << 8 | u16::from(flg)) % 31 == 0
 }
@@ -600,6 +612,20 @@ mod tests {
         ];
         for (body, want) in cases {
             assert_eq!(sniff(&body), want, "{:?}", &body[..body.len().min(4)]);
+        }
+        let waits: &[(&[u8], bool)] = &[
+            (b"", true),
+            (&[0x1f], true),
+            (&[0x1f, 0x8b], true),
+            (&[0x1f, 0x00], false),
+            (&[0x28, 0xb5, 0x2f], true),
+            (&[0x78], true),
+            (b"x^", false),
+            (b"d", false),
+            (b":\n", false),
+        ];
+        for (head, want) in waits {
+            assert_eq!(may_become_compressed(head), *want, "{head:?}");
         }
     }
 
