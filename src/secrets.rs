@@ -191,6 +191,8 @@ struct Normalised<'a> {
     bytes: Cow<'a, [u8]>,
     /// Empty when `bytes` is `data` itself.
     segs: Vec<Seg>,
+    /// Escapes that decoded to a dropped line break: spans with no output, but not to be cut.
+    dropped: Vec<(usize, usize)>,
     /// Input from here on was not decoded: it may start an escape the next chunk completes.
     complete: usize,
 }
@@ -204,6 +206,7 @@ impl<'a> Normalised<'a> {
             return Normalised {
                 bytes: Cow::Borrowed(data),
                 segs: Vec::new(),
+                dropped: Vec::new(),
                 complete: data.len(),
             };
         }
@@ -215,6 +218,7 @@ impl<'a> Normalised<'a> {
             back: Vec::new(),
             out: Vec::with_capacity(data.len()),
             segs: Vec::new(),
+            dropped: Vec::new(),
             map,
             escapes: mode == Mode::Full,
         };
@@ -222,6 +226,7 @@ impl<'a> Normalised<'a> {
         Normalised {
             bytes: Cow::Owned(d.out),
             segs: d.segs,
+            dropped: d.dropped,
             complete,
         }
     }
@@ -235,8 +240,15 @@ impl<'a> Normalised<'a> {
     /// start again and see the same.
     fn align(&self, at: usize) -> usize {
         let i = self.segs.partition_point(|s| s.orig <= at);
-        match i.checked_sub(1).map(|i| &self.segs[i]) {
-            Some(s) if !s.run && at < s.orig + s.orig_len => s.orig,
+        if let Some(s) = i.checked_sub(1).map(|i| &self.segs[i])
+            && !s.run
+            && at < s.orig + s.orig_len
+        {
+            return s.orig;
+        }
+        let i = self.dropped.partition_point(|d| d.0 <= at);
+        match i.checked_sub(1).map(|i| self.dropped[i]) {
+            Some((start, end)) if at < end => start,
             _ => at,
         }
     }
@@ -278,6 +290,7 @@ struct Decoder<'a> {
     back: Vec<Item>,
     out: Vec<u8>,
     segs: Vec<Seg>,
+    dropped: Vec<(usize, usize)>,
     map: bool,
     /// Whether escapes are undone (else only line breaks are dropped).
     escapes: bool,
@@ -460,7 +473,12 @@ impl Decoder<'_> {
                     if undecided && self.peek(k).is_none() && k <= MAX_INDENT {
                         return c.start;
                     }
-                    self.take(k);
+                    for _ in 0..k {
+                        let (start, end) = self.take(1);
+                        if self.map && end - start > 1 {
+                            self.dropped.push((start, end));
+                        }
+                    }
                 }
                 b'\\' if self.escapes => match self.look(1, undecided) {
                     Look::Incomplete => return c.start,
@@ -1160,7 +1178,27 @@ mod tests {
         let whole = s.scrub(text);
         assert_eq!(whole, b"%8[REDACTED]%");
         for cut in 0..text.len() {
-            assert_eq!(stream(&s, &[&text[..cut], &text[cut..]]), whole, "cut {cut}");
+            assert_eq!(
+                stream(&s, &[&text[..cut], &text[cut..]]),
+                whole,
+                "cut {cut}"
+            );
+        }
+    }
+
+    /// Found by the `normaliser` fuzz target: a stream must not restart inside a `\n` escape
+    /// whose line break was dropped.
+    #[test]
+    fn no_restart_inside_a_dropped_escape() {
+        let s = SecretSet::new([("B", &b"7e57ab1e-d00d/+=?%\\x"[..])]).unwrap();
+        let text = b"\nRF\n]\\n2\\nu1n2fimwutzdawzc8rpt8lxh/\nRff\nf\\/";
+        let whole = s.scrub(text);
+        for cut in 0..text.len() {
+            assert_eq!(
+                stream(&s, &[&text[..cut], &text[cut..]]),
+                whole,
+                "cut {cut}"
+            );
         }
     }
 
