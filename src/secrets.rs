@@ -603,6 +603,21 @@ impl Matcher {
 
     /// The owner of a match in normalised `view` for which `wanted` holds.
     fn find(&self, view: &[u8], wanted: impl Fn(usize) -> bool) -> Option<usize> {
+        // Clean data, the common case, is settled by one fast leftmost pass; only a match of
+        // an excepted secret needs every overlapping match looked at.
+        if let Some(replacer) = &self.replacer {
+            let mut skipped = false;
+            for m in replacer.find_iter(view) {
+                let owner = self.patterns[m.pattern().as_usize()].1;
+                if wanted(owner) {
+                    return Some(owner);
+                }
+                skipped = true;
+            }
+            if !skipped {
+                return None;
+            }
+        }
         match &self.finder {
             Some(finder) => finder
                 .find_overlapping_iter(view)

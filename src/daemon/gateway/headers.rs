@@ -3,6 +3,9 @@
 //! is dropped before the route's token is set, so the agent cannot use an account of its own
 //! there; and every response head is scrubbed before it reaches the client.
 
+use std::sync::OnceLock;
+
+use aho_corasick::AhoCorasick;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::response;
 
@@ -54,10 +57,24 @@ pub fn strip_hop_headers(headers: &mut HeaderMap) {
 /// Whether a header or parameter name looks like it carries a credential. Escapes in the
 /// name are undone first (`%6Bey` is `key`).
 pub fn is_credential_name(name: &[u8]) -> bool {
-    let name = normalise(name).to_ascii_lowercase();
-    CREDENTIAL_WORDS
-        .iter()
-        .any(|w| memchr::memmem::find(&name, w.as_bytes()).is_some())
+    static WORDS: OnceLock<Option<AhoCorasick>> = OnceLock::new();
+    let words = WORDS.get_or_init(|| {
+        AhoCorasick::builder()
+            .ascii_case_insensitive(true)
+            .build(CREDENTIAL_WORDS)
+            .ok()
+    });
+    let name = normalise(name);
+    match words {
+        Some(words) => words.is_match(&name[..]),
+        // Only past size limits a few words cannot reach; then a slower search.
+        None => {
+            let name = name.to_ascii_lowercase();
+            CREDENTIAL_WORDS
+                .iter()
+                .any(|w| memchr::memmem::find(&name, w.as_bytes()).is_some())
+        }
+    }
 }
 
 /// Drops every credential-shaped header and every header in `extra` (lowercase names).
@@ -96,6 +113,14 @@ pub fn drop_credential_params(path_and_query: &str) -> String {
 /// Scrubs a header map: a header whose name carries a secret is dropped, values are scrubbed.
 pub fn scrub_headers(secrets: &SecretSet, headers: &mut HeaderMap) {
     if secrets.is_empty() {
+        return;
+    }
+    // Most heads hold nothing to change: then the map is left as it is.
+    let dirty = headers.iter().any(|(k, v)| {
+        secrets.find_in(k.as_str().as_bytes(), None).is_some()
+            || secrets.find_in(v.as_bytes(), None).is_some()
+    });
+    if !dirty {
         return;
     }
     let old = std::mem::take(headers);
