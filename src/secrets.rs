@@ -75,7 +75,11 @@ impl SecretSet {
             }
             let owner = names.len();
             names.push(name.to_string());
-            patterns.extend(forms(value).into_iter().map(|p| (p, owner)));
+            patterns.extend(forms(value).into_iter().map(|(bytes, folded)| Pattern {
+                bytes,
+                owner,
+                folded,
+            }));
         }
         Ok(SecretSet {
             names: names.into(),
@@ -132,11 +136,12 @@ impl SecretSet {
     }
 }
 
-/// The forms in which `value` is searched for, in normalised space.
-fn forms(value: &[u8]) -> Vec<Vec<u8>> {
+/// The forms in which `value` is searched for, in normalised space, each with whether it
+/// matches in any case (hex only: base64 and the raw token are case-sensitive).
+fn forms(value: &[u8]) -> Vec<(Vec<u8>, bool)> {
     let mut out = vec![
-        normalise(value).into_owned(),
-        hex::encode(value).into_bytes(),
+        (normalise(value).into_owned(), false),
+        (hex::encode(value).into_bytes(), true),
     ];
     for engine in [&STANDARD_NO_PAD, &URL_SAFE_NO_PAD] {
         for align in 0..3usize {
@@ -147,14 +152,11 @@ fn forms(value: &[u8]) -> Vec<Vec<u8>> {
             let start = (align * 8).div_ceil(6);
             let end = padded.len() * 8 / 6;
             if end > start {
-                out.push(encoded.as_bytes()[start..end].to_vec());
+                out.push((encoded.as_bytes()[start..end].to_vec(), false));
             }
         }
     }
-    out.retain(|p| p.len() >= MIN_SECRET_LEN.min(value.len()));
-    for p in &mut out {
-        p.make_ascii_lowercase();
-    }
+    out.retain(|(p, _)| p.len() >= MIN_SECRET_LEN.min(value.len()));
     out.sort();
     out.dedup();
     out
@@ -548,17 +550,83 @@ enum Look {
     Incomplete,
 }
 
+/// One form of one secret.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Pattern {
+    bytes: Vec<u8>,
+    owner: usize,
+    /// Matches in any ASCII case (hex); else exactly.
+    folded: bool,
+}
+
+impl Pattern {
+    fn is_prefix_of(&self, hay: &[u8]) -> bool {
+        hay.len() >= self.bytes.len() && self.same(&hay[..self.bytes.len()], &self.bytes)
+    }
+
+    /// Whether `hay` (shorter than the pattern) could grow into it.
+    fn could_start(&self, hay: &[u8]) -> bool {
+        hay.len() < self.bytes.len() && self.same(hay, &self.bytes[..hay.len()])
+    }
+
+    fn same(&self, a: &[u8], b: &[u8]) -> bool {
+        if self.folded {
+            a.eq_ignore_ascii_case(b)
+        } else {
+            a == b
+        }
+    }
+}
+
+/// Leftmost-longest and overlapping automata over some of the patterns.
+#[derive(Debug)]
+struct Automata {
+    /// For replacing: among matches starting at one place, the longest, so a raw token is
+    /// not half-replaced by a shorter form's match.
+    leftmost: AhoCorasick,
+    /// Every match, for finding a secret other than an excepted one.
+    overlapping: AhoCorasick,
+    /// Automaton pattern index to [`Matcher::patterns`] index.
+    index: Vec<usize>,
+}
+
+impl Automata {
+    /// `None` without patterns, or should building fail (only past size limits a few dozen
+    /// short patterns cannot reach): then the matcher tries each pattern at each byte.
+    fn build(patterns: &[Pattern], folded: bool) -> Option<Automata> {
+        let index: Vec<usize> = (0..patterns.len())
+            .filter(|&i| patterns[i].folded == folded)
+            .collect();
+        if index.is_empty() {
+            return None;
+        }
+        let build = |kind| {
+            AhoCorasick::builder()
+                .match_kind(kind)
+                // Case-insensitive automata lose the fast prefilter on text unless their
+                // patterns start with digits, as hex does: so only hex is folded.
+                .ascii_case_insensitive(folded)
+                .build(index.iter().map(|&i| &patterns[i].bytes))
+                .ok()
+        };
+        Some(Automata {
+            leftmost: build(MatchKind::LeftmostLongest)?,
+            overlapping: build(MatchKind::Standard)?,
+            index,
+        })
+    }
+}
+
 /// The automata over every form of every secret, and what the streaming tail check needs.
 #[derive(Debug, Default)]
 struct Matcher {
-    /// Lowercase forms, longest first, and the secret each belongs to.
-    patterns: Vec<(Vec<u8>, usize)>,
-    /// Leftmost-longest, for replacing: among matches starting at one place, the longest, so
-    /// a raw token is not half-replaced by a shorter form's match. `None` without patterns.
-    replacer: Option<AhoCorasick>,
-    /// Every match, overlapping, for finding a secret other than an excepted one.
-    finder: Option<AhoCorasick>,
-    /// Bytes (either case) that start some pattern: only there can a held-back prefix begin.
+    /// Longest first.
+    patterns: Vec<Pattern>,
+    exact: Option<Automata>,
+    folded: Option<Automata>,
+    /// Whether every pattern kind got its automaton (else the bytewise fallback runs).
+    complete: bool,
+    /// Bytes that start some pattern: only there can a held-back prefix begin.
     first: Vec<bool>,
     longest: usize,
 }
@@ -570,66 +638,72 @@ struct Replaced<'a> {
 }
 
 impl Matcher {
-    fn new(mut patterns: Vec<(Vec<u8>, usize)>) -> Matcher {
-        patterns.sort_by(|a, b| b.0.len().cmp(&a.0.len()).then(a.cmp(b)));
-        patterns.dedup_by(|a, b| a.0 == b.0);
+    fn new(mut patterns: Vec<Pattern>) -> Matcher {
+        patterns.sort_by(|a, b| {
+            b.bytes
+                .len()
+                .cmp(&a.bytes.len())
+                .then(a.bytes.cmp(&b.bytes))
+        });
+        patterns.dedup_by(|a, b| a.bytes == b.bytes);
         let mut first = vec![false; 256];
-        for (p, _) in &patterns {
-            first[usize::from(p[0].to_ascii_lowercase())] = true;
-            first[usize::from(p[0].to_ascii_uppercase())] = true;
+        for p in &patterns {
+            first[usize::from(p.bytes[0])] = true;
+            if p.folded {
+                first[usize::from(p.bytes[0].to_ascii_lowercase())] = true;
+                first[usize::from(p.bytes[0].to_ascii_uppercase())] = true;
+            }
         }
-        // Building only fails past size limits that a few dozen short patterns cannot reach;
-        // should it ever fail, `replace` falls back to trying each pattern at each byte.
-        let build = |kind| {
-            (!patterns.is_empty())
-                .then(|| {
-                    AhoCorasick::builder()
-                        .match_kind(kind)
-                        .ascii_case_insensitive(true)
-                        .build(patterns.iter().map(|(p, _)| p))
-                        .ok()
-                })
-                .flatten()
-        };
-        let longest = patterns.first().map_or(0, |(p, _)| p.len());
+        let exact = Automata::build(&patterns, false);
+        let folded = Automata::build(&patterns, true);
+        let needs = |f: bool| patterns.iter().any(|p| p.folded == f);
+        let complete = (exact.is_some() || !needs(false)) && (folded.is_some() || !needs(true));
+        let longest = patterns.first().map_or(0, |p| p.bytes.len());
         Matcher {
-            replacer: build(MatchKind::LeftmostLongest),
-            finder: build(MatchKind::Standard),
+            exact,
+            folded,
+            complete,
             first,
             longest,
             patterns,
         }
     }
 
-    /// The owner of a match in normalised `view` for which `wanted` holds.
+    fn automata(&self) -> impl Iterator<Item = &Automata> {
+        self.exact.iter().chain(self.folded.iter())
+    }
+
+    /// The owner of a match in `view` for which `wanted` holds.
     fn find(&self, view: &[u8], wanted: impl Fn(usize) -> bool) -> Option<usize> {
-        // Clean data, the common case, is settled by one fast leftmost pass; only a match of
-        // an excepted secret needs every overlapping match looked at.
-        if let Some(replacer) = &self.replacer {
-            let mut skipped = false;
-            for m in replacer.find_iter(view) {
-                let owner = self.patterns[m.pattern().as_usize()].1;
+        if !self.complete {
+            return (0..view.len()).find_map(|i| {
+                self.patterns
+                    .iter()
+                    .find(|p| p.is_prefix_of(&view[i..]) && wanted(p.owner))
+                    .map(|p| p.owner)
+            });
+        }
+        // Clean data, the common case, is settled by fast leftmost passes; only a match of an
+        // excepted secret needs every overlapping match looked at.
+        let mut skipped = false;
+        for a in self.automata() {
+            for m in a.leftmost.find_iter(view) {
+                let owner = self.patterns[a.index[m.pattern().as_usize()]].owner;
                 if wanted(owner) {
                     return Some(owner);
                 }
                 skipped = true;
             }
-            if !skipped {
-                return None;
-            }
         }
-        match &self.finder {
-            Some(finder) => finder
+        if !skipped {
+            return None;
+        }
+        self.automata().find_map(|a| {
+            a.overlapping
                 .find_overlapping_iter(view)
-                .map(|m| self.patterns[m.pattern().as_usize()].1)
-                .find(|&owner| wanted(owner)),
-            None => (0..view.len()).find_map(|i| {
-                self.patterns
-                    .iter()
-                    .find(|(p, owner)| starts_with_ci(&view[i..], p) && wanted(*owner))
-                    .map(|(_, owner)| *owner)
-            }),
-        }
+                .map(|m| self.patterns[a.index[m.pattern().as_usize()]].owner)
+                .find(|&owner| wanted(owner))
+        })
     }
 
     /// The scrubbed form of `buf` up to the returned offset, from which input is held back (it
@@ -733,63 +807,57 @@ impl Matcher {
     /// The complete matches in `hay`, and where input must be held back.
     fn matches(&self, hay: &[u8], at_end: bool) -> (Vec<(usize, usize)>, usize) {
         // Only the last `longest - 1` bytes can start a proper prefix of a pattern; before
-        // them, every match is complete and the automaton decides alone.
+        // them, every match is complete and the automata decide alone.
         let tail = if at_end {
             hay.len()
         } else {
             hay.len().saturating_sub(self.longest.saturating_sub(1))
         };
         let mut matches: Vec<(usize, usize)> = Vec::new();
-        let mut pos = 0;
-        if let Some(replacer) = &self.replacer {
-            for m in replacer.find_iter(hay) {
-                if m.start() >= tail {
-                    break;
+        let mut resume = 0;
+        if self.complete {
+            for a in self.automata() {
+                for m in a.leftmost.find_iter(hay) {
+                    if m.start() >= tail {
+                        break;
+                    }
+                    matches.push((m.start(), m.end()));
+                    resume = resume.max(m.end());
                 }
-                matches.push((m.start(), m.end()));
-                pos = m.end();
             }
+            matches.sort_unstable();
+            resume = resume.max(tail);
         }
-        let resume = pos.max(if self.replacer.is_some() { tail } else { 0 });
         let held = self.replace_bytewise(hay, resume, at_end, &mut matches);
         (matches, held)
     }
 
-    /// Tries every pattern at every byte of `norm[from..]` (a short tail, or everything if
-    /// there is no automaton), adding full matches; returns where input must be held back.
+    /// Tries every pattern at every byte of `hay[from..]` (a short tail, or everything if an
+    /// automaton is missing), adding full matches; returns where input must be held back.
     fn replace_bytewise(
         &self,
-        norm: &[u8],
+        hay: &[u8],
         from: usize,
         at_end: bool,
         matches: &mut Vec<(usize, usize)>,
     ) -> usize {
         let mut i = from;
-        while i < norm.len() {
-            if self.first[usize::from(norm[i])] {
-                let rest = &norm[i..];
-                if !at_end
-                    && self
-                        .patterns
-                        .iter()
-                        .any(|(p, _)| p.len() > rest.len() && starts_with_ci(p, rest))
-                {
+        while i < hay.len() {
+            if self.first[usize::from(hay[i])] {
+                let rest = &hay[i..];
+                if !at_end && self.patterns.iter().any(|p| p.could_start(rest)) {
                     return i;
                 }
-                if let Some((p, _)) = self.patterns.iter().find(|(p, _)| starts_with_ci(rest, p)) {
-                    matches.push((i, i + p.len()));
-                    i += p.len();
+                if let Some(p) = self.patterns.iter().find(|p| p.is_prefix_of(rest)) {
+                    matches.push((i, i + p.bytes.len()));
+                    i += p.bytes.len();
                     continue;
                 }
             }
             i += 1;
         }
-        norm.len()
+        hay.len()
     }
-}
-
-fn starts_with_ci(haystack: &[u8], prefix: &[u8]) -> bool {
-    haystack.len() >= prefix.len() && haystack[..prefix.len()].eq_ignore_ascii_case(prefix)
 }
 
 /// Replaces secrets in a stream of chunks. Bytes that could be the start of a secret (or of an
@@ -1189,7 +1257,7 @@ mod tests {
     #[test]
     fn escape_before_a_wrapped_form() {
         let s = SecretSet::new([("B", &b"7e57ab1e-d00d/+=?%\\x"[..])]).unwrap();
-        let text = b"%8dlntdhyjfllwqwmgqvk\n\nz0_jvx4%";
+        let text = b"%8dlNTdhYjFlLWQwMG\n\nQvKz0_JVx4%";
         let whole = s.scrub(text);
         assert_eq!(whole, b"%8[REDACTED]%");
         for cut in 0..text.len() {
