@@ -46,7 +46,7 @@ pub(crate) mod ports;
 pub(crate) mod provision;
 pub mod queue;
 pub(crate) mod resources;
-pub(crate) mod secrets;
+pub mod secrets;
 pub mod state;
 #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
 pub(crate) mod sys;

@@ -2,7 +2,7 @@
 //!
 //! Parsing keeps toml's byte spans so that every error names the file, the line and the key.
 //! The validated [`Manifest`] only holds canonical values: hosts through [`Host::parse`], rules
-//! through [`HostRule::parse`], names checked for use in Docker names and labels. Tokens are
+//! through [`AllowRule::parse`] (`host[:port]`), names checked for use in Docker names and labels. Tokens are
 //! never in the manifest: a route names the host environment variable that holds its token.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -12,7 +12,8 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::net::host::{Host, HostRule};
+use crate::net::host::{Host, HostError};
+use crate::net::policy::{AllowRule, parse_route_host, route_host_string};
 use crate::resources::{DEFAULT_CPUS, DEFAULT_MEMORY_MIB, MAX_CPUS, MIN_MEMORY_MIB};
 
 /// The manifest's file name in a project directory.
@@ -80,8 +81,9 @@ pub struct Bottle {
     pub cpus: u8,
     pub memory_mib: u32,
     pub env: BTreeMap<String, String>,
-    /// Hosts reachable through the gateway without interception (route hosts come on top).
-    pub allow: Vec<HostRule>,
+    /// Hosts reachable through the gateway without interception (route hosts come on top),
+    /// each bound to a port (443 for CONNECT and 80 for plain HTTP unless `host:port`).
+    pub allow: Vec<AllowRule>,
     pub routes: Vec<Route>,
     /// git's `user.name` and `user.email` in the guest.
     pub git_user: Option<GitUser>,
@@ -138,7 +140,7 @@ pub struct GitUser {
 /// A host whose requests the gateway intercepts to inject a token.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Route {
-    /// Canonical domain name.
+    /// Canonical domain name, with `:port` when the route is not on 443.
     pub host: String,
     /// Lowercase header name to set, e.g. `authorization` or `x-api-key`.
     pub header: String,
@@ -147,6 +149,10 @@ pub struct Route {
     pub scheme: Option<String>,
     /// Name of the host environment variable holding the real token.
     pub token_env: String,
+    /// Lowercase names of headers the gateway drops from the client's requests on this route,
+    /// on top of every credential-shaped one.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub drop_headers: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -243,6 +249,8 @@ struct RawRoute {
     header: Spanned<String>,
     scheme: Option<Spanned<String>>,
     token_env: Spanned<String>,
+    #[serde(default)]
+    drop_headers: Vec<Spanned<String>>,
 }
 
 /// Headers a route may not set: they frame the message or address the hop.
@@ -385,7 +393,7 @@ impl Validator<'_> {
         }
         let mut allow = Vec::new();
         for (i, rule) in raw.allow.iter().enumerate() {
-            let parsed = HostRule::parse(rule.get_ref())
+            let parsed = AllowRule::parse(rule.get_ref())
                 .map_err(|e| self.err(rule.span(), key(&format!("allow[{i}]")), e.to_string()))?;
             if allow.contains(&parsed) {
                 return Err(self.err(
@@ -400,7 +408,8 @@ impl Validator<'_> {
         for (i, route) in raw.routes.into_iter().enumerate() {
             let host_span = route.get_ref().host.span();
             let r = self.route(&key(&format!("routes[{i}]")), route.into_inner())?;
-            if routes.iter().any(|o| o.host == r.host) {
+            let domain = |h: &str| parse_route_host(h).map(|(d, _)| d).ok();
+            if routes.iter().any(|o| domain(&o.host) == domain(&r.host)) {
                 return Err(self.err(
                     host_span,
                     key(&format!("routes[{i}].host")),
@@ -519,9 +528,12 @@ impl Validator<'_> {
     }
 
     fn route(&self, key: &str, raw: RawRoute) -> Result<Route, ManifestError> {
-        let host = match Host::parse(raw.host.get_ref()) {
-            Ok(Host::Domain(d)) => d,
-            Ok(Host::Ip(_)) => {
+        let host = match parse_route_host(raw.host.get_ref()) {
+            Ok((domain, port)) => route_host_string(&domain, port),
+            Err(HostError::InvalidDomain(_))
+                if crate::net::host::split_port(raw.host.get_ref())
+                    .is_ok_and(|(h, _)| matches!(Host::parse(h), Ok(Host::Ip(_)))) =>
+            {
                 return Err(self.err(
                     raw.host.span(),
                     format!("{key}.host"),
@@ -558,11 +570,31 @@ impl Validator<'_> {
                 "must name an environment variable (letters, digits and `_`), not hold the token",
             ));
         }
+        let mut drop_headers = Vec::new();
+        for (i, name) in raw.drop_headers.iter().enumerate() {
+            let lower = name.get_ref().to_ascii_lowercase();
+            if http::HeaderName::from_bytes(lower.as_bytes()).is_err() {
+                return Err(self.err(
+                    name.span(),
+                    format!("{key}.drop_headers[{i}]"),
+                    "must be a header name such as `x-goog-user-project`",
+                ));
+            }
+            if lower == header {
+                return Err(self.err(
+                    name.span(),
+                    format!("{key}.drop_headers[{i}]"),
+                    "is the route's own token header; it is always replaced, so leave it out",
+                ));
+            }
+            drop_headers.push(lower);
+        }
         Ok(Route {
             host,
             header,
             scheme,
             token_env: raw.token_env.into_inner(),
+            drop_headers,
         })
     }
 
@@ -681,7 +713,7 @@ bottle = "dev"
 cpus = 4
 memory_mib = 4096
 env = { EDITOR = "vi" }
-allow = ["GitHub.com.", "*.githubusercontent.com"]
+allow = ["GitHub.com.", "*.githubusercontent.com", "Git.Example.com:8443"]
 
 [[bottles.dev.routes]]
 host = "api.anthropic.com"
@@ -693,6 +725,12 @@ host = "api.openai.com"
 header = "authorization"
 scheme = "Bearer"
 token_env = "OPENAI_API_KEY"
+drop_headers = ["OpenAI-Organization", "openai-project"]
+
+[[bottles.dev.routes]]
+host = "Gitlab.example.com:8443"
+header = "private-token"
+token_env = "GITLAB_TOKEN"
 "#;
 
     fn parse(text: &str) -> Result<Manifest, ManifestError> {
@@ -709,12 +747,19 @@ token_env = "OPENAI_API_KEY"
         assert_eq!(
             dev.allow,
             vec![
-                HostRule::parse("github.com").unwrap(),
-                HostRule::Wildcard("githubusercontent.com".into())
+                AllowRule::parse("github.com").unwrap(),
+                AllowRule::parse("*.githubusercontent.com").unwrap(),
+                AllowRule::parse("git.example.com:8443").unwrap(),
             ]
         );
         assert_eq!(dev.routes[0].header, "x-api-key");
         assert_eq!(dev.routes[1].scheme.as_deref(), Some("Bearer"));
+        assert_eq!(
+            dev.routes[1].drop_headers,
+            vec!["openai-organization", "openai-project"]
+        );
+        assert!(dev.routes[0].drop_headers.is_empty());
+        assert_eq!(dev.routes[2].host, "gitlab.example.com:8443");
         let claude = &m.agents["claude"];
         assert_eq!(
             claude.image,
@@ -866,6 +911,36 @@ token_env = "OPENAI_API_KEY"
                 "[bottles.b]\nsupervise = { max_request_bytes = 10 }\n",
                 2,
                 "bottles.b.supervise.max_request_bytes",
+            ),
+            (
+                "[bottles.b]\nallow = [\"ok.com\", \"a.com:0\"]\n",
+                2,
+                "bottles.b.allow[1]",
+            ),
+            (
+                "[bottles.b]\nallow = [\"a.com:8443\", \"A.com.:8443\"]\n",
+                2,
+                "bottles.b.allow[1]",
+            ),
+            (
+                "[bottles.b]\n[[bottles.b.routes]]\nhost = \"10.0.0.1:8443\"\nheader = \"authorization\"\ntoken_env = \"T\"\n",
+                3,
+                "bottles.b.routes[0].host",
+            ),
+            (
+                "[bottles.b]\n[[bottles.b.routes]]\nhost = \"a.com:99999\"\nheader = \"authorization\"\ntoken_env = \"T\"\n",
+                3,
+                "bottles.b.routes[0].host",
+            ),
+            (
+                "[bottles.b]\n[[bottles.b.routes]]\nhost = \"a.com\"\nheader = \"x-api-key\"\ntoken_env = \"T\"\ndrop_headers = [\"ok\", \"bad header\"]\n",
+                6,
+                "bottles.b.routes[0].drop_headers[1]",
+            ),
+            (
+                "[bottles.b]\n[[bottles.b.routes]]\nhost = \"a.com\"\nheader = \"x-api-key\"\ntoken_env = \"T\"\ndrop_headers = [\"X-Api-Key\"]\n",
+                6,
+                "bottles.b.routes[0].drop_headers[0]",
             ),
         ];
         for (text, line, key) in cases {

@@ -399,16 +399,19 @@ fn route_through_the_bundle_container() {
 
     let manifest = Manifest::parse(
         Path::new("krbottle.toml"),
-        &format!("[bottles.{bottle_name}]\nallow = [\"upstream.test\"]\n"),
+        &format!(
+            "[bottles.{bottle_name}]\nallow = [\"upstream.test:8443\", \"upstream.test:8080\"]\n"
+        ),
     )
     .unwrap();
     let bottle = &manifest.bottles[&bottle_name];
     let mut gateway = GatewayConfig::for_bottle(bottle);
     gateway.routes = vec![Route {
-        host: "route.test".into(),
+        host: "route.test:8443".into(),
         header: "authorization".into(),
         scheme: Some("Bearer".into()),
         token_env: "KRB_DOCKER_TEST_TOKEN".into(),
+        drop_headers: Vec::new(),
     }];
     gateway.internal_hosts = vec!["upstream.test".into(), "route.test".into()];
     gateway.upstream_ca_file =

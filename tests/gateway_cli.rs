@@ -92,6 +92,21 @@ fn gateway_denies_logs_and_stops_on_sigterm() {
     assert_eq!(lines[0]["decision"], "deny");
     assert_eq!(lines[0]["bottle"], "cli");
     assert_eq!(lines[1]["host"], "127.0.0.1");
+    // Denials carry a stable code and the manifest change that would allow them.
+    assert_eq!(lines[0]["reason_code"], "not_allowed");
+    assert!(
+        lines[0]["allow_with"]
+            .as_str()
+            .unwrap()
+            .contains("denied.test")
+    );
+    assert_eq!(lines[1]["reason_code"], "ip_not_allowed");
+    for line in stdout.lines() {
+        assert!(
+            krbottle::daemon::gateway::log::is_denial(line.as_bytes()),
+            "{line}"
+        );
+    }
 }
 
 #[test]

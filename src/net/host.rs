@@ -166,6 +166,17 @@ fn parse_whatwg_ipv4(host: &str) -> Option<Ipv4Addr> {
 /// Parses `host:port` (CONNECT) or `host[:port]` (an absolute URI's authority, with
 /// `default_port`). Userinfo is refused, never stripped.
 pub fn parse_authority(input: &str, default_port: Option<u16>) -> Result<(Host, u16), HostError> {
+    let (host, port) = split_port(input)?;
+    let port = match port {
+        Some(p) => p,
+        None => default_port.ok_or_else(|| HostError::MissingPort(input.to_string()))?,
+    };
+    Ok((Host::parse(host)?, port))
+}
+
+/// Splits `host[:port]` (IPv6 bracketed) into the host as written and the port, if any. The
+/// host is not checked: give it to [`Host::parse`] or [`HostRule::parse`].
+pub fn split_port(input: &str) -> Result<(&str, Option<u16>), HostError> {
     if input.contains('@') {
         return Err(HostError::UserInfo(input.to_string()));
     }
@@ -189,11 +200,10 @@ pub fn parse_authority(input: &str, default_port: Option<u16>) -> Result<(Host, 
             None => (input, None),
         }
     };
-    let port = match port {
-        Some(p) => parse_port(p).ok_or_else(|| HostError::InvalidPort(input.to_string()))?,
-        None => default_port.ok_or_else(|| HostError::MissingPort(input.to_string()))?,
-    };
-    Ok((Host::parse(host)?, port))
+    let port = port
+        .map(|p| parse_port(p).ok_or_else(|| HostError::InvalidPort(input.to_string())))
+        .transpose()?;
+    Ok((host, port))
 }
 
 fn parse_port(p: &str) -> Option<u16> {

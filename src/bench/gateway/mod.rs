@@ -160,7 +160,8 @@ pub async fn run(args: &GatewayBench, reporter: &Reporter) -> anyhow::Result<Gat
     std::fs::write(&upstream_ca_file, &pki.ca_pem)?;
     let upstream = spawn_upstream(pki.server_config()?).await?;
     let bottle_ca = BottleCa::generate("bench")?;
-    let gateway_process = start_gateway(dir.path(), &bottle_ca, &upstream_ca_file)?;
+    let gateway_process =
+        start_gateway(dir.path(), &bottle_ca, &upstream_ca_file, upstream.port())?;
     let gateway = gateway_process.addr;
 
     let direct_tls = client_tls(&[&pki.ca_pem])?;

@@ -52,12 +52,13 @@ def response(flow):
 "#;
 
 /// The gateway daemon (`krbottle bundle gateway`, as the bundle runs it) on 127.0.0.1, with one
-/// allowed host and one route, both pinned to 127.0.0.1. Its own process, like mitmproxy's, so
-/// neither shares a runtime with the client and the upstream.
+/// allowed host and one route on the upstream's `port`, both pinned to 127.0.0.1. Its own
+/// process, like mitmproxy's, so neither shares a runtime with the client and the upstream.
 pub(super) fn start_gateway(
     dir: &Path,
     bottle_ca: &BottleCa,
     upstream_ca_file: &Path,
+    port: u16,
 ) -> anyhow::Result<ProxyProcess> {
     let (ca_cert, ca_key) = (dir.join("bottle-ca.pem"), dir.join("bottle-ca.key"));
     bottle_ca.write(&ca_cert, &ca_key)?;
@@ -65,12 +66,13 @@ pub(super) fn start_gateway(
     let config = GatewayConfig {
         bottle: "bench".into(),
         listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
-        allow: vec![SPLICE_HOST.into()],
+        allow: vec![format!("{SPLICE_HOST}:{port}")],
         routes: vec![Route {
-            host: ROUTE_HOST.into(),
+            host: format!("{ROUTE_HOST}:{port}"),
             header: "authorization".into(),
             scheme: Some("Bearer".into()),
             token_env: TOKEN_ENV.into(),
+            drop_headers: Vec::new(),
         }],
         ca_cert: Some(ca_cert),
         ca_key: Some(ca_key),

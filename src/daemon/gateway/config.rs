@@ -21,7 +21,8 @@ pub struct GatewayConfig {
     pub bottle: String,
     /// Address the proxy listens on.
     pub listen: SocketAddr,
-    /// Allowlist rules (`host`, `*.suffix`, IP literal).
+    /// Allowlist rules (`host`, `*.suffix`, IP literal), each optionally `:port`; without a
+    /// port a rule opens 443 for CONNECT and 80 for plain HTTP.
     #[serde(default)]
     pub allow: Vec<String>,
     #[serde(default)]
@@ -53,12 +54,16 @@ pub struct Limits {
     pub max_header_bytes: usize,
     /// Largest request body read for secret scanning; larger requests get `413`.
     pub max_body_bytes: usize,
-    /// A connection with no traffic either way for this long is closed.
+    /// A connection with no traffic either way for this long is closed, whatever it waits for
+    /// (a request body, an upstream's answer, a client that stopped reading).
     pub idle_timeout_secs: u64,
     /// No connection lives longer than this.
     pub total_timeout_secs: u64,
     /// Connections beyond this wait to be accepted.
     pub max_connections: usize,
+    /// Bytes of bodies buffered for scanning, summed over all connections; a request that
+    /// would go past it gets `503`.
+    pub max_buffered_bytes: usize,
 }
 
 impl Default for Limits {
@@ -69,6 +74,7 @@ impl Default for Limits {
             idle_timeout_secs: 300,
             total_timeout_secs: 4 * 3600,
             max_connections: 512,
+            max_buffered_bytes: 256 * 1024 * 1024,
         }
     }
 }

@@ -1,16 +1,19 @@
-//! Route interception: TLS termination with the route's leaf certificate, credential swap,
-//! forwarding over verified TLS, and scrubbing of the token from everything that comes back.
+//! Route interception: TLS termination with the route's leaf certificate (after the SNI was
+//! checked), the whole request scanned, the client's credentials dropped and the route's token
+//! set, forwarding over verified TLS (HTTP/2 or HTTP/1.1), and the response through the
+//! scrubbing pipeline (`body`).
 //!
-//! Only the route's own host is ever dialled from here, so the token cannot follow a redirect
-//! to another host: a redirected client makes a new CONNECT, which is not this route.
+//! Only the route's own host and port are ever dialled from here, so the token cannot follow a
+//! redirect to another host: a redirected client makes a new CONNECT, which is not this route.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode, Version};
-use http_body_util::{BodyExt, Full};
+use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -18,18 +21,13 @@ use hyper::upgrade::Upgraded;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::sync::Mutex;
 
-use super::log::Action;
+use super::headers::{drop_credential_params, drop_credentials};
+use super::idle::Activity;
+use super::log::{Action, codes};
+use super::refusal::{Ctx, Inflight, Refusal, error_chain};
 use super::upstream::Sender;
-use super::{BoxError, ProxyBody, Shared, body::ObservedBody, strip_hop_headers, text};
+use super::{BoxError, ProxyBody, Shared, strip_hop_headers};
 use crate::net::host::{Host, parse_authority};
-
-/// Credentials a client may send; all are dropped before the route's own header is set.
-const CLIENT_CREDENTIALS: &[&str] = &[
-    "authorization",
-    "proxy-authorization",
-    "x-api-key",
-    "cookie",
-];
 
 /// Serves one intercepted CONNECT tunnel for route `index`.
 pub(super) async fn serve(
@@ -38,33 +36,49 @@ pub(super) async fn serve(
     client: TokioIo<Upgraded>,
     port: u16,
     peer: SocketAddr,
+    activity: Arc<Activity>,
 ) {
     let route = &shared.routes[index];
-    let host = route.route.host.clone();
+    let ctx = Ctx::new(peer, &route.domain, port, Action::Route, activity.clone())
+        .with_rule(route.route.host.clone())
+        .with_what(format!("CONNECT {}:{port}", route.domain));
+    let deny = |code, reason: &str| {
+        let mut d = ctx.decision(&shared, Action::Deny);
+        d.reason_code = Some(code);
+        d.reason = Some(reason.to_string());
+        shared.log.record(&d);
+    };
     let acceptor =
         tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), client);
     let start = match tokio::time::timeout(shared.limits.idle(), acceptor).await {
         Ok(Ok(start)) => start,
-        _ => return refuse(&shared, peer, &host, port, "tunnel does not start with TLS"),
+        Ok(Err(_)) => return deny(codes::NOT_TLS, "tunnel does not start with TLS"),
+        Err(_) => {
+            return deny(
+                codes::IDLE_TIMEOUT,
+                "idle timeout before the TLS ClientHello",
+            );
+        }
     };
-    let sni = start.client_hello().server_name().map(Host::parse);
-    if !matches!(sni, Some(Ok(ref h)) if *h == route.host) {
-        return refuse(
-            &shared,
-            peer,
-            &host,
-            port,
-            "TLS SNI does not match the CONNECT host",
+    let sni = start.client_hello().server_name().map(str::to_string);
+    if !matches!(sni.as_deref().map(Host::parse), Some(Ok(ref h)) if *h == route.host) {
+        let asked = sni.as_deref().unwrap_or("no name");
+        return deny(
+            codes::SNI_MISMATCH,
+            &format!(
+                "TLS SNI ({asked}) does not match the CONNECT host ({}); ask for the host you connect to",
+                route.domain
+            ),
         );
     }
-    let Ok(tls) = start.into_stream(route.tls.clone()).await else {
-        return refuse(
-            &shared,
-            peer,
-            &host,
-            port,
-            "TLS handshake with the client failed",
-        );
+    let tls = match start.into_stream(route.tls.clone()).await {
+        Ok(tls) => tls,
+        Err(e) => {
+            return deny(
+                codes::CLIENT_TLS_FAILED,
+                &format!("TLS handshake with the client failed: {e}"),
+            );
+        }
     };
     let upstream: Arc<Mutex<Option<Sender>>> = Arc::new(Mutex::new(None));
     let svc = {
@@ -72,7 +86,8 @@ pub(super) async fn serve(
         service_fn(move |req| {
             let shared = shared.clone();
             let upstream = upstream.clone();
-            async move { Ok::<_, Infallible>(forward(shared, index, port, peer, upstream, req).await) }
+            let ctx = ctx.clone();
+            async move { Ok::<_, Infallible>(forward(shared, index, ctx, upstream, req).await) }
         })
     };
     let _ = http1::Builder::new()
@@ -83,24 +98,28 @@ pub(super) async fn serve(
         .await;
 }
 
-fn refuse(shared: &Shared, peer: SocketAddr, host: &str, port: u16, reason: &str) {
-    let mut d = shared.decision(peer, host, port, Action::Deny);
-    d.rule = Some(host.to_string());
-    d.reason = Some(reason.to_string());
-    shared.log.record(&d);
-}
-
 /// One request inside the route's tunnel.
 async fn forward(
     shared: Arc<Shared>,
     index: usize,
-    port: u16,
-    peer: SocketAddr,
+    ctx: Ctx,
     upstream: Arc<Mutex<Option<Sender>>>,
     req: Request<Incoming>,
 ) -> Response<ProxyBody> {
     let route = &shared.routes[index];
-    let host = route.route.host.as_str();
+    let host = route.domain.as_str();
+    let port = route.port;
+    let ctx = ctx.with_method(req.method().to_string()).with_what(format!(
+        "{} https://{}{}",
+        req.method(),
+        route.route.host,
+        req.uri()
+    ));
+    let mut inflight = Inflight::new(&shared, &ctx);
+    let refuse = |mut inflight: Inflight, refusal| {
+        inflight.disarm();
+        shared.refuse(ctx.clone(), refusal)
+    };
     // The request must be for the route's host: nothing else may receive its token.
     let named = req
         .headers()
@@ -112,138 +131,113 @@ async fn forward(
         match parse_authority(&named, Some(port)) {
             Ok((h, p)) if h == route.host && p == port => {}
             _ => {
-                return shared.deny(
-                    peer,
-                    host,
-                    port,
-                    StatusCode::MISDIRECTED_REQUEST,
-                    "request names another host than the route's",
+                return refuse(
+                    inflight,
+                    Refusal::deny(
+                        StatusCode::MISDIRECTED_REQUEST,
+                        codes::MISDIRECTED,
+                        format!(
+                            "the request names another host than the route's ({}); send it through its own CONNECT",
+                            route.route.host
+                        ),
+                    ),
                 );
             }
         }
     }
     let (mut parts, body) = req.into_parts();
-    let body = match shared.read_body(body).await {
-        Ok(b) => b,
-        Err(status) => {
-            return shared.deny(peer, host, port, status, "request body too large or broken");
-        }
-    };
     let own = Some(route.route.token_env.as_str());
-    if let Some(refusal) = shared.refuse_secrets(peer, host, port, &parts, &body, own) {
-        return refusal;
-    }
+    let scanned = match shared.read_and_scan(&parts, body, own).await {
+        Ok(s) => s,
+        Err(refusal) => return refuse(inflight, refusal),
+    };
     strip_hop_headers(&mut parts.headers);
-    for name in CLIENT_CREDENTIALS {
-        parts.headers.remove(*name);
-    }
+    drop_credentials(&mut parts.headers, &route.route.drop_headers);
     parts.headers.remove(&route.header);
     parts
         .headers
         .insert(route.header.clone(), route.value.clone());
-    // Compressed responses could hide the token from the scrubber.
+    // The body is forwarded as read: hyper frames it again.
+    parts.headers.remove(header::CONTENT_LENGTH);
+    // Encoded responses are decoded anyway; asking for none saves the work.
     parts.headers.insert(
         header::ACCEPT_ENCODING,
         HeaderValue::from_static("identity"),
     );
-    let path = parts
-        .uri
-        .path_and_query()
-        .map_or("/", |p| p.as_str())
-        .to_string();
-    let method = parts.method.to_string();
-    let bytes_up = body.len() as u64;
+    let path = drop_credential_params(parts.uri.path_and_query().map_or("/", |p| p.as_str()));
+    let bytes_up = scanned.body.len() as u64;
 
+    inflight.stage("connecting to the upstream");
     let mut guard = upstream.lock().await;
     if guard.as_ref().is_none_or(Sender::is_closed) {
-        match shared.connect_tls(host, port).await {
+        match shared.connect_tls(host, port, ctx.activity.clone()).await {
             Ok(s) => *guard = Some(s),
             Err(e) => {
                 drop(guard);
-                return shared.deny(peer, host, port, StatusCode::BAD_GATEWAY, &e.to_string());
+                return refuse(
+                    inflight,
+                    Refusal::fail(
+                        StatusCode::BAD_GATEWAY,
+                        codes::UPSTREAM_FAILED,
+                        error_chain(&e),
+                    ),
+                );
             }
         }
     }
     let Some(sender) = guard.as_mut() else {
-        return text(StatusCode::BAD_GATEWAY, "no upstream connection");
+        drop(guard);
+        return refuse(
+            inflight,
+            Refusal::fail(
+                StatusCode::BAD_GATEWAY,
+                codes::UPSTREAM_FAILED,
+                "no upstream connection".into(),
+            ),
+        );
     };
-    let authority = if port == 443 {
-        host.to_string()
-    } else {
-        format!("{host}:{port}")
-    };
-    if sender.is_h2() {
+    let authority = crate::net::policy::route_host_string(host, port);
+    let uri = if sender.is_h2() {
         parts.headers.remove(header::HOST);
         parts.version = Version::HTTP_2;
-        parts.uri = match format!("https://{authority}{path}").parse() {
-            Ok(u) => u,
-            Err(_) => return text(StatusCode::BAD_REQUEST, "invalid request path"),
-        };
+        format!("https://{authority}{path}").parse()
     } else {
         parts.version = Version::HTTP_11;
         if let Ok(v) = HeaderValue::from_str(&authority) {
             parts.headers.insert(header::HOST, v);
         }
-        parts.uri = match path.parse() {
-            Ok(u) => u,
-            Err(_) => return text(StatusCode::BAD_REQUEST, "invalid request path"),
-        };
-    }
+        path.parse()
+    };
+    parts.uri = match uri {
+        Ok(u) => u,
+        Err(_) => {
+            drop(guard);
+            return refuse(
+                inflight,
+                Refusal::deny(
+                    StatusCode::BAD_REQUEST,
+                    codes::BAD_REQUEST,
+                    "invalid request path".into(),
+                ),
+            );
+        }
+    };
+    inflight.stage("waiting for the upstream's response head");
+    let body: Bytes = scanned.body.clone();
     let result: Result<Response<Incoming>, BoxError> = sender
         .send(Request::from_parts(parts, Full::new(body)))
         .await;
     drop(guard);
-    let resp = match result {
-        Ok(r) => r,
-        Err(_) => {
-            return shared.deny(
-                peer,
-                host,
-                port,
+    drop(scanned);
+    match result {
+        Ok(resp) => shared.respond(&ctx, inflight, resp, bytes_up).await,
+        Err(e) => refuse(
+            inflight,
+            Refusal::fail(
                 StatusCode::BAD_GATEWAY,
-                "upstream request failed",
-            );
-        }
-    };
-    let (mut rparts, rbody) = resp.into_parts();
-    // The scrubber reads bytes as sent: an encoded body could carry the token past it.
-    let encoded = rparts
-        .headers
-        .get(header::CONTENT_ENCODING)
-        .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"));
-    if encoded {
-        return shared.deny(
-            peer,
-            host,
-            port,
-            StatusCode::BAD_GATEWAY,
-            "upstream sent an encoded body despite accept-encoding: identity",
-        );
+                codes::UPSTREAM_FAILED,
+                format!("upstream request failed: {}", error_chain(e.as_ref())),
+            ),
+        ),
     }
-    strip_hop_headers(&mut rparts.headers);
-    // The scrubbed body may change length; hyper frames it again.
-    rparts.headers.remove(header::CONTENT_LENGTH);
-    for value in rparts.headers.values_mut() {
-        let scrubbed = shared.secrets.scrub(value.as_bytes());
-        if scrubbed != value.as_bytes() {
-            *value = HeaderValue::from_bytes(&scrubbed)
-                .unwrap_or_else(|_| HeaderValue::from_static("[REDACTED]"));
-        }
-    }
-    rparts.version = Version::HTTP_11;
-    let mut d = shared.decision(peer, host, port, Action::Route);
-    d.rule = Some(host.to_string());
-    d.method = Some(method);
-    d.status = Some(rparts.status.as_u16());
-    d.bytes_up = bytes_up;
-    let log = shared.log.clone();
-    let body = ObservedBody::new(
-        rbody.map_err(BoxError::from).boxed_unsync(),
-        Some(shared.secrets.scrubber()),
-        move |n| {
-            d.bytes_down = n;
-            log.record(&d);
-        },
-    );
-    Response::from_parts(rparts, body.boxed())
 }

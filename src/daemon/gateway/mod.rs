@@ -1,29 +1,42 @@
 //! The gateway: the agent-facing HTTP proxy in the bundle, the bottle's only way out.
 //!
 //! Invariants:
-//! - Deny by default. The policy decides on the canonical host *before* any DNS lookup, so a
-//!   denied host is never resolved. Names that resolve to non-public addresses are refused
-//!   unless pinned in the config.
-//! - An allowed, non-route CONNECT is spliced only after the TLS ClientHello's SNI matched the
-//!   CONNECT host (no domain fronting). Only TLS is carried.
-//! - A route CONNECT is intercepted (`intercept`): the client's credentials are dropped, the
-//!   route's token injected, and the token's forms scrubbed from responses. Plain HTTP to a
-//!   route host is refused: a token never travels in clear text.
-//! - Every request whose content the gateway can read is scanned for the bundle's secrets.
-//! - One decision line per connection or request (`log`), never a secret in it.
+//! - Deny by default, port by port. The policy decides on the canonical host and port *before*
+//!   any DNS lookup, and a CONNECT name is first scanned for the bundle's secrets (a name is
+//!   a DNS query: `<hex of a token>.allowed.example` would carry it out). Names that resolve to
+//!   non-public addresses are refused unless pinned in the config.
+//! - An allowed, non-route CONNECT is answered, then its TLS ClientHello read: only when the
+//!   SNI matches the CONNECT host (no domain fronting, only TLS) is the name resolved, dialled
+//!   and spliced.
+//! - A route CONNECT is intercepted (`intercept`): the client's credential-shaped headers and
+//!   query parameters are dropped, the route's token injected, and the token's forms scrubbed
+//!   from everything that comes back. Plain HTTP to a route host is refused: a token never
+//!   travels in clear text.
+//! - Every request the gateway can read is scanned whole for the bundle's secrets (`request`):
+//!   method, target, header names and values, the body through every coding. Every response it
+//!   can read reaches the client only through the scrubber (`body`). What cannot be decoded is
+//!   refused, not passed unread.
+//! - No byte moving either way for the idle time ends a connection, whatever it waits for
+//!   (`idle`); buffered bodies share one process-wide memory budget (`budget`).
+//! - One decision line per connection or request (`log`), on every path, never a secret in it;
+//!   every refusal tells the client what was refused, why, and what would allow it (`refusal`).
 //!
-//! `GET /healthz` on the proxy itself answers `200` (the bundle's readiness probe).
+//! `GET /healthz` on the proxy itself answers `200` (the bundle's readiness probe; not logged).
 
 pub mod config;
+pub mod decode;
 pub mod log;
 pub mod resolve;
 pub mod sni;
 
 mod body;
-mod decode;
+mod budget;
 mod headers;
+mod idle;
 mod intercept;
 mod plain;
+mod refusal;
+mod request;
 mod splice;
 mod upstream;
 
@@ -38,7 +51,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -46,13 +59,16 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use self::budget::Budget;
 use self::config::{GatewayConfig, Limits};
-use self::log::{Action, Decision, DecisionLog};
+use self::idle::{Activity, IdleIo, watchdog};
+use self::log::{Action, Decision, DecisionLog, codes};
+use self::refusal::{Ctx, Refusal};
 use self::resolve::Resolver;
 use crate::ca::{BottleCa, CaError};
 use crate::manifest::Route;
 use crate::net::host::{Host, HostError, parse_authority};
-use crate::net::policy::{Policy, Verdict};
+use crate::net::policy::{Access, Policy, Verdict, parse_route_host};
 use crate::secrets::{SecretError, SecretSet};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -104,7 +120,10 @@ pub enum GatewayError {
 /// A route ready to intercept: its token header and its TLS server config (leaf minted once).
 struct RouteState {
     route: Route,
+    /// The route's domain name and port (from `host[:port]`).
+    domain: String,
     host: Host,
+    port: u16,
     header: HeaderName,
     value: HeaderValue,
     tls: Arc<rustls::ServerConfig>,
@@ -112,6 +131,7 @@ struct RouteState {
 
 /// State shared by all connections.
 struct Shared {
+    bottle: String,
     policy: Policy,
     routes: Vec<RouteState>,
     pinned: HashMap<String, IpAddr>,
@@ -121,6 +141,7 @@ struct Shared {
     resolver: Arc<dyn Resolver>,
     upstream_tls: Arc<rustls::ClientConfig>,
     limits: Limits,
+    budget: Budget,
     log: DecisionLog,
 }
 
@@ -179,12 +200,20 @@ impl Gateway {
             value.set_sensitive(true);
             let header =
                 HeaderName::from_bytes(route.header.as_bytes()).map_err(|_| token_header())?;
-            let host = Host::parse(&route.host).map_err(GatewayError::ParseHost)?;
-            let tls = route_server_config(ca.as_ref(), &route.host)?;
+            let (domain, port) = parse_route_host(&route.host).map_err(GatewayError::ParseHost)?;
+            let tls = route_server_config(ca.as_ref(), &domain)?;
             tokens.push((route.token_env.clone(), token));
+            let mut route = route.clone();
+            route.drop_headers = route
+                .drop_headers
+                .iter()
+                .map(|h| h.to_ascii_lowercase())
+                .collect();
             routes.push(RouteState {
-                route: route.clone(),
-                host,
+                route,
+                host: Host::Domain(domain.clone()),
+                domain,
+                port,
                 header,
                 value,
                 tls,
@@ -199,6 +228,7 @@ impl Gateway {
             })?;
         Ok(Gateway {
             shared: Arc::new(Shared {
+                bottle: config.bottle.clone(),
                 policy,
                 routes,
                 pinned,
@@ -206,6 +236,7 @@ impl Gateway {
                 resolver,
                 upstream_tls,
                 limits: config.limits.clone(),
+                budget: Budget::new(config.limits.max_buffered_bytes),
                 log: log.scrubbing(secrets.clone()),
                 secrets,
             }),
@@ -281,21 +312,39 @@ async fn serve_client(
     let _ = stream.set_nodelay(true);
     let permit = Arc::new(permit);
     let limits = shared.limits.clone();
+    let activity = Activity::new();
     let svc = {
         let shared = shared.clone();
+        let activity = activity.clone();
         service_fn(move |req| {
             let shared = shared.clone();
             let permit = permit.clone();
-            async move { Ok::<_, Infallible>(shared.handle(peer, req, permit).await) }
+            let activity = activity.clone();
+            async move { Ok::<_, Infallible>(shared.handle(peer, req, permit, activity).await) }
         })
     };
     let conn = http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(limits.idle())
         .max_buf_size(limits.max_header_bytes.max(8192))
-        .serve_connection(TokioIo::new(stream), svc)
+        .serve_connection(TokioIo::new(IdleIo::new(stream, activity.clone())), svc)
         .with_upgrades();
-    let _ = tokio::time::timeout(limits.total(), conn).await;
+    let served = tokio::time::timeout(limits.total(), async {
+        tokio::select! {
+            r = conn => Some(r),
+            () = watchdog(activity, limits.idle()) => None,
+        }
+    })
+    .await;
+    // Heads hyper refused itself (malformed, too large, too slow) never reach `handle`.
+    if let Ok(Some(Err(e))) = served
+        && (e.is_parse() || e.is_parse_too_large() || e.is_timeout())
+    {
+        let mut d = shared.decision(peer, "", 0, Action::Deny);
+        d.reason_code = Some(codes::BAD_REQUEST);
+        d.reason = Some(format!("unreadable request head: {e}"));
+        shared.log.record(&d);
+    }
 }
 
 /// The `host[:port]` a proxy request names in its URI (CONNECT or absolute form), or "".
@@ -334,7 +383,9 @@ impl Shared {
             port,
             decision: action,
             rule: None,
+            reason_code: None,
             reason: None,
+            allow_with: None,
             method: None,
             status: None,
             bytes_up: 0,
@@ -342,19 +393,20 @@ impl Shared {
         }
     }
 
-    fn deny(
-        &self,
-        peer: SocketAddr,
-        host: &str,
-        port: u16,
-        status: StatusCode,
-        reason: &str,
-    ) -> Response<ProxyBody> {
-        let mut d = self.decision(peer, host, port, Action::Deny);
-        d.reason = Some(reason.to_string());
-        d.status = Some(status.as_u16());
-        self.log.record(&d);
-        text(status, reason)
+    /// The bundle secret carried in a host name or authority as written, with or without its
+    /// dots and colon (a token's hex split over labels joins up).
+    fn secret_in_name(&self, authority: &str) -> Option<String> {
+        if self.secrets.is_empty() {
+            return None;
+        }
+        let joined: Vec<u8> = authority
+            .bytes()
+            .filter(|b| !matches!(b, b'.' | b':'))
+            .collect();
+        self.secrets
+            .find_in(authority.as_bytes(), None)
+            .or_else(|| self.secrets.find_in(&joined, None))
+            .map(str::to_string)
     }
 
     async fn handle(
@@ -362,19 +414,29 @@ impl Shared {
         peer: SocketAddr,
         req: Request<Incoming>,
         permit: Arc<OwnedSemaphorePermit>,
+        activity: Arc<Activity>,
     ) -> Response<ProxyBody> {
         if req.method() == Method::CONNECT {
-            return self.connect(peer, req, permit).await;
+            return self.connect(peer, req, permit, activity).await;
         }
         if req.uri().scheme().is_some() {
-            return self.forward_plain(peer, req).await;
+            return self.forward_plain(peer, req, activity).await;
         }
         if req.method() == Method::GET && req.uri().path() == "/healthz" {
             return text(StatusCode::OK, "ok");
         }
-        text(
-            StatusCode::BAD_REQUEST,
-            "this is a proxy: send CONNECT or absolute-URI requests",
+        let ctx = Ctx::new(peer, "", 0, Action::Deny, activity).with_what(format!(
+            "{} {}",
+            req.method(),
+            req.uri()
+        ));
+        self.refuse(
+            ctx,
+            Refusal::deny(
+                StatusCode::BAD_REQUEST,
+                codes::NOT_A_PROXY_REQUEST,
+                "this is a proxy: send CONNECT host:port or an absolute http:// URI".into(),
+            ),
         )
     }
 
@@ -383,199 +445,172 @@ impl Shared {
         peer: SocketAddr,
         mut req: Request<Incoming>,
         permit: Arc<OwnedSemaphorePermit>,
+        activity: Arc<Activity>,
     ) -> Response<ProxyBody> {
         let authority = uri_authority(&req);
+        let ctx = Ctx::new(peer, &authority, 0, Action::Deny, activity.clone())
+            .with_what(format!("CONNECT {authority}"));
+        // A name is a DNS query: scanned before it is parsed, matched or resolved.
+        if let Some(secret) = self.secret_in_name(&authority) {
+            return self.refuse(ctx, Refusal::secret(&secret, "in the CONNECT host name"));
+        }
         let (host, port) = match parse_authority(&authority, None) {
             Ok(hp) => hp,
             Err(e) => {
-                return self.deny(peer, &authority, 0, StatusCode::BAD_REQUEST, &e.to_string());
+                return self.refuse(
+                    ctx,
+                    Refusal::deny(StatusCode::BAD_REQUEST, codes::BAD_REQUEST, e.to_string()),
+                );
             }
         };
         let host_str = host.to_string();
-        match self.policy.decide(&host) {
-            Verdict::Deny(reason) => self.deny(
-                peer,
-                &host_str,
-                port,
-                StatusCode::FORBIDDEN,
-                reason.as_str(),
-            ),
+        let ctx = ctx.at(&host_str, port);
+        match self.policy.decide(&host, port, Access::Connect) {
+            Verdict::Deny(reason) => {
+                let refusal = Refusal::policy(&reason, &self.bottle, &host, port, Access::Connect);
+                self.refuse(ctx, refusal)
+            }
             Verdict::Route(i) => {
                 let on_upgrade = hyper::upgrade::on(&mut req);
                 let shared = self.clone();
                 tokio::spawn(async move {
                     let _permit = permit;
-                    if let Ok(upgraded) = on_upgrade.await {
-                        let total = shared.limits.total();
-                        let work = intercept::serve(shared, i, TokioIo::new(upgraded), port, peer);
-                        let _ = tokio::time::timeout(total, work).await;
-                    }
+                    let Ok(upgraded) = on_upgrade.await else {
+                        return shared.log_line(ctx.fail(
+                            codes::CLIENT_GONE,
+                            "the client left before the tunnel opened",
+                        ));
+                    };
+                    let limits = shared.limits.clone();
+                    let work = intercept::serve(
+                        shared.clone(),
+                        i,
+                        TokioIo::new(upgraded),
+                        port,
+                        peer,
+                        activity.clone(),
+                    );
+                    let _ = tokio::time::timeout(limits.total(), async {
+                        tokio::select! {
+                            () = work => {}
+                            () = watchdog(activity, limits.idle()) => {}
+                        }
+                    })
+                    .await;
                 });
                 Response::new(empty())
             }
             Verdict::Allow { rule } => {
-                let upstream = match self.dial(&host, port).await {
-                    Ok(s) => s,
-                    Err(e @ upstream::DialError::NotPublic { .. }) => {
-                        return self.deny(
-                            peer,
-                            &host_str,
-                            port,
-                            StatusCode::FORBIDDEN,
-                            &e.to_string(),
-                        );
-                    }
-                    Err(e) => {
-                        return self.deny(
-                            peer,
-                            &host_str,
-                            port,
-                            StatusCode::BAD_GATEWAY,
-                            &e.to_string(),
-                        );
-                    }
-                };
                 let on_upgrade = hyper::upgrade::on(&mut req);
                 let shared = self.clone();
                 tokio::spawn(async move {
                     let _permit = permit;
+                    let ctx = ctx.with_rule(rule);
                     let Ok(upgraded) = on_upgrade.await else {
-                        return;
+                        return shared.log_line(ctx.fail(
+                            codes::CLIENT_GONE,
+                            "the client left before the tunnel opened",
+                        ));
                     };
-                    let total = shared.limits.total();
-                    let work = shared
-                        .clone()
-                        .splice(peer, host, port, rule, upgraded, upstream);
-                    let _ = tokio::time::timeout(total, work).await;
+                    let limits = shared.limits.clone();
+                    let work = shared.clone().splice(ctx, host, upgraded);
+                    let _ = tokio::time::timeout(limits.total(), work).await;
                 });
                 Response::new(empty())
             }
         }
     }
 
-    /// Checks the ClientHello against the CONNECT host, then splices.
-    async fn splice(
-        self: Arc<Self>,
-        peer: SocketAddr,
-        host: Host,
-        port: u16,
-        rule: String,
-        upgraded: hyper::upgrade::Upgraded,
-        mut upstream: TcpStream,
-    ) {
-        let host_str = host.to_string();
+    fn log_line(&self, d: Decision) {
+        self.log.record(&d);
+    }
+
+    /// Reads the ClientHello, checks its SNI against the CONNECT host, and only then resolves,
+    /// dials and splices.
+    async fn splice(self: Arc<Self>, ctx: Ctx, host: Host, upgraded: hyper::upgrade::Upgraded) {
         let mut client = TokioIo::new(upgraded);
         let idle = self.limits.idle();
-        let refuse = |reason: &str| {
-            let mut d = self.decision(peer, &host_str, port, Action::Deny);
-            d.rule = Some(rule.clone());
-            d.reason = Some(reason.to_string());
+        let activity = ctx.activity.clone();
+        let hello = tokio::select! {
+            r = splice::read_client_hello(&mut client, idle) => Some(r),
+            () = watchdog(activity.clone(), idle) => None,
+        };
+        let deny = |code, reason: String| {
+            let mut d = ctx.decision(&self, Action::Deny);
+            d.reason_code = Some(code);
+            d.reason = Some(reason);
             self.log.record(&d);
         };
-        let (hello, sni) = match splice::read_client_hello(&mut client, idle).await {
-            Ok(h) => h,
-            Err(splice::HelloError::NotTls) => return refuse("tunnel does not start with TLS"),
-            Err(splice::HelloError::Closed) => return refuse("client closed before TLS"),
-            Err(splice::HelloError::Encrypted) => {
-                return refuse("encrypted ClientHello (ECH) hides the server name");
+        let (hello, sni) = match hello {
+            None => {
+                return deny(
+                    codes::IDLE_TIMEOUT,
+                    "idle timeout before the TLS ClientHello".into(),
+                );
+            }
+            Some(Ok(h)) => h,
+            Some(Err(splice::HelloError::NotTls)) => {
+                return deny(codes::NOT_TLS, "tunnel does not start with TLS".into());
+            }
+            Some(Err(splice::HelloError::Closed)) => {
+                return deny(codes::CLIENT_GONE, "client closed before TLS".into());
+            }
+            Some(Err(splice::HelloError::Encrypted)) => {
+                return deny(
+                    codes::ECH,
+                    "encrypted ClientHello (ECH) hides the server name".into(),
+                );
             }
         };
-        let sni_ok = match (&host, sni.as_deref().map(Host::parse)) {
-            (Host::Domain(_), Some(Ok(s))) => s == host,
+        let sni_host = sni.as_deref().map(Host::parse);
+        let sni_ok = match (&host, &sni_host) {
+            (Host::Domain(_), Some(Ok(s))) => *s == host,
             // An IP target has no name to ask for; a name would be fronting.
             (Host::Ip(_), None) => true,
             _ => false,
         };
         if !sni_ok {
-            return refuse("TLS SNI does not match the CONNECT host");
+            let asked = sni.as_deref().unwrap_or("no name");
+            return deny(
+                codes::SNI_MISMATCH,
+                format!(
+                    "TLS SNI ({asked}) does not match the CONNECT host ({host}); ask for the host you connect to"
+                ),
+            );
         }
-        use tokio::io::AsyncWriteExt;
-        if upstream.write_all(&hello).await.is_err() {
-            return refuse("upstream closed");
-        }
-        let (up, down) = splice::pump(client, upstream, idle).await;
-        let mut d = self.decision(peer, &host_str, port, Action::Allow);
-        d.rule = Some(rule);
-        d.bytes_up = up + hello.len() as u64;
-        d.bytes_down = down;
-        self.log.record(&d);
-    }
-
-    /// Reads a request body up to the configured limit.
-    async fn read_body(&self, body: Incoming) -> Result<Bytes, StatusCode> {
-        match Limited::new(body, self.limits.max_body_bytes)
-            .collect()
-            .await
-        {
-            Ok(collected) => Ok(collected.to_bytes()),
-            Err(e) if e.is::<http_body_util::LengthLimitError>() => {
-                Err(StatusCode::PAYLOAD_TOO_LARGE)
+        let upstream = match self.dial(&host, ctx.port).await {
+            Ok(s) => s,
+            Err(e @ upstream::DialError::NotPublic { .. }) => {
+                return deny(codes::NOT_PUBLIC, e.to_string());
             }
-            Err(_) => Err(StatusCode::BAD_REQUEST),
+            Err(e) => {
+                let mut d = ctx.decision(&self, Action::Fail);
+                d.reason_code = Some(codes::UPSTREAM_FAILED);
+                d.reason = Some(refusal::error_chain(&e));
+                return self.log.record(&d);
+            }
+        };
+        let mut upstream = IdleIo::new(upstream, activity.clone());
+        use tokio::io::AsyncWriteExt;
+        if let Err(e) = upstream.write_all(&hello).await {
+            let mut d = ctx.decision(&self, Action::Fail);
+            d.reason_code = Some(codes::UPSTREAM_FAILED);
+            d.reason = Some(format!("upstream closed: {e}"));
+            return self.log.record(&d);
         }
-    }
-
-    /// The name of a bundle secret carried anywhere in the request, except `own`'s. A body
-    /// whose encoding cannot be read is an error: it is refused rather than passed unscanned.
-    fn find_secret(
-        &self,
-        parts: &http::request::Parts,
-        body: &[u8],
-        own: Option<&str>,
-    ) -> Result<Option<String>, decode::DecodeError> {
-        if self.secrets.is_empty() {
-            return Ok(None);
+        let mut counts = (0, 0);
+        let timed_out = tokio::select! {
+            () = splice::pump(client, upstream, idle, &mut counts) => false,
+            () = watchdog(activity, idle) => true,
+        };
+        let mut d = ctx.decision(&self, Action::Allow);
+        if timed_out {
+            d.reason_code = Some(codes::IDLE_TIMEOUT);
+            d.reason = Some("idle timeout: nothing moved either way".into());
         }
-        let uri = parts.uri.to_string();
-        let encoding = parts
-            .headers
-            .get(header::CONTENT_ENCODING)
-            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
-        let decoded = decode::decode_body(encoding.as_deref(), body, self.limits.max_body_bytes)?;
-        let found = self
-            .secrets
-            .find_in(uri.as_bytes(), own)
-            .or_else(|| {
-                parts
-                    .headers
-                    .values()
-                    .find_map(|v| self.secrets.find_in(v.as_bytes(), own))
-            })
-            .or_else(|| self.secrets.find_in(body, own))
-            .or_else(|| decoded.and_then(|d| self.secrets.find_in(&d, own)));
-        Ok(found.map(str::to_string))
-    }
-
-    /// Scans a request; the response to send instead of forwarding it, if any.
-    fn refuse_secrets(
-        &self,
-        peer: SocketAddr,
-        host: &str,
-        port: u16,
-        parts: &http::request::Parts,
-        body: &[u8],
-        own: Option<&str>,
-    ) -> Option<Response<ProxyBody>> {
-        match self.find_secret(parts, body, own) {
-            Ok(None) => None,
-            Ok(Some(secret)) => Some(self.block(peer, host, port, &secret)),
-            Err(e) => Some(self.deny(
-                peer,
-                host,
-                port,
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                &e.to_string(),
-            )),
-        }
-    }
-
-    fn block(&self, peer: SocketAddr, host: &str, port: u16, secret: &str) -> Response<ProxyBody> {
-        let reason = format!("request carries the bundle secret {secret}");
-        let mut d = self.decision(peer, host, port, Action::Block);
-        d.reason = Some(reason.clone());
-        d.status = Some(StatusCode::FORBIDDEN.as_u16());
+        d.bytes_up = counts.0 + hello.len() as u64;
+        d.bytes_down = counts.1;
         self.log.record(&d);
-        text(StatusCode::FORBIDDEN, &reason)
     }
 }
 

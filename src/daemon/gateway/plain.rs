@@ -1,20 +1,23 @@
-//! Plain HTTP through the proxy (`GET http://host/path`): the allowlist, the secret scan of
-//! the whole request, then forwarding over a fresh connection. Never to a route host: a token
-//! is never injected on plain HTTP.
+//! Plain HTTP through the proxy (`GET http://host/path`): the target name scanned for secrets,
+//! the allowlist (port 80 unless `host:port` is listed), the whole request scanned, then
+//! forwarding over a fresh connection and the response through the scrubbing pipeline. Never
+//! to a route host: a token is never injected on plain HTTP.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full};
+use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
-use super::log::Action;
-use super::{BoxError, ProxyBody, Shared, body, strip_hop_headers, text, upstream};
+use super::idle::{Activity, IdleIo};
+use super::log::{Action, codes};
+use super::refusal::{Ctx, Inflight, Refusal, error_chain};
+use super::{ProxyBody, Shared, strip_hop_headers, upstream};
 use crate::net::host::parse_authority;
-use crate::net::policy::Verdict;
+use crate::net::policy::{Access, Verdict};
 
 impl Shared {
     /// Plain HTTP through the proxy (`GET http://host/path`): policy, scan, forward.
@@ -22,62 +25,68 @@ impl Shared {
         self: Arc<Self>,
         peer: SocketAddr,
         req: Request<Incoming>,
+        activity: Arc<Activity>,
     ) -> Response<ProxyBody> {
         let authority = super::uri_authority(&req);
+        let ctx = Ctx::new(peer, &authority, 0, Action::Allow, activity)
+            .with_method(req.method().to_string())
+            .with_what(format!("{} {}", req.method(), req.uri()));
         if req.uri().scheme_str() != Some("http") {
-            return self.deny(
-                peer,
-                &authority,
-                0,
-                StatusCode::BAD_REQUEST,
-                "only http:// URIs are proxied; use CONNECT for https",
+            return self.refuse(
+                ctx,
+                Refusal::deny(
+                    StatusCode::BAD_REQUEST,
+                    codes::BAD_REQUEST,
+                    "only http:// URIs are proxied; use CONNECT for https".into(),
+                ),
             );
+        }
+        if let Some(secret) = self.secret_in_name(&authority) {
+            return self.refuse(ctx, Refusal::secret(&secret, "in the host name"));
         }
         let (host, port) = match parse_authority(&authority, Some(80)) {
             Ok(hp) => hp,
             Err(e) => {
-                return self.deny(peer, &authority, 0, StatusCode::BAD_REQUEST, &e.to_string());
+                return self.refuse(
+                    ctx,
+                    Refusal::deny(StatusCode::BAD_REQUEST, codes::BAD_REQUEST, e.to_string()),
+                );
             }
         };
         let host_str = host.to_string();
-        let rule = match self.policy.decide(&host) {
-            Verdict::Deny(reason) => {
-                return self.deny(
-                    peer,
-                    &host_str,
-                    port,
-                    StatusCode::FORBIDDEN,
-                    reason.as_str(),
-                );
-            }
-            Verdict::Route(_) => {
-                return self.deny(
-                    peer,
-                    &host_str,
-                    port,
-                    StatusCode::FORBIDDEN,
-                    "route hosts are only reached over https",
-                );
-            }
+        let ctx = ctx.at(&host_str, port);
+        let rule = match self.policy.decide(&host, port, Access::PlainHttp) {
             Verdict::Allow { rule } => rule,
+            Verdict::Deny(reason) => {
+                let refusal =
+                    Refusal::policy(&reason, &self.bottle, &host, port, Access::PlainHttp);
+                return self.refuse(ctx, refusal);
+            }
+            // The policy never routes plain HTTP; refuse should that ever change.
+            Verdict::Route(_) => {
+                let reason = crate::net::policy::DenyReason::RouteOverPlainHttp;
+                let refusal =
+                    Refusal::policy(&reason, &self.bottle, &host, port, Access::PlainHttp);
+                return self.refuse(ctx, refusal);
+            }
+        };
+        let ctx = ctx.with_rule(rule);
+        let mut inflight = Inflight::new(&self, &ctx);
+        let refuse = |mut inflight: Inflight, refusal| {
+            inflight.disarm();
+            self.refuse(ctx.clone(), refusal)
         };
         let (mut parts, body) = req.into_parts();
-        let body = match self.read_body(body).await {
-            Ok(b) => b,
-            Err(status) => {
-                return self.deny(
-                    peer,
-                    &host_str,
-                    port,
-                    status,
-                    "request body too large or broken",
-                );
-            }
+        let scanned = match self.read_and_scan(&parts, body, None).await {
+            Ok(s) => s,
+            Err(refusal) => return refuse(inflight, refusal),
         };
-        if let Some(refusal) = self.refuse_secrets(peer, &host_str, port, &parts, &body, None) {
-            return refusal;
-        }
         strip_hop_headers(&mut parts.headers);
+        parts.headers.remove(header::CONTENT_LENGTH);
+        parts.headers.insert(
+            header::ACCEPT_ENCODING,
+            HeaderValue::from_static("identity"),
+        );
         let host_header = if port == 80 {
             host_str.clone()
         } else {
@@ -93,63 +102,72 @@ impl Shared {
             .to_string();
         parts.uri = match path.parse() {
             Ok(u) => u,
-            Err(_) => return text(StatusCode::BAD_REQUEST, "invalid request path"),
+            Err(_) => {
+                return refuse(
+                    inflight,
+                    Refusal::deny(
+                        StatusCode::BAD_REQUEST,
+                        codes::BAD_REQUEST,
+                        "invalid request path".into(),
+                    ),
+                );
+            }
         };
         parts.version = http::Version::HTTP_11;
-        let bytes_up = body.len() as u64;
+        let bytes_up = scanned.body.len() as u64;
+        inflight.stage("connecting to the upstream");
         let upstream = match self.dial(&host, port).await {
             Ok(s) => s,
             Err(e @ upstream::DialError::NotPublic { .. }) => {
-                return self.deny(peer, &host_str, port, StatusCode::FORBIDDEN, &e.to_string());
+                return refuse(
+                    inflight,
+                    Refusal::deny(StatusCode::FORBIDDEN, codes::NOT_PUBLIC, e.to_string())
+                        .with_allow(format!(
+                            "list {host_str} in the gateway config's `internal_hosts` or `pinned` if it is meant to be private"
+                        )),
+                );
             }
             Err(e) => {
-                return self.deny(
-                    peer,
-                    &host_str,
-                    port,
-                    StatusCode::BAD_GATEWAY,
-                    &e.to_string(),
+                return refuse(
+                    inflight,
+                    Refusal::fail(
+                        StatusCode::BAD_GATEWAY,
+                        codes::UPSTREAM_FAILED,
+                        error_chain(&e),
+                    ),
                 );
             }
         };
-        let (mut sender, conn) =
-            match hyper::client::conn::http1::handshake(TokioIo::new(upstream)).await {
-                Ok(pair) => pair,
-                Err(_) => return text(StatusCode::BAD_GATEWAY, "upstream HTTP handshake failed"),
-            };
+        let io = TokioIo::new(IdleIo::new(upstream, ctx.activity.clone()));
+        let (mut sender, conn) = match hyper::client::conn::http1::handshake(io).await {
+            Ok(pair) => pair,
+            Err(e) => {
+                return refuse(
+                    inflight,
+                    Refusal::fail(
+                        StatusCode::BAD_GATEWAY,
+                        codes::UPSTREAM_FAILED,
+                        format!("upstream HTTP handshake failed: {}", error_chain(&e)),
+                    ),
+                );
+            }
+        };
         tokio::spawn(conn);
-        let method = parts.method.to_string();
-        let resp = match sender
-            .send_request(Request::from_parts(parts, Full::new(body)))
-            .await
-        {
-            Ok(r) => r,
-            Err(_) => {
-                return self.deny(
-                    peer,
-                    &host_str,
-                    port,
+        inflight.stage("waiting for the upstream's response head");
+        let result = sender
+            .send_request(Request::from_parts(parts, Full::new(scanned.body.clone())))
+            .await;
+        drop(scanned);
+        match result {
+            Ok(resp) => self.respond(&ctx, inflight, resp, bytes_up).await,
+            Err(e) => refuse(
+                inflight,
+                Refusal::fail(
                     StatusCode::BAD_GATEWAY,
-                    "upstream request failed",
-                );
-            }
-        };
-        let (mut rparts, rbody) = resp.into_parts();
-        strip_hop_headers(&mut rparts.headers);
-        let mut d = self.decision(peer, &host_str, port, Action::Allow);
-        d.rule = Some(rule);
-        d.method = Some(method);
-        d.status = Some(rparts.status.as_u16());
-        d.bytes_up = bytes_up;
-        let log = self.log.clone();
-        let body = body::ObservedBody::new(
-            rbody.map_err(BoxError::from).boxed_unsync(),
-            None,
-            move |n| {
-                d.bytes_down = n;
-                log.record(&d);
-            },
-        );
-        Response::from_parts(rparts, body.boxed())
+                    codes::UPSTREAM_FAILED,
+                    format!("upstream request failed: {}", error_chain(&e)),
+                ),
+            ),
+        }
     }
 }

@@ -41,16 +41,16 @@ pub async fn read_client_hello<R: AsyncRead + Unpin>(
     }
 }
 
-/// Copies bytes both ways until both sides finished or nothing moved for `idle`.
-/// Returns (bytes client→upstream, bytes upstream→client).
-pub async fn pump<A, B>(mut client: A, mut upstream: B, idle: Duration) -> (u64, u64)
+/// Copies bytes both ways until both sides finished or nothing moved for `idle`, counting
+/// (bytes client→upstream, bytes upstream→client) into `counts` as they move (so they are
+/// known even if the pump is cut off).
+pub async fn pump<A, B>(mut client: A, mut upstream: B, idle: Duration, counts: &mut (u64, u64))
 where
     A: AsyncRead + AsyncWrite + Unpin,
     B: AsyncRead + AsyncWrite + Unpin,
 {
     let mut up_buf = vec![0u8; BUF_SIZE];
     let mut down_buf = vec![0u8; BUF_SIZE];
-    let (mut up, mut down) = (0u64, 0u64);
     let (mut client_open, mut upstream_open) = (true, true);
     while client_open || upstream_open {
         tokio::select! {
@@ -63,7 +63,7 @@ where
                     if upstream.write_all(&up_buf[..n]).await.is_err() {
                         break;
                     }
-                    up += n as u64;
+                    counts.0 += n as u64;
                 }
             },
             r = upstream.read(&mut down_buf), if upstream_open => match r {
@@ -75,11 +75,10 @@ where
                     if client.write_all(&down_buf[..n]).await.is_err() {
                         break;
                     }
-                    down += n as u64;
+                    counts.1 += n as u64;
                 }
             },
             () = tokio::time::sleep(idle) => break,
         }
     }
-    (up, down)
 }

@@ -17,6 +17,7 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, ServerName};
 use tokio::net::TcpStream;
 
+use super::idle::{Activity, IdleIo};
 use super::{BoxError, Shared};
 use crate::net::host::{Host, is_public};
 
@@ -99,9 +100,18 @@ impl Shared {
         })
     }
 
-    /// A TLS connection to a route's upstream, with an HTTP client on top.
-    pub(super) async fn connect_tls(&self, host: &str, port: u16) -> Result<Sender, DialError> {
-        let tcp = self.dial(&Host::Domain(host.to_string()), port).await?;
+    /// A TLS connection to a route's upstream, with an HTTP client on top. Its traffic counts
+    /// as the client connection's `activity`.
+    pub(super) async fn connect_tls(
+        &self,
+        host: &str,
+        port: u16,
+        activity: std::sync::Arc<Activity>,
+    ) -> Result<Sender, DialError> {
+        let tcp = IdleIo::new(
+            self.dial(&Host::Domain(host.to_string()), port).await?,
+            activity,
+        );
         let tls_err = |source| DialError::Tls {
             host: host.to_string(),
             source,
