@@ -172,6 +172,9 @@ pub struct LogsArgs {
     /// Only this daemon's lines (see `krbottle bundle --help`).
     #[arg(long)]
     pub daemon: Option<String>,
+    /// Only the gateway's denials: what was refused, why, and which manifest key allows it.
+    #[arg(long)]
+    pub denied: bool,
     /// Keep printing new lines while the bottle runs.
     #[arg(short, long)]
     pub follow: bool,
@@ -381,6 +384,9 @@ pub struct BundleBottleArgs {
 pub struct BundleLogsArgs {
     /// The bottle's name.
     pub bottle: String,
+    /// Only the gateway's denials: what was refused, why, and which manifest key allows it.
+    #[arg(long)]
+    pub denied: bool,
     /// Keep printing new lines until interrupted.
     #[arg(short, long)]
     pub follow: bool,

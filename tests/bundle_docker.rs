@@ -184,6 +184,17 @@ fn up_serves_the_gateway_and_down_removes_everything() {
         "{logs}"
     );
     assert!(!logs.contains(TOKEN));
+    // Denials only: each line a deny or block, explained.
+    let denied = krbottle(state, &["bundle", "logs", bottle, "--denied"], None);
+    let denied = String::from_utf8_lossy(&denied.stdout).to_string();
+    assert!(!denied.trim().is_empty(), "no denial listed");
+    for line in denied.lines() {
+        assert!(
+            line.contains(r#""decision":"deny""#) || line.contains(r#""decision":"block""#),
+            "{line}"
+        );
+        assert!(line.contains("reason_code"), "{line}");
+    }
 
     // The token is in no image layer or config, and on no command line in the container.
     let image = record["image"].as_str().unwrap();

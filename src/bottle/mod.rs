@@ -222,11 +222,28 @@ pub async fn rm(name: &str, force: bool) -> Result<(), BottleError> {
     })
 }
 
-/// `krbottle logs NAME`: the bundle's logs, of the running bundle or (stopped) of its last run;
-/// `daemon` keeps only that daemon's lines; `follow` keeps printing while it runs.
+/// Which of a bundle's log lines `logs` prints.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct LogFilter<'a> {
+    /// Only this daemon's lines.
+    pub daemon: Option<&'a str>,
+    /// Only the gateway's denials (deny and block decision lines).
+    pub denied: bool,
+}
+
+impl LogFilter<'_> {
+    fn keeps(&self, line: &[u8]) -> bool {
+        self.daemon
+            .is_none_or(|d| crate::daemon::init::line_is_from(line, d))
+            && (!self.denied || crate::daemon::gateway::log::is_denial(line))
+    }
+}
+
+/// `krbottle logs NAME`: the bundle's logs, of the running bundle or (stopped) of its last run,
+/// as `filter` keeps them; `follow` keeps printing while it runs.
 pub async fn logs(
     name: &str,
-    daemon: Option<&str>,
+    filter: LogFilter<'_>,
     follow: bool,
     mut stdout: impl std::io::Write,
     mut stderr: impl std::io::Write,
@@ -236,10 +253,7 @@ pub async fn logs(
     if dirs.read_record()?.is_none() {
         return Err(BottleError::NoBottle(name.to_string()));
     }
-    let keep = |line: &[u8]| match daemon {
-        None => true,
-        Some(d) => crate::daemon::init::line_is_from(line, d),
-    };
+    let keep = |line: &[u8]| filter.keeps(line);
     if dirs.is_running() && Runtime::from_env().is_ok_and(|r| matches!(r, Runtime::Docker)) {
         let engine = Engine::connect().await?;
         let filter = |data: &[u8], out: &mut dyn std::io::Write| -> std::io::Result<()> {

@@ -140,10 +140,12 @@ pub async fn gc() -> Result<Removed, BundleError> {
 }
 
 /// `krbottle bundle logs`: copies `bottle`'s bundle logs to `stdout` (the daemons' decision
-/// lines) and `stderr` (their messages) until the end, or for as long as it runs with `follow`.
+/// lines) and `stderr` (their messages) until the end, or for as long as it runs with `follow`;
+/// with `denied`, only the gateway's denials.
 pub async fn logs(
     bottle: &str,
     follow: bool,
+    denied: bool,
     mut stdout: impl std::io::Write,
     mut stderr: impl std::io::Write,
 ) -> Result<(), BundleError> {
@@ -151,8 +153,14 @@ pub async fn logs(
     let mut stream = std::pin::pin!(container::logs(&engine, bottle, follow));
     while let Some(item) = stream.next().await {
         let written = match item? {
+            bollard::container::LogOutput::StdErr { .. } if denied => Ok(()),
             bollard::container::LogOutput::StdErr { message } => stderr.write_all(&message),
-            other => stdout.write_all(&other.into_bytes()),
+            other => {
+                let data = other.into_bytes();
+                data.split_inclusive(|&b| b == b'\n')
+                    .filter(|line| !denied || crate::daemon::gateway::log::is_denial(line))
+                    .try_for_each(|line| stdout.write_all(line))
+            }
         };
         written.map_err(BundleError::WriteLogs)?;
     }

@@ -51,9 +51,13 @@ pub async fn rm(args: RmArgs, reporter: &Reporter) -> anyhow::Result<u8> {
 }
 
 pub async fn logs(args: LogsArgs) -> anyhow::Result<u8> {
+    let filter = bottle::LogFilter {
+        daemon: args.daemon.as_deref(),
+        denied: args.denied,
+    };
     bottle::logs(
         &args.name,
-        args.daemon.as_deref(),
+        filter,
         args.follow,
         std::io::stdout(),
         std::io::stderr(),

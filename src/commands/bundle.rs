@@ -26,6 +26,7 @@ pub async fn run(cmd: BundleCommand, reporter: &Reporter) -> anyhow::Result<u8> 
             bundle::logs(
                 &args.bottle,
                 args.follow,
+                args.denied,
                 std::io::stdout(),
                 std::io::stderr(),
             )

@@ -177,7 +177,7 @@ upstream_ca_file = "api-ca.pem"
 git_user = { name = "Harness Agent", email = "agent@harness.invalid" }
 
 [[bottles.example.routes]]
-host = "api.anthropic.com"
+host = "api.anthropic.com:$port"
 header = "x-api-key"
 token_env = "ANTHROPIC_API_KEY"
 MANIFEST
