@@ -98,6 +98,11 @@ fn init_refuses_unknown_daemons() {
         .args(["bundle", "init", "--daemons", "gateway,nope"])
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown daemon \"nope\""));
+    // A usage error (clap's exit 2), naming the daemon and the known ones.
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("unknown daemon \"nope\"") && stderr.contains("gateway"),
+        "{stderr}"
+    );
 }

@@ -36,7 +36,7 @@ fn build_inspect_save_and_export_through_the_api() {
     std::fs::write(
         ctx.path().join("Dockerfile"),
         format!(
-            "FROM {BASE_IMAGE}\nCOPY hello /hello\nRUN echo built > /built\nUSER 1000:1000\nWORKDIR /w\nENV A=1\nCMD [\"sh\"]\n"
+            "FROM {BASE_IMAGE}\nCOPY hello /hello\nRUN echo built > /built && mkdir /w\nUSER 1000:1000\nWORKDIR /w\nENV A=1\nCMD [\"sh\"]\n"
         ),
     )
     .unwrap();

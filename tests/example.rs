@@ -85,7 +85,9 @@ fn example_manifest(dir: &Path, api_ca: &Path, port: u16) -> PathBuf {
         format!("https://api.anthropic.com:{port}").into(),
     );
     // Rules are bound to ports: the route serves the stand-in's.
-    let route = bottle["routes"].as_array_mut().unwrap()[0].as_table_mut().unwrap();
+    let route = bottle["routes"].as_array_mut().unwrap()[0]
+        .as_table_mut()
+        .unwrap();
     route.insert("host".into(), format!("api.anthropic.com:{port}").into());
     let path = dir.join("krbottle.toml");
     std::fs::write(&path, toml::to_string(&m).unwrap()).unwrap();

@@ -162,7 +162,7 @@ fn dry_run_prints_the_whole_plan_and_no_secret() {
     assert!(plan["image_id"].as_str().unwrap().starts_with("sha256:"));
     assert_eq!(
         (plan["cpus"].as_u64(), plan["memory_mib"].as_u64()),
-        (Some(1), Some(512))
+        (Some(1), Some(256))
     );
     assert_eq!(plan["user"]["uid"], 1000);
     assert_eq!(plan["user"]["home"], "/home/agent");
