@@ -68,9 +68,7 @@ fn build_inspect_save_and_export_through_the_api() {
     // The streams are read on a blocking thread, as the unpacker reads them.
     let e = engine.clone();
     let saved = rt
-        .block_on(tokio::task::spawn_blocking(move || {
-            entry_names(e.save(tag))
-        }))
+        .block_on(async { tokio::task::spawn_blocking(move || entry_names(e.save(tag))).await })
         .unwrap();
     assert!(saved.iter().any(|n| n == "manifest.json"), "{saved:?}");
     let layers = saved
@@ -82,7 +80,7 @@ fn build_inspect_save_and_export_through_the_api() {
     let mut export = rt.block_on(engine.export_filesystem(tag)).unwrap();
     let reader = export.take_reader().unwrap();
     let exported = rt
-        .block_on(tokio::task::spawn_blocking(move || entry_names(reader)))
+        .block_on(async { tokio::task::spawn_blocking(move || entry_names(reader)).await })
         .unwrap();
     rt.block_on(export.remove());
     assert!(exported.iter().any(|n| n == "hello"), "export lacks /hello");
