@@ -137,7 +137,7 @@ say "packing the initramfs ($(du -sh "$ird" | cut -f1))"
 log=$W/console.log
 say "booting the emulated machine (TCG, AMD SVM; about a minute)"
 set +e
-timeout "${KRBOTTLE_HARNESS_TIMEOUT:-1800}" qemu-system-x86_64 -machine q35 -accel tcg,thread=multi \
+timeout "${KRBOTTLE_HARNESS_TIMEOUT:-1200}" qemu-system-x86_64 -machine q35 -accel tcg,thread=multi \
     -cpu qemu64,+svm,+npt -smp 1 -m 4096 -nographic -no-reboot \
     -kernel "$W/kern/boot/vmlinuz-$kv" -initrd "$W/initrd.cpio" \
     -append "console=ttyS0 quiet loglevel=3 panic=-1 rdinit=/init" </dev/null 2>&1 \

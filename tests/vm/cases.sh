@@ -8,6 +8,30 @@ RUN="krbottle run --cpus 1 --memory 256"
 
 now() { cut -d' ' -f1 /proc/uptime; }
 
+# bounded SECS OUT CMD...: runs CMD with stdout to OUT and stderr to OUT.err, at most SECS seconds; on
+# overrun says so with what the machine was doing (processes, memory) and kills it. Its status is
+# CMD's, or 124 after an overrun. Every start case goes through it: a hang is a failed case with
+# its evidence, never a harness that runs into its own timeout.
+bounded() {
+    secs=$1 out=$2; shift 2
+    "$@" >"$out" 2>"$out.err" &
+    bpid=$!
+    i=0
+    while kill -0 $bpid 2>/dev/null; do
+        if [ $i -ge $((secs * 5)) ]; then
+            echo "TIMEOUT after ${secs}s: $*"; echo "--- its output so far:"; cat "$out" "$out.err"
+            echo "--- processes:"; ps -o pid,ppid,stat,vsz,rss,args 2>/dev/null || ps
+            echo "--- memory:"; cat /proc/meminfo | head -5
+            pkill -TERM -P $bpid 2>/dev/null; kill -TERM $bpid 2>/dev/null; sleep 5
+            pkill -KILL -f 'krbottle' 2>/dev/null
+            wait $bpid 2>/dev/null
+            return 124
+        fi
+        sleep 0.2; i=$((i + 1))
+    done
+    wait $bpid
+}
+
 # expect NAME ACTUAL EXPECTED
 expect() {
     if [ "$2" = "$3" ]; then echo "ok   $1"; else echo "FAIL $1: got [$2], want [$3]"; return 1; fi
@@ -180,32 +204,44 @@ git_user = { name = "Harness Agent", email = "agent@harness.invalid" }
 host = "api.anthropic.com:$port"
 header = "x-api-key"
 token_env = "ANTHROPIC_API_KEY"
+
+# The example's ask.py: the guest asks the human through supervise (the official MCP client).
+[agents.asker]
+image_archive = "example.tar"
+command = ["python3", "/opt/example/ask.py", "deploy the harness", "asked from the guest"]
+bottle = "asker"
+
+[bottles.asker]
+cpus = 1
+memory_mib = 1024
+supervise = true
 MANIFEST
 }
 
 case_start_example_smoke_reaches_the_api_with_the_injected_key() {
     start_fixture || return 1
     : >/tmp/api-keys.log
-    start_env krbottle start example --manifest /start/krbottle.toml --name smoke \
-        >/tmp/smoke.out 2>&1; rc=$?
-    cat /tmp/smoke.out
+    bounded 540 /tmp/smoke.out start_env krbottle start example --manifest /start/krbottle.toml \
+        --name smoke; rc=$?
+    cat /tmp/smoke.out /tmp/smoke.out.err
     echo "keys the API saw: $(sort -u /tmp/api-keys.log | tr '\n' ' ')"
     expect rc "$rc" 0 &&
     grep -q 'the API answered: Hello from the fake API' /tmp/smoke.out &&
     grep -q 'example.org is refused' /tmp/smoke.out &&
     expect api-saw "$(sort -u /tmp/api-keys.log)" "$START_KEY" &&
-    ! grep -q "$START_KEY" /tmp/smoke.out
+    ! grep -q "$START_KEY" /tmp/smoke.out /tmp/smoke.out.err
 }
 
 case_start_provisioned_files_as_the_guest_sees_them() {
     start_fixture || return 1
-    out=$(start_env krbottle start example --manifest /start/krbottle.toml --name files -- sh -c '
+    bounded 300 /tmp/files.out start_env krbottle start example --manifest /start/krbottle.toml --name files -- sh -c '
         id -u; stat -c "%u:%g %a" ~/.claude.json ~/.claude ~/.claude/CLAUDE.md
         grep -c "BEGIN CERTIFICATE" /etc/ssl/certs/ca-certificates.crt >/dev/null && echo ca-in-bundle
         python3 -c "import json,os; d=json.load(open(os.path.expanduser(\"~/.claude.json\"))); print(d[\"hasCompletedOnboarding\"], d[\"projects\"][\"/workspace\"][\"hasTrustDialogAccepted\"])"
         git config user.name
-        echo "key=$ANTHROPIC_API_KEY"' 2>/tmp/files.err); rc=$?
-    echo "$out"; cat /tmp/files.err
+        echo "key=$ANTHROPIC_API_KEY"'; rc=$?
+    out=$(cat /tmp/files.out)
+    echo "$out"; cat /tmp/files.out.err
     expect rc "$rc" 0 &&
     expect uid "$(echo "$out" | sed -n 1p)" 1000 &&
     expect claude-json "$(echo "$out" | sed -n 2p)" "1000:1000 600" &&
@@ -215,6 +251,29 @@ case_start_provisioned_files_as_the_guest_sees_them() {
     expect claude-state "$(echo "$out" | sed -n 6p)" "True True" &&
     expect git "$(echo "$out" | sed -n 7p)" "Harness Agent" &&
     echo "$out" | grep -q '^key=krbottle-placeholder'
+}
+
+# The guest calls request_approval through its relay with the MCP Python SDK, finding the server
+# in the ~/.claude.json start provisioned; the human's side answers with `krbottle approve`.
+case_start_supervise_the_guest_asks_and_the_host_approves() {
+    start_fixture || return 1
+    bounded 400 /tmp/ask.out start_env krbottle start asker --manifest /start/krbottle.toml \
+        --name ask &
+    asker=$!
+    i=0; id=""
+    while [ $i -lt 300 ] && [ -z "$id" ] && kill -0 $asker 2>/dev/null; do
+        id=$(start_env krbottle queue ask --json 2>/dev/null | tr -d ' \n' |
+            sed -n 's/.*"id":"\([^"]*\)".*/\1/p')
+        [ -n "$id" ] || sleep 1
+        i=$((i + 1))
+    done
+    echo "the request in the host's queue: [$id]"
+    [ -n "$id" ] && start_env krbottle approve "$id" --comment "go ahead, harness"
+    wait $asker; rc=$?
+    cat /tmp/ask.out /tmp/ask.out.err
+    expect rc "$rc" 0 &&
+    grep -q '^ask: APPROVED' /tmp/ask.out &&
+    grep -q "Reviewer's comment: go ahead, harness" /tmp/ask.out
 }
 
 case_start_list_stop_resume_rm_of_a_running_bottle() {

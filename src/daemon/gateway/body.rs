@@ -81,14 +81,7 @@ impl Shared {
                 }
                 Some(Err(e)) => {
                     inflight.disarm();
-                    return self.refuse(
-                        ctx.clone(),
-                        Refusal::fail(
-                            StatusCode::BAD_GATEWAY,
-                            codes::RESPONSE_CUT,
-                            format!("the upstream's response body broke off: {e}"),
-                        ),
-                    );
+                    return self.refuse(ctx.clone(), Refusal::response_cut(e));
                 }
                 None => break,
             }
@@ -136,14 +129,7 @@ impl Shared {
                 None => match stream.next().await {
                     Some(Ok(c)) => c,
                     Some(Err(e)) => {
-                        return self.refuse(
-                            ctx.clone(),
-                            Refusal::fail(
-                                StatusCode::BAD_GATEWAY,
-                                codes::RESPONSE_CUT,
-                                format!("the upstream's response body broke off: {e}"),
-                            ),
-                        );
+                        return self.refuse(ctx.clone(), Refusal::response_cut(e));
                     }
                     None => break,
                 },

@@ -174,27 +174,13 @@ async fn forward(
             Ok(s) => *guard = Some(s),
             Err(e) => {
                 drop(guard);
-                return refuse(
-                    inflight,
-                    Refusal::fail(
-                        StatusCode::BAD_GATEWAY,
-                        codes::UPSTREAM_FAILED,
-                        error_chain(&e),
-                    ),
-                );
+                return refuse(inflight, Refusal::upstream_failed(error_chain(&e)));
             }
         }
     }
     let Some(sender) = guard.as_mut() else {
         drop(guard);
-        return refuse(
-            inflight,
-            Refusal::fail(
-                StatusCode::BAD_GATEWAY,
-                codes::UPSTREAM_FAILED,
-                "no upstream connection".into(),
-            ),
-        );
+        return refuse(inflight, Refusal::upstream_failed("no upstream connection"));
     };
     let authority = crate::net::policy::route_host_string(host, port);
     let uri = if sender.is_h2() {
@@ -212,14 +198,7 @@ async fn forward(
         Ok(u) => u,
         Err(_) => {
             drop(guard);
-            return refuse(
-                inflight,
-                Refusal::deny(
-                    StatusCode::BAD_REQUEST,
-                    codes::BAD_REQUEST,
-                    "invalid request path".into(),
-                ),
-            );
+            return refuse(inflight, Refusal::bad_request("invalid request path"));
         }
     };
     inflight.stage("waiting for the upstream's response head");
@@ -233,11 +212,10 @@ async fn forward(
         Ok(resp) => shared.respond(&ctx, inflight, resp, bytes_up).await,
         Err(e) => refuse(
             inflight,
-            Refusal::fail(
-                StatusCode::BAD_GATEWAY,
-                codes::UPSTREAM_FAILED,
-                format!("upstream request failed: {}", error_chain(e.as_ref())),
-            ),
+            Refusal::upstream_failed(format!(
+                "upstream request failed: {}",
+                error_chain(e.as_ref())
+            )),
         ),
     }
 }

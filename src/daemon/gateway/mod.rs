@@ -457,10 +457,7 @@ impl Shared {
         let (host, port) = match parse_authority(&authority, None) {
             Ok(hp) => hp,
             Err(e) => {
-                return self.refuse(
-                    ctx,
-                    Refusal::deny(StatusCode::BAD_REQUEST, codes::BAD_REQUEST, e.to_string()),
-                );
+                return self.refuse(ctx, Refusal::bad_request(e.to_string()));
             }
         };
         let host_str = host.to_string();

@@ -34,11 +34,7 @@ impl Shared {
         if req.uri().scheme_str() != Some("http") {
             return self.refuse(
                 ctx,
-                Refusal::deny(
-                    StatusCode::BAD_REQUEST,
-                    codes::BAD_REQUEST,
-                    "only http:// URIs are proxied; use CONNECT for https".into(),
-                ),
+                Refusal::bad_request("only http:// URIs are proxied; use CONNECT for https"),
             );
         }
         if let Some(secret) = self.secret_in_name(&authority) {
@@ -47,10 +43,7 @@ impl Shared {
         let (host, port) = match parse_authority(&authority, Some(80)) {
             Ok(hp) => hp,
             Err(e) => {
-                return self.refuse(
-                    ctx,
-                    Refusal::deny(StatusCode::BAD_REQUEST, codes::BAD_REQUEST, e.to_string()),
-                );
+                return self.refuse(ctx, Refusal::bad_request(e.to_string()));
             }
         };
         let host_str = host.to_string();
@@ -103,14 +96,7 @@ impl Shared {
         parts.uri = match path.parse() {
             Ok(u) => u,
             Err(_) => {
-                return refuse(
-                    inflight,
-                    Refusal::deny(
-                        StatusCode::BAD_REQUEST,
-                        codes::BAD_REQUEST,
-                        "invalid request path".into(),
-                    ),
-                );
+                return refuse(inflight, Refusal::bad_request("invalid request path"));
             }
         };
         parts.version = http::Version::HTTP_11;
@@ -128,14 +114,7 @@ impl Shared {
                 );
             }
             Err(e) => {
-                return refuse(
-                    inflight,
-                    Refusal::fail(
-                        StatusCode::BAD_GATEWAY,
-                        codes::UPSTREAM_FAILED,
-                        error_chain(&e),
-                    ),
-                );
+                return refuse(inflight, Refusal::upstream_failed(error_chain(&e)));
             }
         };
         let io = TokioIo::new(IdleIo::new(upstream, ctx.activity.clone()));
@@ -144,11 +123,10 @@ impl Shared {
             Err(e) => {
                 return refuse(
                     inflight,
-                    Refusal::fail(
-                        StatusCode::BAD_GATEWAY,
-                        codes::UPSTREAM_FAILED,
-                        format!("upstream HTTP handshake failed: {}", error_chain(&e)),
-                    ),
+                    Refusal::upstream_failed(format!(
+                        "upstream HTTP handshake failed: {}",
+                        error_chain(&e)
+                    )),
                 );
             }
         };
@@ -162,11 +140,7 @@ impl Shared {
             Ok(resp) => self.respond(&ctx, inflight, resp, bytes_up).await,
             Err(e) => refuse(
                 inflight,
-                Refusal::fail(
-                    StatusCode::BAD_GATEWAY,
-                    codes::UPSTREAM_FAILED,
-                    format!("upstream request failed: {}", error_chain(&e)),
-                ),
+                Refusal::upstream_failed(format!("upstream request failed: {}", error_chain(&e))),
             ),
         }
     }

@@ -138,6 +138,29 @@ impl Refusal {
         }
     }
 
+    /// The request itself is malformed (`400`).
+    pub fn bad_request(reason: impl Into<String>) -> Refusal {
+        Refusal::deny(StatusCode::BAD_REQUEST, codes::BAD_REQUEST, reason.into())
+    }
+
+    /// The upstream could not be reached or did not answer (`502`).
+    pub fn upstream_failed(reason: impl Into<String>) -> Refusal {
+        Refusal::fail(
+            StatusCode::BAD_GATEWAY,
+            codes::UPSTREAM_FAILED,
+            reason.into(),
+        )
+    }
+
+    /// The upstream's response body broke off (`502` if nothing was sent yet).
+    pub fn response_cut(error: impl std::fmt::Display) -> Refusal {
+        Refusal::fail(
+            StatusCode::BAD_GATEWAY,
+            codes::RESPONSE_CUT,
+            format!("the upstream's response body broke off: {error}"),
+        )
+    }
+
     /// A bundle secret found `place` ("in the header x-debug", …).
     pub fn secret(secret: &str, place: &str) -> Refusal {
         Refusal {
