@@ -15,7 +15,8 @@ dest=${1:-$(dirname "$here")/lib}
 pkg=libkrunfw5
 soname=libkrunfw.so.5
 
-if [ -e "$dest/$soname" ]; then
+# Its licence file travels with it (scripts/package.sh ships both).
+if [ -e "$dest/$soname" ] && [ -e "$dest/libkrunfw.copyright" ]; then
     say "libkrunfw already installed: $(readlink -f "$dest/$soname")"
     exit 0
 fi
@@ -47,4 +48,7 @@ lib=$(find "$state/x" -name "$soname.*" -type f | head -1)
 mkdir -p "$dest"
 install -m 0644 "$lib" "$dest/$(basename "$lib")"
 ln -sfn "$(basename "$lib")" "$dest/$soname.tmp" && mv -T "$dest/$soname.tmp" "$dest/$soname"
+copyright=$(find "$state/x" -path "*/doc/$pkg/copyright" | head -1)
+[ -n "$copyright" ] || die "$deb has no copyright file"
+install -m 0644 "$copyright" "$dest/libkrunfw.copyright"
 say "installed $(basename "$deb") as $dest/$(basename "$lib")"

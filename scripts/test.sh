@@ -30,6 +30,13 @@ rm -f "$KRBOTTLE_SKIP_LOG"
 cargo test --locked --all-targets
 say "emulated-hypervisor harness (real guest boots)"
 bash "$here/vm-harness.sh"
+say "release archive (scripts/package.sh), and its binary finds its libkrunfw"
+bash "$here/package.sh"
+pk=$(mktemp -d); tar -xzf dist/krbottle-*-"$(rustc -vV | sed -n 's/^host: //p')".tar.gz -C "$pk"
+# doctor exits 1 where the machine cannot boot a guest (this one); its libkrunfw line is the check.
+report=$("$pk"/krbottle-*/bin/krbottle doctor 2>&1 || true)
+echo "$report" | grep -q '^ok    libkrunfw' || die "the packaged binary does not find its libkrunfw: $report"
+rm -rf "$pk"
 if [ -s "$KRBOTTLE_SKIP_LOG" ]; then
     say "$(wc -l <"$KRBOTTLE_SKIP_LOG") test(s) SKIPPED (not passed):"
     sed 's/^/  /' "$KRBOTTLE_SKIP_LOG" >&2
