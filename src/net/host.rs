@@ -374,52 +374,29 @@ mod tests {
     #[test]
     fn authority_table() {
         let ok = |h: &str, p: u16| Ok((Host::parse(h).unwrap(), p));
+        let err = |kind: fn(String) -> HostError, input: &str| Err(kind(input.into()));
+        let no_port = |input: &str| err(HostError::MissingPort, input);
+        let bad_port = |input: &str| err(HostError::InvalidPort, input);
+        let bad_ipv6 = |input: &str| err(HostError::InvalidIpv6, input);
+        let user_info = |input: &str| err(HostError::UserInfo, input);
         type Case = (&'static str, Option<u16>, Result<(Host, u16), HostError>);
         let cases: &[Case] = &[
             ("example.com:443", None, ok("example.com", 443)),
             ("EXAMPLE.com.:8443", None, ok("example.com", 8443)),
             ("example.com", Some(80), ok("example.com", 80)),
-            (
-                "example.com",
-                None,
-                Err(HostError::MissingPort("example.com".into())),
-            ),
-            (
-                "example.com:",
-                None,
-                Err(HostError::InvalidPort("example.com:".into())),
-            ),
-            (
-                "example.com:0",
-                None,
-                Err(HostError::InvalidPort("example.com:0".into())),
-            ),
-            (
-                "example.com:65536",
-                None,
-                Err(HostError::InvalidPort("example.com:65536".into())),
-            ),
-            (
-                "example.com:+443",
-                None,
-                Err(HostError::InvalidPort("example.com:+443".into())),
-            ),
+            ("example.com", None, no_port("example.com")),
+            ("example.com:", None, bad_port("example.com:")),
+            ("example.com:0", None, bad_port("example.com:0")),
+            ("example.com:65536", None, bad_port("example.com:65536")),
+            ("example.com:+443", None, bad_port("example.com:+443")),
             ("[::1]:443", None, ok("[::1]", 443)),
             ("[::ffff:127.0.0.1]:443", None, ok("127.0.0.1", 443)),
-            (
-                "[::1]x:443",
-                None,
-                Err(HostError::InvalidPort("[::1]x:443".into())),
-            ),
-            (
-                "::1:443",
-                None,
-                Err(HostError::InvalidIpv6("::1:443".into())),
-            ),
+            ("[::1]x:443", None, bad_port("[::1]x:443")),
+            ("::1:443", None, bad_ipv6("::1:443")),
             (
                 "allowed.com@evil.test:443",
                 None,
-                Err(HostError::UserInfo("allowed.com@evil.test:443".into())),
+                user_info("allowed.com@evil.test:443"),
             ),
             ("127.1:443", None, ok("127.0.0.1", 443)),
         ];
