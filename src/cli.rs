@@ -353,6 +353,9 @@ pub enum BundleCommand {
     Gc(BundleGcArgs),
     /// Supervise the selected daemons (the bundle container's entrypoint).
     Init(BundleInitArgs),
+    /// git-gate's pre-receive hook (git runs it in a gate repository; not for users).
+    #[command(name = hidden::GIT_HOOK, hide = true)]
+    GitHook(GitHookArgs),
     /// One daemon, `krbottle bundle DAEMON --config FILE` (inside the bundle container; see
     /// the list below).
     #[command(external_subcommand)]
@@ -408,6 +411,16 @@ pub struct BundleInitArgs {
     /// Directory holding the daemons' configuration.
     #[arg(long, default_value = crate::daemon::CONFIG_DIR)]
     pub config_dir: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct GitHookArgs {
+    /// git-gate's JSON config.
+    #[arg(long)]
+    pub config: PathBuf,
+    /// The gate repository's name.
+    #[arg(long)]
+    pub repo: String,
 }
 
 /// The arguments every daemon takes (`krbottle bundle DAEMON …`).

@@ -62,3 +62,7 @@ pub const USER: &str = "USER";
 
 /// The host's search path: where `krbottle queue --watch` looks for `notify-send`.
 pub const PATH: &str = "PATH";
+
+/// Internal, set by git-gate for the git it runs for one push: the file its pre-receive hook
+/// (`krbottle bundle git-hook`) appends the push's decision lines to. Not for users.
+pub const KRBOTTLE_GIT_GATE_DECISIONS: &str = "KRBOTTLE_GIT_GATE_DECISIONS";

@@ -7,3 +7,6 @@ pub const VMM_CHILD: &str = "__vmm";
 pub const UNPACK_CHILD: &str = "__unpack";
 /// The child that deletes a tree unpacked in `userns` mode, in the user's id mapping.
 pub const REMOVE_TREE_CHILD: &str = "__remove-tree";
+/// git-gate's pre-receive hook, `krbottle bundle git-hook` (the gate writes it into each of
+/// its repositories; git runs it).
+pub const GIT_HOOK: &str = "git-hook";

@@ -45,6 +45,7 @@ pub(crate) mod ports;
 #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
 pub(crate) mod provision;
 pub mod queue;
+pub mod refs;
 pub(crate) mod resources;
 pub mod secrets;
 pub mod state;

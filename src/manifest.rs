@@ -14,6 +14,7 @@ use toml::Spanned;
 
 use crate::net::host::{Host, HostError};
 use crate::net::policy::{AllowRule, parse_route_host, route_host_string};
+use crate::refs::RefPattern;
 use crate::resources::{DEFAULT_CPUS, DEFAULT_MEMORY_MIB, MAX_CPUS, MIN_MEMORY_MIB};
 
 /// The manifest's file name in a project directory.
@@ -96,6 +97,159 @@ pub struct Bottle {
     /// The approval queue (`supervise = true` or a `[bottles.NAME.supervise]` table); `None`
     /// when the bottle has none.
     pub supervise: Option<Supervise>,
+    /// The upstream repositories git-gate serves (`[[bottles.NAME.git]]`), by name.
+    pub git: Vec<GitRepo>,
+}
+
+/// One upstream repository behind git-gate: the agent fetches and pushes at the gate, which
+/// alone holds the key and decides what may go upstream.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GitRepo {
+    /// The repository's name at the gate (`http://127.0.0.1:<GIT_GATE>/NAME.git`).
+    pub name: String,
+    /// The SSH upstream.
+    pub upstream: GitUpstream,
+    /// The SSH private key (a host path), mounted read-only into the bundle only.
+    pub identity_file: PathBuf,
+    /// The upstream's host keys (a host path); checked strictly, never learnt.
+    pub known_hosts: PathBuf,
+    /// Refs the agent may create and update.
+    pub push: Vec<RefPattern>,
+    /// Refs the agent may never push, even when `push` matches.
+    pub protected: Vec<RefPattern>,
+    /// Whether a non-fast-forward update is allowed.
+    pub allow_force: bool,
+    /// Whether deleting a ref is allowed.
+    pub allow_delete: bool,
+    /// The largest push (what git sends: the pack), in MiB.
+    pub max_push_mib: u32,
+    /// The gate fetches from upstream before serving a fetch at most this often.
+    pub fetch_interval_secs: u32,
+}
+
+impl GitRepo {
+    pub const MAX_PUSH_MIB: std::ops::RangeInclusive<u32> = 1..=16 * 1024;
+    pub const DEFAULT_MAX_PUSH_MIB: u32 = 100;
+    pub const DEFAULT_FETCH_INTERVAL_SECS: u32 = 5;
+}
+
+/// An SSH git URL, as written (`git@host:org/app.git` or `ssh://git@host:2222/org/app.git`),
+/// with its parts.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct GitUpstream {
+    /// The URL as the manifest gives it (what git is told).
+    pub url: String,
+    pub user: Option<String>,
+    pub host: String,
+    pub port: Option<u16>,
+    /// The path, without a leading `/` and as written (with or without `.git`).
+    pub path: String,
+    /// Whether it was written scp-like (`host:path`).
+    pub scp_like: bool,
+}
+
+impl GitUpstream {
+    /// Parses an SSH URL: `ssh://[user@]host[:port]/path` or scp-like `[user@]host:path`.
+    pub fn parse(url: &str) -> Result<GitUpstream, String> {
+        if url.is_empty() || url.bytes().any(|b| b <= b' ' || b == 0x7f) {
+            return Err(
+                "must be an SSH URL without spaces, e.g. git@host.example:org/app.git".into(),
+            );
+        }
+        let (authority, path, scp_like) = if let Some(rest) = url.strip_prefix("ssh://") {
+            let (authority, path) = rest
+                .split_once('/')
+                .ok_or("an ssh:// URL needs a path, e.g. ssh://git@host/org/app.git")?;
+            (authority, path, false)
+        } else if url.contains("://") {
+            return Err(format!(
+                "{url} is not an SSH URL; git-gate pushes over SSH only (`git@host:org/app.git` or `ssh://…`)"
+            ));
+        } else {
+            match url.split_once(':') {
+                Some((authority, path)) if !authority.contains('/') => (authority, path, true),
+                _ => {
+                    return Err(format!(
+                        "{url} is not an SSH URL; git-gate pushes over SSH only (`git@host:org/app.git` or `ssh://…`)"
+                    ));
+                }
+            }
+        };
+        let (user, hostport) = match authority.rsplit_once('@') {
+            Some((u, h)) if !u.is_empty() => (Some(u.to_string()), h),
+            Some(_) => return Err("the user before `@` is empty".into()),
+            None => (None, authority),
+        };
+        let port_of = |p: &str| {
+            p.parse::<u16>()
+                .ok()
+                .filter(|&p| p != 0)
+                .ok_or(format!("port {p:?} is not a TCP port"))
+        };
+        let (host, port) = if scp_like {
+            (hostport, None)
+        } else if let Some(v6) = hostport.strip_prefix('[') {
+            let (h, rest) = v6
+                .split_once(']')
+                .ok_or("an IPv6 host needs its closing `]`")?;
+            match rest.strip_prefix(':') {
+                Some(p) => (h, Some(port_of(p)?)),
+                None if rest.is_empty() => (h, None),
+                None => return Err("only `:PORT` may follow an IPv6 host".into()),
+            }
+        } else {
+            match hostport.split_once(':') {
+                Some((h, p)) => (h, Some(port_of(p)?)),
+                None => (hostport, None),
+            }
+        };
+        if host.is_empty() || host.starts_with('-') {
+            return Err("the host is missing or starts with `-`".into());
+        }
+        if user.as_deref().is_some_and(|u| u.starts_with('-')) {
+            return Err("the user starts with `-`".into());
+        }
+        let path = path.trim_start_matches('/');
+        if path.is_empty() || path.starts_with('-') {
+            return Err("the repository path is missing or starts with `-`".into());
+        }
+        Ok(GitUpstream {
+            url: url.to_string(),
+            user,
+            host: host.to_string(),
+            port,
+            path: path.to_string(),
+            scp_like,
+        })
+    }
+
+    /// Every way of writing this URL that a user may clone: scp-like and `ssh://`, with and
+    /// without `.git` (and with the default port spelt out), for git's `insteadOf`.
+    pub fn forms(&self) -> Vec<String> {
+        let user = self
+            .user
+            .as_ref()
+            .map(|u| format!("{u}@"))
+            .unwrap_or_default();
+        let host = if self.host.contains(':') {
+            format!("[{}]", self.host)
+        } else {
+            self.host.clone()
+        };
+        let bare = self.path.strip_suffix(".git").unwrap_or(&self.path);
+        let mut out = Vec::new();
+        for path in [format!("{bare}.git"), bare.to_string()] {
+            match self.port {
+                None | Some(22) => {
+                    out.push(format!("{user}{host}:{path}"));
+                    out.push(format!("ssh://{user}{host}/{path}"));
+                    out.push(format!("ssh://{user}{host}:22/{path}"));
+                }
+                Some(port) => out.push(format!("ssh://{user}{host}:{port}/{path}")),
+            }
+        }
+        out
+    }
 }
 
 /// The supervise daemon's settings for one bottle: its MCP tools wait for a human's answer.
@@ -194,6 +348,25 @@ struct RawBottle {
     resolve: BTreeMap<Spanned<String>, Spanned<String>>,
     upstream_ca_file: Option<Spanned<String>>,
     supervise: Option<Spanned<RawSupervise>>,
+    #[serde(default)]
+    git: Vec<Spanned<RawGitRepo>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawGitRepo {
+    name: Spanned<String>,
+    upstream: Spanned<String>,
+    identity_file: Spanned<String>,
+    known_hosts: Spanned<String>,
+    #[serde(default)]
+    push: Vec<Spanned<String>>,
+    #[serde(default)]
+    protected: Vec<Spanned<String>>,
+    allow_force: Option<bool>,
+    allow_delete: Option<bool>,
+    max_push_mib: Option<Spanned<u32>>,
+    fetch_interval_secs: Option<Spanned<u32>>,
 }
 
 /// `supervise = true|false`, or a table of settings (which turns it on).
@@ -457,6 +630,22 @@ impl Validator<'_> {
             Some(RawSupervise::Switch(true)) => Some(Supervise::default()),
             Some(RawSupervise::Table(t)) => Some(self.supervise(&key("supervise"), t)?),
         };
+        let mut git: Vec<GitRepo> = Vec::new();
+        for (i, repo) in raw.git.into_iter().enumerate() {
+            let name_span = repo.get_ref().name.span();
+            let r = self.git_repo(&key(&format!("git[{i}]")), repo.into_inner())?;
+            if git.iter().any(|o| o.name == r.name) {
+                return Err(self.err(
+                    name_span,
+                    key(&format!("git[{i}].name")),
+                    format!(
+                        "{} is the name of another repository of this bottle",
+                        r.name
+                    ),
+                ));
+            }
+            git.push(r);
+        }
         Ok(Bottle {
             name,
             cpus,
@@ -468,6 +657,98 @@ impl Validator<'_> {
             resolve,
             upstream_ca_file,
             supervise,
+            git,
+        })
+    }
+
+    /// A host path of the manifest: `~/` is the home directory, a relative path is relative to
+    /// the manifest's directory. It must be a readable file.
+    fn host_file(&self, value: &Spanned<String>, key: String) -> Result<PathBuf, ManifestError> {
+        let raw = value.get_ref();
+        let path = match raw.strip_prefix("~/") {
+            Some(rest) => dirs::home_dir().unwrap_or_default().join(rest),
+            None => self.relative(raw),
+        };
+        match std::fs::metadata(&path) {
+            Ok(m) if m.is_file() => Ok(path),
+            Ok(_) => Err(self.err(
+                value.span(),
+                key,
+                format!("{} is not a file", path.display()),
+            )),
+            Err(e) => Err(self.err(
+                value.span(),
+                key,
+                format!(
+                    "cannot read {}: {e}; give the path of an existing file",
+                    path.display()
+                ),
+            )),
+        }
+    }
+
+    fn git_repo(&self, key: &str, raw: RawGitRepo) -> Result<GitRepo, ManifestError> {
+        let name = raw.name.get_ref();
+        if !is_valid_name(name) {
+            return Err(self.err(
+                raw.name.span(),
+                format!("{key}.name"),
+                "names are 1-63 characters of a-z, 0-9, `-` and `_`, starting with a letter or digit",
+            ));
+        }
+        let upstream = GitUpstream::parse(raw.upstream.get_ref())
+            .map_err(|e| self.err(raw.upstream.span(), format!("{key}.upstream"), e))?;
+        let identity_file = self.host_file(&raw.identity_file, format!("{key}.identity_file"))?;
+        let known_hosts = self.host_file(&raw.known_hosts, format!("{key}.known_hosts"))?;
+        let patterns = |list: &[Spanned<String>], field: &str| {
+            list.iter()
+                .enumerate()
+                .map(|(i, p)| {
+                    RefPattern::parse(p.get_ref()).map_err(|e| {
+                        self.err(p.span(), format!("{key}.{field}[{i}]"), e.to_string())
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()
+        };
+        let push = patterns(&raw.push, "push")?;
+        let protected = patterns(&raw.protected, "protected")?;
+        let max_push_mib = match raw.max_push_mib {
+            Some(m) if !GitRepo::MAX_PUSH_MIB.contains(m.get_ref()) => {
+                return Err(self.err(
+                    m.span(),
+                    format!("{key}.max_push_mib"),
+                    format!(
+                        "must be {} to {}",
+                        GitRepo::MAX_PUSH_MIB.start(),
+                        GitRepo::MAX_PUSH_MIB.end()
+                    ),
+                ));
+            }
+            Some(m) => m.into_inner(),
+            None => GitRepo::DEFAULT_MAX_PUSH_MIB,
+        };
+        let fetch_interval_secs = match raw.fetch_interval_secs {
+            Some(f) if *f.get_ref() > 3600 => {
+                return Err(self.err(
+                    f.span(),
+                    format!("{key}.fetch_interval_secs"),
+                    "must be 0 to 3600",
+                ));
+            }
+            Some(f) => f.into_inner(),
+            None => GitRepo::DEFAULT_FETCH_INTERVAL_SECS,
+        };
+        Ok(GitRepo {
+            name: name.clone(),
+            upstream,
+            identity_file,
+            known_hosts,
+            push,
+            protected,
+            allow_force: raw.allow_force.unwrap_or(false),
+            allow_delete: raw.allow_delete.unwrap_or(false),
+            max_push_mib,
+            fetch_interval_secs,
         })
     }
 
@@ -953,6 +1234,140 @@ token_env = "GITLAB_TOKEN"
                 other => panic!("manifest {text:?}: expected a validation error, got {other:?}"),
             }
         }
+    }
+
+    /// A `[[bottles.b.git]]` table over real key files in `dir`, with `extra` lines.
+    fn git_manifest(dir: &Path, upstream: &str, extra: &str) -> String {
+        for f in ["id", "kh"] {
+            std::fs::write(dir.join(f), "x").unwrap();
+        }
+        format!(
+            "[bottles.b]\n[[bottles.b.git]]\nname = \"app\"\nupstream = \"{upstream}\"\nidentity_file = \"{}\"\nknown_hosts = \"{}\"\n{extra}",
+            dir.join("id").display(),
+            dir.join("kh").display()
+        )
+    }
+
+    #[test]
+    fn git_tables_are_validated() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = parse(&git_manifest(
+            dir.path(),
+            "git@host.example:org/app.git",
+            "push = [\"agent/*\"]\nprotected = [\"main\"]\nmax_push_mib = 5\n",
+        ))
+        .unwrap();
+        let g = &m.bottles["b"].git[0];
+        assert_eq!(g.name, "app");
+        assert_eq!(g.upstream.host, "host.example");
+        assert_eq!(g.upstream.user.as_deref(), Some("git"));
+        assert_eq!(g.push[0].as_str(), "refs/heads/agent/*");
+        assert_eq!(
+            (g.max_push_mib, g.allow_force, g.allow_delete),
+            (5, false, false)
+        );
+        assert_eq!(g.fetch_interval_secs, GitRepo::DEFAULT_FETCH_INTERVAL_SECS);
+        // Each bad value names its line and key.
+        let cases: &[(&str, &str, usize, &str)] = &[
+            (
+                "https://host/org/app.git",
+                "",
+                4,
+                "bottles.b.git[0].upstream",
+            ),
+            ("/srv/app.git", "", 4, "bottles.b.git[0].upstream"),
+            ("file:///srv/app.git", "", 4, "bottles.b.git[0].upstream"),
+            ("ssh://host", "", 4, "bottles.b.git[0].upstream"),
+            ("ssh://host:0/x", "", 4, "bottles.b.git[0].upstream"),
+            ("-oProxyCommand=x:app", "", 4, "bottles.b.git[0].upstream"),
+            (
+                "git@h:app",
+                "push = [\"ok\", \"a..b\"]\n",
+                7,
+                "bottles.b.git[0].push[1]",
+            ),
+            (
+                "git@h:app",
+                "protected = [\"x.lock\"]\n",
+                7,
+                "bottles.b.git[0].protected[0]",
+            ),
+            (
+                "git@h:app",
+                "max_push_mib = 0\n",
+                7,
+                "bottles.b.git[0].max_push_mib",
+            ),
+            (
+                "git@h:app",
+                "[[bottles.b.git]]\nname = \"app\"\nupstream = \"git@h:x\"\nidentity_file = \"/nonexistent-krbottle-key\"\nknown_hosts = \"kh\"\n",
+                10,
+                "bottles.b.git[1].identity_file",
+            ),
+        ];
+        for (upstream, extra, line, key) in cases {
+            let text = git_manifest(dir.path(), upstream, extra);
+            match parse(&text) {
+                Err(ManifestError::Validate {
+                    line: l, key: k, ..
+                }) => {
+                    assert_eq!((l, k.as_str()), (*line, *key), "{text}")
+                }
+                other => panic!("{text}: expected a validation error, got {other:?}"),
+            }
+        }
+        let missing = git_manifest(dir.path(), "git@h:app", "").replace(
+            &dir.path().join("kh").display().to_string(),
+            "/nonexistent-krbottle-kh",
+        );
+        let e = parse(&missing).unwrap_err().to_string();
+        assert!(e.contains("known_hosts") && e.contains(":6:"), "{e}");
+        let dup = git_manifest(
+            dir.path(),
+            "git@h:app",
+            &format!(
+                "[[bottles.b.git]]\nname = \"app\"\nupstream = \"git@h:y\"\nidentity_file = \"{0}\"\nknown_hosts = \"{0}\"\n",
+                dir.path().join("id").display()
+            ),
+        );
+        let e = parse(&dup).unwrap_err().to_string();
+        assert!(e.contains("bottles.b.git[1].name"), "{e}");
+        let unknown = git_manifest(dir.path(), "git@h:app", "allow_push = true\n");
+        assert!(matches!(
+            parse(&unknown),
+            Err(ManifestError::Parse { line: 7, .. })
+        ));
+    }
+
+    #[test]
+    fn upstream_urls_have_every_form() {
+        let scp = GitUpstream::parse("git@host.example:org/app.git").unwrap();
+        assert!(scp.scp_like);
+        assert_eq!(
+            scp.forms(),
+            [
+                "git@host.example:org/app.git",
+                "ssh://git@host.example/org/app.git",
+                "ssh://git@host.example:22/org/app.git",
+                "git@host.example:org/app",
+                "ssh://git@host.example/org/app",
+                "ssh://git@host.example:22/org/app",
+            ]
+        );
+        let ssh = GitUpstream::parse("ssh://u@[::1]:2222/srv/app").unwrap();
+        assert_eq!(
+            (ssh.host.as_str(), ssh.port, ssh.path.as_str()),
+            ("::1", Some(2222), "srv/app")
+        );
+        assert_eq!(
+            ssh.forms(),
+            [
+                "ssh://u@[::1]:2222/srv/app.git",
+                "ssh://u@[::1]:2222/srv/app"
+            ]
+        );
+        let plain = GitUpstream::parse("host:app").unwrap();
+        assert_eq!((plain.user, plain.port), (None, None));
     }
 
     #[test]

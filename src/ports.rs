@@ -4,8 +4,8 @@
 
 /// The gateway, the guest's HTTP(S) proxy (`HTTPS_PROXY=http://127.0.0.1:8888`).
 pub const GATEWAY: u16 = 8888;
-/// git-gate, the guest's git remote (git's own port).
-#[allow(dead_code)] // its daemon is still to come
+/// git-gate, the guest's git remote over smart HTTP (`http://127.0.0.1:9418/NAME.git`; git's
+/// own port number, though the protocol is HTTP).
 pub const GIT_GATE: u16 = 9418;
 /// supervise, the guest's MCP approval queue (`http://127.0.0.1:9100/mcp`).
 pub const SUPERVISE: u16 = 9100;

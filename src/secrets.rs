@@ -13,6 +13,9 @@
 //!   of the three byte alignments, trimmed to the characters the secret alone decides (so
 //!   padding, or a token inside a larger blob, makes no difference).
 //!
+//! Besides the bundle's own secrets, [`find_credential`] knows well-known credential formats
+//! (private keys, cloud and forge tokens) by prefix and shape, in the same normalised space.
+//!
 //! Invariants: a scrubbed stream holds no form of a secret however it is cut into chunks (a
 //! possible start of one is held back until the next chunk decides); a match in normalised
 //! space redacts the whole original span it came from; secrets shorter than
@@ -920,6 +923,128 @@ impl Scrubber {
     }
 }
 
+/// Well-known credential formats, looked for in what leaves besides the bundle's own secrets
+/// (git-gate's pushed objects): each is a fixed prefix, found by one automaton, and a shape of
+/// what follows it, checked by hand. Returns the kind found (a name, never the value).
+pub fn find_credential(data: &[u8]) -> Option<&'static str> {
+    let view = normalise(data);
+    let hay: &[u8] = &view;
+    for m in credential_prefixes().find_overlapping_iter(hay) {
+        let (kind, _, shape) = CREDENTIALS[m.pattern().as_usize()];
+        let before = m.start().checked_sub(1).map(|i| hay[i]);
+        if shape.matches(before, &hay[m.end()..]) {
+            return Some(kind);
+        }
+    }
+    None
+}
+
+/// What must follow a credential's prefix.
+#[derive(Clone, Copy)]
+enum Shape {
+    /// A PEM armour header: upper-case words then `PRIVATE KEY-----` (or `… KEY BLOCK-----`).
+    PemPrivateKey,
+    /// Exactly `n` characters of `class`, then no more of them; the prefix starts a word.
+    Exactly(usize, fn(u8) -> bool),
+    /// At least `n` characters of `class`; the prefix starts a word.
+    AtLeast(usize, fn(u8) -> bool),
+}
+
+fn is_upper_alnum(b: u8) -> bool {
+    b.is_ascii_uppercase() || b.is_ascii_digit()
+}
+fn is_alnum(b: u8) -> bool {
+    b.is_ascii_alphanumeric()
+}
+fn is_token_char(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b == b'_' || b == b'-'
+}
+fn is_word(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b == b'_'
+}
+
+impl Shape {
+    fn matches(self, before: Option<u8>, rest: &[u8]) -> bool {
+        let starts_word = !before.is_some_and(is_word);
+        let run = |class: fn(u8) -> bool| rest.iter().take_while(|&&b| class(b)).count();
+        match self {
+            Shape::PemPrivateKey => {
+                let line = &rest[..rest.len().min(64)];
+                let words = line
+                    .iter()
+                    .take_while(|&&b| b.is_ascii_uppercase() || b == b' ')
+                    .count();
+                let tail = &line[words..];
+                let head = &line[..words];
+                (head.ends_with(b"PRIVATE KEY") && tail.starts_with(b"-----"))
+                    || (head.ends_with(b"PRIVATE KEY BLOCK") && tail.starts_with(b"-----"))
+            }
+            Shape::Exactly(n, class) => starts_word && run(class) == n,
+            Shape::AtLeast(n, class) => starts_word && run(class) >= n,
+        }
+    }
+}
+
+/// The credential formats: (kind, prefix, what follows the prefix).
+const CREDENTIALS: &[(&str, &str, Shape)] = &[
+    (
+        "PEM or OpenSSH private key",
+        "-----BEGIN ",
+        Shape::PemPrivateKey,
+    ),
+    (
+        "AWS access key ID",
+        "AKIA",
+        Shape::Exactly(16, is_upper_alnum),
+    ),
+    (
+        "AWS temporary access key ID",
+        "ASIA",
+        Shape::Exactly(16, is_upper_alnum),
+    ),
+    (
+        "GitHub personal access token",
+        "ghp_",
+        Shape::Exactly(36, is_alnum),
+    ),
+    ("GitHub OAuth token", "gho_", Shape::Exactly(36, is_alnum)),
+    (
+        "GitHub user-to-server token",
+        "ghu_",
+        Shape::Exactly(36, is_alnum),
+    ),
+    (
+        "GitHub server-to-server token",
+        "ghs_",
+        Shape::Exactly(36, is_alnum),
+    ),
+    ("GitHub refresh token", "ghr_", Shape::Exactly(36, is_alnum)),
+    (
+        "GitHub fine-grained token",
+        "github_pat_",
+        Shape::AtLeast(70, is_word),
+    ),
+    (
+        "Anthropic API key",
+        "sk-ant-",
+        Shape::AtLeast(32, is_token_char),
+    ),
+    (
+        "OpenAI API key",
+        "sk-proj-",
+        Shape::AtLeast(32, is_token_char),
+    ),
+    ("Slack token", "xoxb-", Shape::AtLeast(20, is_token_char)),
+    ("Google API key", "AIza", Shape::Exactly(35, is_token_char)),
+];
+
+fn credential_prefixes() -> &'static AhoCorasick {
+    static AUTOMATON: std::sync::OnceLock<AhoCorasick> = std::sync::OnceLock::new();
+    AUTOMATON.get_or_init(|| {
+        AhoCorasick::new(CREDENTIALS.iter().map(|c| c.1)).expect("fixed credential prefixes build")
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use base64::engine::general_purpose::{STANDARD, URL_SAFE};
@@ -1043,6 +1168,81 @@ mod tests {
     }
 
     /// Every form is found by the scanner, and only the secret it belongs to.
+    /// Credential shapes built at run time, so no source file holds one.
+    fn credential(prefix: &str, body: &str, n: usize) -> String {
+        format!("{prefix}{}", &body.repeat(n.div_ceil(body.len()))[..n])
+    }
+
+    #[test]
+    fn credential_formats_table() {
+        let pem = |kind: &str| format!("x\n-----BEGIN {kind}-----\nMIIB...\n");
+        let found: Vec<(String, Option<&str>)> = vec![
+            (
+                pem("OPENSSH PRIVATE KEY"),
+                Some("PEM or OpenSSH private key"),
+            ),
+            (pem("RSA PRIVATE KEY"), Some("PEM or OpenSSH private key")),
+            (pem("EC PRIVATE KEY"), Some("PEM or OpenSSH private key")),
+            (pem("PRIVATE KEY"), Some("PEM or OpenSSH private key")),
+            (
+                pem("ENCRYPTED PRIVATE KEY"),
+                Some("PEM or OpenSSH private key"),
+            ),
+            (
+                pem("PGP PRIVATE KEY BLOCK"),
+                Some("PEM or OpenSSH private key"),
+            ),
+            (pem("CERTIFICATE"), None),
+            (pem("PUBLIC KEY"), None),
+            (
+                format!("key = \"{}\"", credential("AKIA", "Q7XJ4ZK2", 16)),
+                Some("AWS access key ID"),
+            ),
+            (
+                credential("ASIA", "Q7XJ4ZK2", 16),
+                Some("AWS temporary access key ID"),
+            ),
+            (credential("AKIA", "Q7XJ4ZK2", 15), None),
+            (credential("AKIA", "Q7XJ4ZK2", 17), None),
+            (format!("X{}", credential("AKIA", "Q7XJ4ZK2", 16)), None),
+            (
+                credential("ghp_", "aB3dE5gH7j", 36),
+                Some("GitHub personal access token"),
+            ),
+            (
+                credential("ghs_", "aB3dE5gH7j", 36),
+                Some("GitHub server-to-server token"),
+            ),
+            (credential("ghp_", "aB3dE5gH7j", 20), None),
+            (
+                credential("github_pat_", "11AB_cd3", 82),
+                Some("GitHub fine-grained token"),
+            ),
+            (
+                credential("sk-ant-api03-", "Zx9-_aQ2", 93),
+                Some("Anthropic API key"),
+            ),
+            (credential("sk-ant-", "Zx9", 10), None),
+            (
+                credential("sk-proj-", "Zx9-_aQ2", 48),
+                Some("OpenAI API key"),
+            ),
+            (credential("AIza", "Sy_B-9xQ", 35), Some("Google API key")),
+            (
+                "ordinary text about AKIA and ghp_ prefixes".to_string(),
+                None,
+            ),
+            // An escape does not hide one: the shared normaliser undoes it first.
+            (
+                credential("gh%70_", "aB3dE5gH7j", 36),
+                Some("GitHub personal access token"),
+            ),
+        ];
+        for (text, want) in found {
+            assert_eq!(find_credential(text.as_bytes()), want, "{text:?}");
+        }
+    }
+
     #[test]
     fn scanner_finds_every_form() {
         let s = set();

@@ -201,6 +201,11 @@ impl BottleDirs {
         self.dir.join("queue")
     }
 
+    /// git-gate's bare repositories (one per upstream), bind-mounted into the bundle.
+    pub fn git_dir(&self) -> PathBuf {
+        self.dir.join("git")
+    }
+
     pub fn name(&self) -> &str {
         &self.name
     }

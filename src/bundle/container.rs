@@ -6,7 +6,9 @@
 //!   line, never in a file in the image or in the bottle's directory.
 //! - The bottle's bundle directory (config, CA) is bind-mounted read-only; the CA key is mode
 //!   0600 on the host. The state directories a daemon asks for (`DaemonSpec::mounts`, e.g. the
-//!   approval queue) are bind-mounted read-write, and nowhere else.
+//!   approval queue) are bind-mounted read-write, and nowhere else. The host files a daemon
+//!   names (`DaemonSpec::files`, e.g. git-gate's SSH key) are bind-mounted read-only into this
+//!   container only.
 //! - Agent-facing ports are published on `127.0.0.1` only, on random host ports.
 //! - The daemons run as the host user who owns the bottle's files, with every capability
 //!   dropped and no new privileges.
@@ -187,6 +189,9 @@ pub struct BundleRecord {
     pub image: String,
     /// Daemon name → published address on the host.
     pub endpoints: BTreeMap<String, SocketAddr>,
+    /// git-gate's repositories: name → the URL a git client on the host clones and pushes.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub git: BTreeMap<String, String>,
 }
 
 /// What `down` or `gc` removed.
@@ -296,6 +301,9 @@ pub async fn up(
             create_private_dir(&host)?;
             mounts.push(format!("{}:{}:rw", host.to_string_lossy(), m.container));
         }
+        for f in (d.0.files)(bottle) {
+            mounts.push(format!("{}:{}:ro", f.host.to_string_lossy(), f.container));
+        }
     }
 
     let container = container_name(name);
@@ -337,7 +345,10 @@ pub async fn up(
         Err(e)
     };
     let record = match result {
-        Ok(record) => record,
+        Ok(mut record) => {
+            record.git = crate::daemon::git_gate::remotes(bottle, &record.endpoints);
+            record
+        }
         Err(e) => return removed_on_error(e).await,
     };
     let path = dir.join(UP_RECORD_FILE);
@@ -444,7 +455,7 @@ struct ContainerSpec<'a> {
     container: &'a str,
     network: &'a str,
     daemons: &'a [&'static DaemonSpec],
-    /// Read-write binds of the daemons' state dirs, `HOST:CONTAINER:rw`.
+    /// Binds of the daemons' state dirs (`HOST:CONTAINER:rw`) and files (`…:ro`).
     mounts: Vec<String>,
 }
 
@@ -562,6 +573,7 @@ async fn create_and_wait(
         network: spec.network.to_string(),
         image: spec.image.to_string(),
         endpoints,
+        git: BTreeMap::new(),
     })
 }
 

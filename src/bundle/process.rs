@@ -134,6 +134,7 @@ pub async fn up(
             container: format!("krbottle bundle init (pid {pid})"),
             network: "host loopback".into(),
             image: String::new(),
+            git: crate::daemon::git_gate::remotes(bottle, &endpoints),
             endpoints,
         },
         init,

@@ -35,6 +35,9 @@ pub async fn run(cmd: BundleCommand, reporter: &Reporter) -> anyhow::Result<u8> 
         BundleCommand::Init(args) => {
             crate::daemon::init::run(&args.daemons, &args.config_dir).await?;
         }
+        BundleCommand::GitHook(args) => {
+            return Ok(crate::daemon::git_gate::run_hook(&args.config, &args.repo)?);
+        }
         BundleCommand::Daemon(argv) => {
             let name = argv.first().map(|n| n.to_string_lossy().into_owned());
             let daemon = name

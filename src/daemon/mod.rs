@@ -8,6 +8,7 @@
 //! probe). Secrets reach it only through its environment.
 
 pub mod gateway;
+pub mod git_gate;
 pub mod init;
 pub mod supervise;
 
@@ -88,12 +89,23 @@ pub struct DaemonSpec {
     /// Directories of the bottle's state it reads and writes, bind-mounted read-write into the
     /// bundle container (created on the host first). Nothing of them reaches the guest.
     pub mounts: &'static [StateMount],
+    /// Host files of the bottle bind-mounted read-only into the bundle container only (e.g.
+    /// git-gate's SSH keys), at the container paths its config names. A host process reads
+    /// them where they are.
+    pub files: fn(&Bottle) -> Vec<FileMount>,
     /// Whether a bottle runs it.
     pub enabled: fn(&Bottle) -> bool,
     /// Its config file for a bottle (names, never secrets), where it runs.
     pub config: fn(&Bottle, &Placement) -> Result<Vec<u8>, DaemonError>,
     /// Runs it with its config file until SIGTERM or SIGINT.
     pub run: fn(PathBuf) -> DaemonFuture,
+}
+
+/// A host file mounted read-only into the bundle container.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FileMount {
+    pub host: PathBuf,
+    pub container: String,
 }
 
 /// A directory of a bottle's state that a daemon uses (e.g. supervise's queue).
@@ -117,7 +129,7 @@ impl PartialEq for DaemonSpec {
 }
 
 /// Every daemon a bundle can run.
-pub static DAEMONS: &[DaemonSpec] = &[gateway::DAEMON, supervise::DAEMON];
+pub static DAEMONS: &[DaemonSpec] = &[gateway::DAEMON, git_gate::DAEMON, supervise::DAEMON];
 
 /// The daemon called `name`.
 pub fn find(name: &str) -> Option<&'static DaemonSpec> {

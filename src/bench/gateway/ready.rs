@@ -51,6 +51,7 @@ pub(super) async fn measure(scratch: &Path, reporter: &Reporter) -> anyhow::Resu
         resolve: Default::default(),
         upstream_ca_file: None,
         supervise: None,
+        git: Vec::new(),
     };
     let request = BundleRequest::for_bottle(&bottle, &tag)?;
     let state = StateRoot::at(scratch.join("bundle-state"));

@@ -623,6 +623,7 @@ pub const DAEMON: crate::daemon::DaemonSpec = crate::daemon::DaemonSpec {
     config_file: "gateway.json",
     mcp_path: None,
     mounts: &[],
+    files: |_| Vec::new(),
     enabled: |_| true,
     config: |bottle, place| {
         let mut config = GatewayConfig::for_bottle(bottle);

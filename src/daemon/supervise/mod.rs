@@ -177,6 +177,7 @@ pub const DAEMON: crate::daemon::DaemonSpec = crate::daemon::DaemonSpec {
     config_file: "supervise.json",
     mcp_path: Some(MCP_PATH),
     mounts: &[config::QUEUE_MOUNT],
+    files: |_| Vec::new(),
     enabled: |bottle| bottle.supervise.is_some(),
     config: |bottle, place| {
         serde_json::to_vec_pretty(&SuperviseConfig::for_bottle(bottle, place)).map_err(|e| {
