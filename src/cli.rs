@@ -192,6 +192,12 @@ pub struct GcArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum BenchCommand {
+    /// Image → root filesystem end to end (cold and rebuilt) vs the export path, save + GNU tar
+    /// and cp -a; peak RSS; cache hit.
+    ///
+    /// Every contender starts from the image in the engine and ends with a finished tree, the
+    /// engine's time included. Without IMAGE an agent-shaped fixture is built (not timed).
+    Prepare(BenchPrepareArgs),
     /// Unpack throughput vs GNU tar and vs docker export; cache hit; bottle copy vs cp -a.
     Unpack(BenchUnpackArgs),
     /// `krbottle run` setup up to `krun_start_enter`, by phase, vs `docker run --rm IMAGE true`.
@@ -247,6 +253,28 @@ pub struct BenchGatewayArgs {
     /// Milliseconds each contender requests in a loop, per round and response size.
     #[arg(long, default_value_t = 1500, value_parser = clap::value_parser!(u64).range(10..=60_000))]
     pub window_ms: u64,
+    /// Print JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct BenchPrepareArgs {
+    /// A Docker image reference in the local engine (default: build the agent-shaped fixture).
+    pub image: Option<String>,
+    /// Files in the fixture's node_modules-like tree.
+    #[arg(long, default_value_t = 40_000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub files: u32,
+    /// KiB per fixture file.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(0..=1024))]
+    pub kb: u32,
+    /// Timed runs per contender (the median is reported).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    pub runs: u32,
+    /// Where to write scratch trees and caches (default: the temp dir). Use the filesystem the
+    /// cache is on.
+    #[arg(long)]
+    pub scratch: Option<PathBuf>,
     /// Print JSON on stdout.
     #[arg(long)]
     pub json: bool,

@@ -99,6 +99,11 @@ pub struct ImageInfo {
     /// Uncompressed size in bytes, as the engine reports it.
     pub size: Option<u64>,
     pub config: ImageConfig,
+    /// The engine's own directory of each layer, bottom first, when its storage driver keeps
+    /// layers as plain directories of their changes (`overlay2`, `fuse-overlayfs`) and reports
+    /// one per layer. Whether they are readable from here is the caller's to find out.
+    #[serde(skip)]
+    pub layer_dirs: Option<Vec<std::path::PathBuf>>,
 }
 
 /// One image build: the context as a tar, and what to ask the engine for.
@@ -166,9 +171,13 @@ impl Engine {
             image: image.to_string(),
         })?;
         let config = info.config.unwrap_or_default();
+        let diff_ids = info.root_fs.and_then(|r| r.layers).unwrap_or_default();
         Ok(ImageInfo {
             id,
-            diff_ids: info.root_fs.and_then(|r| r.layers).unwrap_or_default(),
+            layer_dirs: info
+                .graph_driver
+                .and_then(|d| layer_dirs(&d.name, &d.data, diff_ids.len())),
+            diff_ids,
             tags: info.repo_tags.unwrap_or_default(),
             size: info.size.and_then(|s| u64::try_from(s).ok()),
             config: ImageConfig {
@@ -292,6 +301,25 @@ impl Engine {
 }
 
 /// Whether a bollard error is the engine's "404 no such object".
+/// The layer directories (bottom first) an overlay-style graph driver reports: `UpperDir` is the
+/// top layer's, `LowerDir` the others' (top first, `:`-separated). `None` for other drivers, or
+/// when the count does not match the image's layers.
+fn layer_dirs(
+    driver: &str,
+    data: &HashMap<String, String>,
+    layers: usize,
+) -> Option<Vec<std::path::PathBuf>> {
+    if !matches!(driver, "overlay2" | "fuse-overlayfs" | "overlay") {
+        return None;
+    }
+    let mut dirs = vec![std::path::PathBuf::from(data.get("UpperDir")?)];
+    if let Some(lower) = data.get("LowerDir").filter(|l| !l.is_empty()) {
+        dirs.extend(lower.split(':').map(std::path::PathBuf::from));
+    }
+    dirs.reverse();
+    (dirs.len() == layers && dirs.iter().all(|d| d.is_absolute())).then_some(dirs)
+}
+
 pub fn is_not_found(e: &bollard::errors::Error) -> bool {
     matches!(
         e,

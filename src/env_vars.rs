@@ -4,6 +4,10 @@
 /// Default: the user cache dir (`$XDG_CACHE_HOME/krbottle`, `~/Library/Caches/krbottle`).
 pub const KRBOTTLE_CACHE_DIR: &str = "KRBOTTLE_CACHE_DIR";
 
+/// When set (to anything), `image prepare` and `start` never read the engine's own layer
+/// directories and take the portable route, the save stream (for tests and benchmarks).
+pub const KRBOTTLE_NO_ENGINE_LAYER_DIRS: &str = "KRBOTTLE_NO_ENGINE_LAYER_DIRS";
+
 /// Directory for per-bottle state (writable roots, metadata, locks).
 /// Default: the user data dir (`$XDG_DATA_HOME/krbottle`, `~/Library/Application Support/krbottle`).
 pub const KRBOTTLE_STATE_DIR: &str = "KRBOTTLE_STATE_DIR";

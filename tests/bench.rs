@@ -191,3 +191,44 @@ fn bench_gateway_reports_bundle_ready_against_docker_run() {
     assert_eq!(b["target_ms"], 1000.0, "{b}");
     assert!(b["runs"].as_u64().unwrap() >= 1, "{b}");
 }
+
+/// `bench prepare` on a small fixture: every contender ran from the engine to a finished tree,
+/// and the ratios and krbottle's peak RSS are reported.
+#[test]
+fn bench_prepare_times_every_contender_end_to_end() {
+    if !require_docker("bench_prepare_times_every_contender_end_to_end") {
+        return;
+    }
+    let cache = tempfile::tempdir().unwrap();
+    let r = json(
+        &[
+            "bench", "prepare", "--files", "50", "--kb", "1", "--runs", "1", "--json",
+        ],
+        &[("KRBOTTLE_CACHE_DIR", cache.path().to_str().unwrap())],
+    );
+    let names: Vec<&str> = r["timings"]
+        .as_array()
+        .expect("timings")
+        .iter()
+        .map(|t| {
+            positive(t, "seconds");
+            t["name"].as_str().unwrap()
+        })
+        .collect();
+    assert_eq!(names.len(), 5, "{r}");
+    assert!(names.iter().any(|n| n.contains("export")), "{names:?}");
+    assert!(names.iter().any(|n| n.contains("save")), "{names:?}");
+    assert!(names.iter().any(|n| n.contains("cp -a")), "{names:?}");
+    assert!(names.iter().any(|n| n.contains("rebuilt")), "{names:?}");
+    for key in [
+        "cold_vs_export",
+        "cold_vs_save_tar",
+        "cold_vs_cp",
+        "rebuild_vs_cold",
+        "peak_rss_mib",
+        "cache_hit_micros",
+    ] {
+        positive(&r, key);
+    }
+    assert!(r["entries"].as_u64().unwrap() > 50, "{r}");
+}

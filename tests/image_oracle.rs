@@ -380,3 +380,136 @@ fn rootless_userns_mode_matches_docker_and_uid_1000_can_work() {
     assert_eq!(report["leftovers"], 1, "{report}");
     assert!(!leftover.exists(), "{} is still there", leftover.display());
 }
+
+/// `krbottle image prepare` of `image` in root mode into `cache`; its JSON.
+fn prepare_root(cache: &std::path::Path, image: &str) -> serde_json::Value {
+    let (code, stdout, stderr) = run_krbottle(
+        cache,
+        &["image", "prepare", image, "--ownership", "root", "--json"],
+    );
+    assert_eq!(code, 0, "prepare {image} failed:\n{stderr}");
+    serde_json::from_str(&stdout).expect("--json prints JSON")
+}
+
+/// Compares a prepared entry's root filesystem with Docker's export of `image`.
+fn compare_prepared(prepared: &serde_json::Value, image: &str) -> std::path::PathBuf {
+    let rootfs = std::path::PathBuf::from(prepared["rootfs"].as_str().unwrap());
+    let expected = oracle::from_export(common::docker_export(image));
+    let actual = oracle::from_dir(&rootfs, &|id| id, &|id| id);
+    oracle::assert_same(
+        &expected,
+        &actual,
+        &format!("krbottle image prepare of {image}"),
+    );
+    rootfs
+}
+
+/// The layer features again, through `image prepare`: as root, with an overlay-style engine, the
+/// layers come from the engine's own layer directories into the layer cache and the root is
+/// assembled from there.
+#[test]
+fn layer_features_match_docker_through_the_layer_cache() {
+    if !require_docker("layer_features_match_docker_through_the_layer_cache") {
+        return;
+    }
+    if !rustix::process::geteuid().is_root() {
+        common::skip_or_fail(&common::current_test(), "the engine's layer dirs need root");
+        return;
+    }
+    let tag = docker_build(
+        "krbottle-test/oracle-layers:latest",
+        &layers_dockerfile(),
+        &[("caps.tar", &caps_tar())],
+    );
+    let work = tempfile::tempdir().unwrap();
+    let prepared = prepare_root(work.path(), &tag);
+    let layers = prepared["meta"]["summary"]["layer_entries"].as_array();
+    assert!(
+        layers.is_some_and(|l| !l.is_empty()),
+        "the layer cache was not used: {prepared}"
+    );
+    let root = compare_prepared(&prepared, &tag);
+    assert!(!root.join("opt/a/x").exists() && root.join("opt/a/new").exists());
+    let mut buf = [0u8; 64];
+    let n = rustix::fs::lgetxattr(root.join("opt/cap-bin"), "security.capability", &mut buf)
+        .expect("security.capability kept");
+    assert_eq!(n, 20);
+}
+
+/// The agent-shaped fixture of `bench prepare`, small, built with the docker CLI.
+fn agent_fixture(stamp: u32) -> String {
+    let dockerfile = include_str!("../src/bench/agent-fixture.Dockerfile")
+        .replace("ARG FILES=2000", "ARG FILES=300")
+        .replace("ARG KB=4", "ARG KB=1")
+        .replace("ARG STAMP=1", &format!("ARG STAMP={stamp}"));
+    docker_build(
+        &format!("krbottle-test/agent-fixture:{stamp}"),
+        &dockerfile,
+        &[],
+    )
+}
+
+/// A rebuild whose last layer changed reuses every other layer from the layer cache (the two
+/// roots share those files on disk), sees the new layer's change, matches Docker both times,
+/// and `image prune --all` removes the roots and their layers.
+#[test]
+fn rebuilt_image_reuses_cached_layers_and_matches_docker() {
+    if !require_docker("rebuilt_image_reuses_cached_layers_and_matches_docker") {
+        return;
+    }
+    if !rustix::process::geteuid().is_root() {
+        common::skip_or_fail(&common::current_test(), "the engine's layer dirs need root");
+        return;
+    }
+    let (first, rebuilt) = (agent_fixture(1), agent_fixture(2));
+    let work = tempfile::tempdir().unwrap();
+    let a = prepare_root(work.path(), &first);
+    let b = prepare_root(work.path(), &rebuilt);
+    let layers = |v: &serde_json::Value| -> Vec<String> {
+        v["meta"]["summary"]["layer_entries"]
+            .as_array()
+            .expect("assembled from the layer cache")
+            .iter()
+            .map(|l| l.as_str().unwrap().to_string())
+            .collect()
+    };
+    let (la, lb) = (layers(&a), layers(&b));
+    assert_eq!(la.len(), lb.len());
+    let n = la.len();
+    assert_eq!(la[..n - 1], lb[..n - 1], "the unchanged layers are shared");
+    assert_ne!(la[n - 1], lb[n - 1]);
+    let ra = compare_prepared(&a, &first);
+    let rb = compare_prepared(&b, &rebuilt);
+    assert_eq!(
+        std::fs::read_to_string(rb.join("opt/agent/VERSION")).unwrap(),
+        "2\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(ra.join("opt/agent/VERSION")).unwrap(),
+        "1\n"
+    );
+    use std::os::unix::fs::MetadataExt;
+    let ino = |root: &std::path::Path| {
+        std::fs::symlink_metadata(root.join("opt/agent/node_modules/pkg0/lib/m0.js"))
+            .unwrap()
+            .ino()
+    };
+    assert_eq!(
+        ino(&ra),
+        ino(&rb),
+        "shared layers share their files on disk"
+    );
+    // The deletions of the fixture took effect (the oracle would also see it).
+    assert!(!ra.join("opt/agent/node_modules/pkg1").exists());
+    assert!(!ra.join("opt/agent/cache/old").exists());
+
+    let (code, stdout, stderr) = run_krbottle(work.path(), &["image", "prune", "--all", "--json"]);
+    assert_eq!(code, 0, "{stderr}");
+    let pruned: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(pruned["removed"].as_array().unwrap().len(), 2, "{pruned}");
+    assert_eq!(pruned["layers"], (n + 1) as u64, "{pruned}");
+    let left: Vec<_> = std::fs::read_dir(work.path().join("layers"))
+        .unwrap()
+        .collect();
+    assert!(left.is_empty(), "layers left: {left:?}");
+}

@@ -4,11 +4,14 @@
 //! conditions, and prints the ratio with the target it is judged against. Absolute numbers are
 //! printed too, but only the ratios are claims.
 //!
-//! - `unpack`: image → rootfs against GNU tar and docker export;
+//! - `prepare`: image in the engine → finished rootfs, cold and rebuilt, against the export
+//!   path, save + GNU tar and `cp -a`, every side timed end to end;
+//! - `unpack`: the unpacker alone on a saved image, against GNU tar and docker export;
 //! - `run`: `krbottle run` setup up to `krun_start_enter` against `docker run --rm IMAGE true`;
 //! - `gateway`: splice latency and route throughput against a direct connection and mitmproxy.
 
 pub mod gateway;
+pub mod prepare;
 #[cfg(target_os = "linux")]
 pub mod run;
 #[cfg(target_os = "linux")]

@@ -9,6 +9,16 @@ use crate::output::{Reporter, print_json};
 
 pub async fn run(cmd: BenchCommand, reporter: &Reporter) -> anyhow::Result<u8> {
     match cmd {
+        BenchCommand::Prepare(args) => {
+            let opts = bench::prepare::PrepareBench {
+                image: args.image,
+                files: args.files,
+                kb: args.kb,
+                runs: args.runs as usize,
+                scratch: args.scratch,
+            };
+            emit(&bench::prepare::run(&opts, reporter).await?, args.json)?;
+        }
         BenchCommand::Unpack(args) => {
             let opts = bench::unpack::UnpackBench {
                 image: args.image,

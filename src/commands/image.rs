@@ -74,6 +74,7 @@ async fn prepare(args: PrepareArgs, reporter: &Reporter) -> anyhow::Result<u8> {
     if args.json {
         let mut value = serde_json::to_value(&prepared.entry)?;
         value["cache_hit"] = serde_json::json!(prepared.cache_hit);
+        value["peak_rss_bytes"] = serde_json::json!(crate::sys::peak_rss_bytes());
         print_json(&value)?;
     } else {
         if !prepared.cache_hit {
@@ -136,8 +137,9 @@ async fn prune(args: PruneArgs, reporter: &Reporter) -> anyhow::Result<u8> {
         print_json(&pruned)?;
     } else {
         reporter.status(format!(
-            "removed {} cached root filesystem(s) and {} leftover(s)",
+            "removed {} cached root filesystem(s), {} unused layer(s) and {} leftover(s)",
             pruned.removed.len(),
+            pruned.layers,
             pruned.leftovers
         ));
     }

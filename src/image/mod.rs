@@ -12,12 +12,18 @@
 //! `..` component is refused. Nothing in those modules talks to Docker; callers hand in the
 //! stream. Around them:
 //! - [`cache`]: one unpacked rootfs per image ID and ownership mode, filled atomically.
+//! - [`layers`]: one tree per layer keyed by chain ID, shared by the images that have it; an
+//!   image's rootfs is assembled from them by hard links. [`import`] fills a layer from the
+//!   engine's own layer directory when it is local and readable.
 //! - [`rootless`]: the `userns` mode, the unpacker in a child inside a mapped user namespace.
 //! - [`clone`]: a bottle's own writable root without copying the image where the platform allows.
 
 pub mod cache;
 pub mod clone;
+#[cfg(target_os = "linux")]
+pub mod import;
 pub mod layer;
+pub mod layers;
 pub mod layout;
 pub mod merge;
 pub mod ownership;

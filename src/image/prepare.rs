@@ -62,6 +62,14 @@ pub enum PrepareError {
     NoEngine,
     #[error("The unpacker stopped unexpectedly")]
     Join(#[source] tokio::task::JoinError),
+    #[error(transparent)]
+    Layers(#[from] crate::image::layers::LayersError),
+    #[error("Cannot create the root filesystem {}", path.display())]
+    CreateRoot {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
 }
 
 /// Where an image's bytes come from.
@@ -113,6 +121,9 @@ struct Identity {
     tags: Vec<String>,
     size: Option<u64>,
     config: ImageConfig,
+    diff_ids: Vec<String>,
+    /// The engine's own layer directories, bottom first, if it reported them.
+    layer_dirs: Option<Vec<PathBuf>>,
 }
 
 async fn identify(engine: Option<&Engine>, source: &Source) -> Result<Identity, PrepareError> {
@@ -124,6 +135,8 @@ async fn identify(engine: Option<&Engine>, source: &Source) -> Result<Identity, 
                 tags: info.tags,
                 size: info.size,
                 config: info.config,
+                diff_ids: info.diff_ids,
+                layer_dirs: info.layer_dirs,
             })
         }
         Source::Archive(path) => {
@@ -156,9 +169,26 @@ pub async fn prepare(
         });
     }
     let (source, engine, reporter) = (source.clone(), engine.cloned(), reporter.clone());
+    let route = LayerRoute::choose(source.needs_engine(), ownership, &identity);
     let (tags, size) = (identity.tags, identity.size);
+    let (image_id, diff_ids, config) = (
+        identity.id.clone(),
+        identity.diff_ids.clone(),
+        identity.config.clone(),
+    );
     let (entry, cache_hit) = tokio::task::spawn_blocking(move || {
+        let cache_root = cache.root().to_path_buf();
         cache.get_or_fill(&key, |dest| {
+            if let Some(route) = route {
+                let layers = LayerImage {
+                    image_id,
+                    diff_ids,
+                    config,
+                };
+                return route
+                    .fill(&cache_root, &layers, dest, &reporter)
+                    .map(|s| (tags, s));
+            }
             let bar = reporter.bytes_bar("unpacking", size);
             let summary = unpack_blocking(engine.as_ref(), &source, dest, ownership, &bar);
             bar.finish_and_clear();
@@ -203,6 +233,185 @@ pub async fn unpack(
     })
     .await
     .map_err(PrepareError::Join)?
+}
+
+/// What the layer route needs to know about the image.
+#[cfg_attr(
+    not(target_os = "linux"),
+    expect(dead_code, reason = "the layer route is Linux's")
+)]
+struct LayerImage {
+    image_id: String,
+    diff_ids: Vec<String>,
+    config: ImageConfig,
+}
+
+/// The fastest route the engine offers to an image's layers: its own layer directories, when
+/// they are local and readable (Linux, as root, an overlay-style driver). Layers come from
+/// there into the layer cache (those already there are not read again) and the root filesystem
+/// is assembled from the cache by hard links. Anything else takes the portable route, the save
+/// stream, whose digests are verified.
+#[derive(Debug)]
+#[cfg_attr(
+    not(target_os = "linux"),
+    expect(dead_code, reason = "the layer route is Linux's")
+)]
+struct LayerRoute {
+    dirs: Vec<PathBuf>,
+}
+
+impl LayerRoute {
+    fn choose(from_engine: bool, ownership: Ownership, identity: &Identity) -> Option<LayerRoute> {
+        if !cfg!(target_os = "linux") || !from_engine || ownership != Ownership::Root {
+            return None;
+        }
+        let dirs = identity.layer_dirs.clone()?;
+        if std::env::var_os(crate::env_vars::KRBOTTLE_NO_ENGINE_LAYER_DIRS).is_some() {
+            return None;
+        }
+        let readable = dirs.iter().all(|d| {
+            rustix::fs::open(
+                d,
+                rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECTORY,
+                rustix::fs::Mode::empty(),
+            )
+            .is_ok()
+        });
+        (readable && dirs.len() == identity.diff_ids.len() && !dirs.is_empty())
+            .then_some(LayerRoute { dirs })
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    fn fill(
+        &self,
+        _cache_root: &Path,
+        _image: &LayerImage,
+        _dest: &Path,
+        _reporter: &Reporter,
+    ) -> Result<UnpackSummary, PrepareError> {
+        unreachable!("the layer route is only chosen on Linux")
+    }
+
+    /// Fills the layer cache with the image's missing layers (on as many threads as there are
+    /// cores, one layer each) and assembles `dest` from it.
+    #[cfg(target_os = "linux")]
+    fn fill(
+        &self,
+        cache_root: &Path,
+        image: &LayerImage,
+        dest: &Path,
+        reporter: &Reporter,
+    ) -> Result<UnpackSummary, PrepareError> {
+        use crate::image::layers::{self, LayerStore};
+        use std::os::fd::AsFd;
+        use std::sync::atomic::{AtomicUsize, Ordering};
+
+        let started = std::time::Instant::now();
+        let ownership = Ownership::Root;
+        let store = LayerStore::at(cache_root);
+        let _gc = store.gc_lock()?;
+        let chains = layers::chain_ids(&image.diff_ids)?;
+        let total = chains.len();
+        let spinner = reporter.spinner("layers from the engine's storage");
+        let next = AtomicUsize::new(0);
+        let done = AtomicUsize::new(0);
+        let workers = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+            .min(total);
+        let found: Vec<Result<Vec<(usize, layers::Layer)>, PrepareError>> =
+            std::thread::scope(|s| {
+                let handles: Vec<_> = (0..workers)
+                    .map(|_| {
+                        s.spawn(|| {
+                            let mut mine = Vec::new();
+                            loop {
+                                let i = next.fetch_add(1, Ordering::SeqCst);
+                                if i >= total {
+                                    return Ok(mine);
+                                }
+                                let dir = &self.dirs[i];
+                                let (layer, _) = store.get_or_fill(
+                                    &chains[i],
+                                    &image.diff_ids[i],
+                                    ownership,
+                                    "engine-dir",
+                                    |tree| {
+                                        let src = rustix::fs::open(
+                                            dir,
+                                            rustix::fs::OFlags::RDONLY
+                                                | rustix::fs::OFlags::DIRECTORY
+                                                | rustix::fs::OFlags::CLOEXEC,
+                                            rustix::fs::Mode::empty(),
+                                        )
+                                        .map_err(|e| crate::image::import::ImportError::Read {
+                                            path: crate::image::tree::RelPath::root(),
+                                            source: e.into(),
+                                        })?;
+                                        let stats =
+                                            crate::image::import::import_layer(src.as_fd(), tree)?;
+                                        Ok::<_, crate::image::import::ImportError>((
+                                            stats.entries,
+                                            stats.bytes,
+                                        ))
+                                    },
+                                )?;
+                                let n = done.fetch_add(1, Ordering::SeqCst) + 1;
+                                spinner.set_message(format!("layer {n}/{total}"));
+                                mine.push((i, layer));
+                            }
+                        })
+                    })
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|h| match h.join() {
+                        Ok(r) => r,
+                        Err(panic) => std::panic::resume_unwind(panic),
+                    })
+                    .collect()
+            });
+        let mut stack: Vec<Option<layers::Layer>> = vec![None; total];
+        for part in found {
+            for (i, layer) in part? {
+                stack[i] = Some(layer);
+            }
+        }
+        let stack: Vec<layers::Layer> =
+            stack.into_iter().map(|l| l.expect("every layer")).collect();
+        spinner.set_message("assembling the root filesystem");
+        let create_err = |source| PrepareError::CreateRoot {
+            path: dest.to_path_buf(),
+            source,
+        };
+        std::fs::create_dir(dest).map_err(create_err)?;
+        let root = rustix::fs::open(
+            dest,
+            rustix::fs::OFlags::RDONLY
+                | rustix::fs::OFlags::DIRECTORY
+                | rustix::fs::OFlags::CLOEXEC,
+            rustix::fs::Mode::empty(),
+        )
+        .map_err(|e| create_err(e.into()))?;
+        let trees: Vec<PathBuf> = stack.iter().map(|l| l.tree.clone()).collect();
+        let assembled = layers::assemble(&trees, root.as_fd(), ownership)?;
+        spinner.finish_and_clear();
+        Ok(UnpackSummary {
+            layers: total,
+            entries: assembled.entries,
+            bytes: stack.iter().map(|l| l.record.bytes).sum(),
+            skipped_devices: 0,
+            skipped_xattrs: assembled.skipped.xattrs,
+            seconds: started.elapsed().as_secs_f64(),
+            image_id: Some(image.image_id.clone()),
+            diff_ids: image.diff_ids.clone(),
+            config: image.config.clone(),
+            layer_entries: chains
+                .iter()
+                .map(|c| LayerStore::entry_name(c, ownership))
+                .collect(),
+        })
+    }
 }
 
 fn check_ownership(ownership: Ownership) -> Result<(), PrepareError> {
@@ -305,6 +514,8 @@ fn archive_identity(path: &Path) -> Result<Identity, PrepareError> {
         tags: Vec::new(),
         size: std::fs::metadata(path).ok().map(|m| m.len()),
         config: image.config,
+        diff_ids: Vec::new(),
+        layer_dirs: None,
     })
 }
 
@@ -355,6 +566,21 @@ pub struct Pruned {
     pub removed: Vec<String>,
     /// Leftovers of interrupted fills.
     pub leftovers: usize,
+    /// Cached layers no remaining root filesystem was assembled from.
+    pub layers: usize,
+}
+
+/// Removes the cached layers no remaining cache entry names (under the layer cache's lock, so
+/// no fill is using them meanwhile); returns how many.
+fn remove_unused_layers(cache: &Cache) -> Result<usize, PrepareError> {
+    let store = crate::image::layers::LayerStore::at(cache.root());
+    let _lock = store.gc_lock()?;
+    let used = cache
+        .list()?
+        .into_iter()
+        .flat_map(|e| e.meta.summary.layer_entries)
+        .collect();
+    Ok(store.remove_unused(&used)?)
 }
 
 /// Removes cached root filesystems of images the engine no longer has (all of them with
@@ -383,6 +609,9 @@ pub async fn prune(engine: Option<&Engine>) -> Result<Pruned, PrepareError> {
             pruned.removed.push(entry.meta.image_id.clone());
         }
     }
+    pruned.layers = tokio::task::spawn_blocking(move || remove_unused_layers(&cache))
+        .await
+        .map_err(PrepareError::Join)??;
     Ok(pruned)
 }
 
@@ -406,5 +635,8 @@ pub async fn prune_unused(used: &[(String, Ownership)]) -> Result<Vec<String>, P
             removed.push(entry.meta.image_id.clone());
         }
     }
+    tokio::task::spawn_blocking(move || remove_unused_layers(&cache))
+        .await
+        .map_err(PrepareError::Join)??;
     Ok(removed)
 }

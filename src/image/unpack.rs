@@ -133,6 +133,10 @@ pub struct UnpackSummary {
     /// The image's process config (USER, WORKDIR, ENTRYPOINT, CMD, ENV) from the save stream.
     #[serde(default)]
     pub config: crate::docker::ImageConfig,
+    /// The layer cache entries the root filesystem was assembled from (`<chain>.<ownership>`),
+    /// bottom first; empty when it was unpacked from a stream in one piece.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub layer_entries: Vec<String>,
 }
 
 /// Reads a whole `docker save` stream and creates `dest` (which must not exist) atomically:
@@ -301,6 +305,7 @@ pub fn unpack_save<R: Read + Send>(
         image_id: Some(image.image_id.clone()),
         diff_ids: image.layers.iter().map(|l| l.diff_id.clone()).collect(),
         config: image.config.clone(),
+        layer_entries: Vec::new(),
     };
     for (name, index, dir) in &stack {
         let record = &records[index];

@@ -22,6 +22,30 @@ pub mod tty;
 #[cfg(target_os = "linux")]
 pub mod userns;
 
+/// The largest resident set size this process, or any child it waited for, reached so far, in
+/// bytes (`getrusage`: the kernel's own high-water mark, so nothing has to sample).
+pub fn peak_rss_bytes() -> u64 {
+    let max_rss = |who| {
+        // SAFETY: an all-zero `rusage` is a valid value of this plain C struct.
+        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+        // SAFETY: `usage` is a valid, writable `rusage` for the call to fill; `who` is one of the
+        // two constants getrusage accepts here.
+        let rc = unsafe { libc::getrusage(who, &mut usage) };
+        if rc == 0 {
+            usage.ru_maxrss.max(0) as u64
+        } else {
+            0
+        }
+    };
+    let peak = max_rss(libc::RUSAGE_SELF).max(max_rss(libc::RUSAGE_CHILDREN));
+    // Linux counts KiB, macOS bytes.
+    if cfg!(target_os = "linux") {
+        peak * 1024
+    } else {
+        peak
+    }
+}
+
 /// Raises this process's open-file limit as far as it may go, for the VMM child to inherit:
 /// libkrun's virtio-fs keeps a host descriptor for every guest inode it has looked up, so a guest
 /// that walks many files (a Python import, a `node_modules`) would hit a 1024-file soft limit

@@ -1,0 +1,496 @@
+//! `krbottle bench prepare [IMAGE]`: image → root filesystem, end to end, against its peers.
+//!
+//! Every contender starts from the same thing, an image reference in the engine, and ends with a
+//! finished tree on disk; the engine's time to hand out the bytes counts for everyone. Each is a
+//! separate process timed by wall clock, the way a user would run it:
+//! - `krbottle image prepare` into an empty cache (cold), and of a rebuilt image (the last layer
+//!   changed) into the cache the cold run left (rebuild);
+//! - `docker create` + `docker export | tar -x` (the export path);
+//! - `docker save | tar -x`, then GNU `tar -x` of each layer in stack order (whiteouts left as
+//!   files: less work than a real unpack);
+//! - `cp -a` of krbottle's result: the cost of writing the final tree once.
+//!
+//! Contenders alternate within each run, so page-cache and load conditions are shared; the
+//! median of `--runs` is reported. krbottle's peak RSS is the largest any cold run reported.
+//! Without IMAGE the bench builds its agent-shaped fixture ([`FIXTURE_DOCKERFILE`]), sized by
+//! `--files` and `--kb` (building is not timed).
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use serde::Serialize;
+
+use super::median;
+use crate::docker::{BuildRequest, Engine};
+use crate::image::cache::{Cache, CacheKey};
+use crate::image::tree::remove_tree;
+use crate::image::{BASE_IMAGE, Ownership};
+use crate::output::Reporter;
+
+/// The agent-shaped fixture: many small files, a layer that changes the owner of that whole
+/// tree, deletions, and a last layer a rebuild changes (build args `FILES`, `KB`, `STAMP`).
+pub const FIXTURE_DOCKERFILE: &str = include_str!("agent-fixture.Dockerfile");
+
+/// The fixture's tag; the rebuilt variant is tagged `…:rebuilt`.
+pub const FIXTURE_TAG: &str = "krbottle-bench/agent-shaped:latest";
+const FIXTURE_REBUILT_TAG: &str = "krbottle-bench/agent-shaped:rebuilt";
+
+/// What to measure.
+#[derive(Clone, Debug)]
+pub struct PrepareBench {
+    /// An image reference in the engine; `None` builds the fixture.
+    pub image: Option<String>,
+    /// Fixture size: files in its node_modules-like tree, and KiB per file.
+    pub files: u32,
+    pub kb: u32,
+    /// Timed runs per contender (the median is reported).
+    pub runs: usize,
+    /// Where scratch trees and caches go (default: the temp dir).
+    pub scratch: Option<PathBuf>,
+}
+
+#[derive(Debug, Serialize)]
+struct Timing {
+    name: &'static str,
+    seconds: f64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct PrepareReport {
+    image: String,
+    rebuilt_image: String,
+    layers: usize,
+    entries: u64,
+    bytes: u64,
+    runs: usize,
+    timings: Vec<Timing>,
+    /// Cold `image prepare` ÷ the export path (target ≤ 0.5).
+    cold_vs_export: f64,
+    /// Cold `image prepare` ÷ save + GNU tar of the layers.
+    cold_vs_save_tar: f64,
+    /// Cold `image prepare` ÷ `cp -a` of the result (1.0 = as fast as writing the tree once).
+    cold_vs_cp: f64,
+    /// Rebuild ÷ cold (target ≤ 0.25).
+    rebuild_vs_cold: f64,
+    /// Largest peak RSS of a cold `image prepare` (target ≤ 256 MiB).
+    peak_rss_mib: f64,
+    cache_hit_micros: f64,
+}
+
+/// One run's times, by contender.
+#[derive(Default)]
+struct RunTimes {
+    cold: Vec<Duration>,
+    rebuild: Vec<Duration>,
+    export: Vec<Duration>,
+    save_tar: Vec<Duration>,
+    cp: Vec<Duration>,
+}
+
+pub async fn run(opts: &PrepareBench, reporter: &Reporter) -> anyhow::Result<PrepareReport> {
+    if opts.runs == 0 {
+        bail!("--runs must be at least 1");
+    }
+    let engine = Engine::connect().await?;
+    let (image, rebuilt) = match &opts.image {
+        Some(image) => {
+            let rebuilt = format!("{FIXTURE_REBUILT_TAG}-of-{}", short_name(image));
+            let dockerfile = format!("FROM {image}\nRUN echo rebuilt > /.krbottle-bench-rebuild\n");
+            build_image(&engine, &dockerfile, &[], &rebuilt, reporter).await?;
+            (image.clone(), rebuilt)
+        }
+        None => {
+            let size = [
+                ("BASE", BASE_IMAGE.to_string()),
+                ("FILES", opts.files.to_string()),
+                ("KB", opts.kb.to_string()),
+            ];
+            let mut args: Vec<_> = size.to_vec();
+            args.push(("STAMP", "1".into()));
+            build_image(&engine, FIXTURE_DOCKERFILE, &args, FIXTURE_TAG, reporter).await?;
+            let mut args: Vec<_> = size.to_vec();
+            args.push(("STAMP", "2".into()));
+            build_image(
+                &engine,
+                FIXTURE_DOCKERFILE,
+                &args,
+                FIXTURE_REBUILT_TAG,
+                reporter,
+            )
+            .await?;
+            (FIXTURE_TAG.to_string(), FIXTURE_REBUILT_TAG.to_string())
+        }
+    };
+    let info = engine.inspect(&image).await?;
+    let work = tempfile::Builder::new()
+        .prefix("krbottle-bench-prepare-")
+        .tempdir_in(opts.scratch.as_deref().unwrap_or(&std::env::temp_dir()))
+        .context("cannot create the scratch dir (pick another with --scratch)")?;
+    let (work_path, runs, reporter2) = (work.path().to_path_buf(), opts.runs, reporter.clone());
+    let (image2, rebuilt2) = (image.clone(), rebuilt.clone());
+    let id = info.id.clone();
+    let measured = tokio::task::spawn_blocking(move || {
+        measure(&work_path, &image2, &rebuilt2, &id, runs, &reporter2)
+    })
+    .await??;
+    let m = |v: &[Duration]| median(v.to_vec()).as_secs_f64();
+    let t = &measured.times;
+    let (cold, rebuild, export, save_tar, cp) = (
+        m(&t.cold),
+        m(&t.rebuild),
+        m(&t.export),
+        m(&t.save_tar),
+        m(&t.cp),
+    );
+    Ok(PrepareReport {
+        image,
+        rebuilt_image: rebuilt,
+        layers: info.diff_ids.len(),
+        entries: measured.entries,
+        bytes: measured.bytes,
+        runs: opts.runs,
+        timings: vec![
+            Timing {
+                name: "krbottle image prepare (cold)",
+                seconds: cold,
+            },
+            Timing {
+                name: "krbottle image prepare (rebuilt, last layer changed)",
+                seconds: rebuild,
+            },
+            Timing {
+                name: "docker create + export | tar -x",
+                seconds: export,
+            },
+            Timing {
+                name: "docker save | tar -x, tar -x of each layer",
+                seconds: save_tar,
+            },
+            Timing {
+                name: "cp -a of the result",
+                seconds: cp,
+            },
+        ],
+        cold_vs_export: cold / export,
+        cold_vs_save_tar: cold / save_tar,
+        cold_vs_cp: cold / cp,
+        rebuild_vs_cold: rebuild / cold,
+        peak_rss_mib: measured.peak_rss as f64 / (1 << 20) as f64,
+        cache_hit_micros: measured.hit.as_secs_f64() * 1e6,
+    })
+}
+
+struct Measured {
+    times: RunTimes,
+    peak_rss: u64,
+    hit: Duration,
+    entries: u64,
+    bytes: u64,
+}
+
+/// The timed part, on a blocking thread: every contender once per run, in turn.
+fn measure(
+    work: &Path,
+    image: &str,
+    rebuilt: &str,
+    image_id: &str,
+    runs: usize,
+    reporter: &Reporter,
+) -> anyhow::Result<Measured> {
+    let mut times = RunTimes::default();
+    let mut peak_rss = 0;
+    let (mut entries, mut bytes) = (0, 0);
+    let mut hit = Duration::ZERO;
+    for run in 0..runs {
+        let cache = work.join(format!("cache-{run}"));
+        reporter.status(format!(
+            "run {}/{runs}: krbottle image prepare (cold)",
+            run + 1
+        ));
+        let (took, cold) = time(|| prepare(&cache, image))?;
+        times.cold.push(took);
+        peak_rss = peak_rss.max(cold["peak_rss_bytes"].as_u64().unwrap_or(0));
+        entries = cold["meta"]["summary"]["entries"].as_u64().unwrap_or(0);
+        bytes = cold["meta"]["summary"]["bytes"].as_u64().unwrap_or(0);
+        let rootfs = PathBuf::from(
+            cold["rootfs"]
+                .as_str()
+                .context("image prepare printed no rootfs")?,
+        );
+
+        reporter.status(format!(
+            "run {}/{runs}: krbottle image prepare (rebuilt)",
+            run + 1
+        ));
+        let (took, _) = time(|| prepare(&cache, rebuilt))?;
+        times.rebuild.push(took);
+
+        if run == 0 {
+            let key = CacheKey::new(image_id, Ownership::Root)
+                .context("image ID is not a sha256 digest")?;
+            let cache = Cache::at(&cache);
+            let hits = (0..101)
+                .map(|_| {
+                    let t = Instant::now();
+                    let found = cache.lookup(&key)?;
+                    let took = t.elapsed();
+                    found.context("the cold run's entry is missing")?;
+                    Ok(took)
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            hit = median(hits);
+        }
+
+        reporter.status(format!("run {}/{runs}: cp -a of the result", run + 1));
+        let dest = work.join("cp");
+        let (took, _) = time(|| {
+            command(
+                Command::new("cp").arg("-a").arg(&rootfs).arg(&dest),
+                "cp -a",
+            )
+        })?;
+        times.cp.push(took);
+        remove_tree(&dest)?;
+        crate::image::remove_tree_any_owner(&cache)?;
+
+        reporter.status(format!(
+            "run {}/{runs}: docker create + export | tar -x",
+            run + 1
+        ));
+        let dest = work.join("export");
+        let (took, _) = time(|| export_and_untar(image, &dest))?;
+        times.export.push(took);
+        remove_tree(&dest)?;
+
+        reporter.status(format!(
+            "run {}/{runs}: docker save + tar -x of the layers",
+            run + 1
+        ));
+        let dest = work.join("save-tar");
+        let (took, _) = time(|| save_and_untar(image, &work.join("save"), &dest))?;
+        times.save_tar.push(took);
+        remove_tree(&dest)?;
+        remove_tree(&work.join("save"))?;
+    }
+    Ok(Measured {
+        times,
+        peak_rss,
+        hit,
+        entries,
+        bytes,
+    })
+}
+
+fn time<T>(f: impl FnOnce() -> anyhow::Result<T>) -> anyhow::Result<(Duration, T)> {
+    let t = Instant::now();
+    let out = f()?;
+    Ok((t.elapsed(), out))
+}
+
+/// `krbottle image prepare IMAGE --json` with its own cache dir; its JSON.
+fn prepare(cache: &Path, image: &str) -> anyhow::Result<serde_json::Value> {
+    let exe = std::env::current_exe().context("cannot find krbottle's own binary")?;
+    let out = Command::new(exe)
+        .args([
+            "-q",
+            "image",
+            "prepare",
+            image,
+            "--ownership",
+            "root",
+            "--json",
+        ])
+        .env(crate::env_vars::KRBOTTLE_CACHE_DIR, cache)
+        .stdin(Stdio::null())
+        .stderr(Stdio::piped())
+        .output()
+        .context("cannot run krbottle image prepare")?;
+    if !out.status.success() {
+        bail!(
+            "krbottle image prepare {image} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(serde_json::from_slice(&out.stdout)?)
+}
+
+fn command(cmd: &mut Command, what: &str) -> anyhow::Result<()> {
+    let out = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .output()
+        .with_context(|| format!("cannot run {what}"))?;
+    if !out.status.success() {
+        bail!(
+            "{what} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+/// GNU tar reading `stdin` into `dest` (created), as root keeps ids and modes.
+fn untar(dest: &Path, stdin: Stdio) -> anyhow::Result<std::process::Child> {
+    std::fs::create_dir_all(dest)?;
+    Command::new("tar")
+        .args(["-x", "--numeric-owner", "-p", "-C"])
+        .arg(dest)
+        .stdin(stdin)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("cannot run GNU tar")
+}
+
+/// `docker create` + `docker export | tar -x` + `docker rm`, with the docker CLI.
+fn export_and_untar(image: &str, dest: &Path) -> anyhow::Result<()> {
+    let out = Command::new("docker")
+        .args(["create", image, "true"])
+        .stderr(Stdio::piped())
+        .output()
+        .context("cannot run the docker CLI; install it")?;
+    if !out.status.success() {
+        bail!(
+            "docker create failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let result = (|| {
+        let mut export = Command::new("docker")
+            .args(["export", &id])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()?;
+        let mut tar = untar(dest, Stdio::from(export.stdout.take().context("stdout")?))?;
+        let (e, t) = (export.wait()?, tar.wait()?);
+        if !e.success() || !t.success() {
+            bail!("docker export | tar -x failed ({e}, {t})");
+        }
+        Ok(())
+    })();
+    command(Command::new("docker").args(["rm", "-f", &id]), "docker rm")?;
+    result
+}
+
+/// `docker save | tar -x` into `save`, then GNU `tar -x` of each layer in `manifest.json`'s
+/// order into `dest`.
+fn save_and_untar(image: &str, save: &Path, dest: &Path) -> anyhow::Result<()> {
+    let mut docker = Command::new("docker")
+        .args(["save", image])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("cannot run the docker CLI; install it")?;
+    let mut tar = untar(save, Stdio::from(docker.stdout.take().context("stdout")?))?;
+    let (d, t) = (docker.wait()?, tar.wait()?);
+    if !d.success() || !t.success() {
+        bail!("docker save | tar -x failed ({d}, {t})");
+    }
+    let mut text = String::new();
+    std::fs::File::open(save.join("manifest.json"))
+        .context("the saved image has no manifest.json")?
+        .read_to_string(&mut text)?;
+    let manifest: serde_json::Value = serde_json::from_str(&text)?;
+    let layers = manifest[0]["Layers"]
+        .as_array()
+        .context("manifest.json has no Layers")?;
+    std::fs::create_dir_all(dest)?;
+    for layer in layers {
+        let layer = layer.as_str().context("a layer name")?;
+        command(
+            Command::new("tar")
+                .args(["-x", "--numeric-owner", "-p", "-f"])
+                .arg(save.join(layer))
+                .arg("-C")
+                .arg(dest),
+            "tar -x of a layer",
+        )?;
+    }
+    Ok(())
+}
+
+/// Builds `dockerfile` (alone in its context) as `tag`, not timed.
+async fn build_image(
+    engine: &Engine,
+    dockerfile: &str,
+    args: &[(&str, String)],
+    tag: &str,
+    reporter: &Reporter,
+) -> anyhow::Result<()> {
+    let mut context = tar::Builder::new(Vec::new());
+    let mut header = tar::Header::new_gnu();
+    header.set_size(dockerfile.len() as u64);
+    header.set_mode(0o644);
+    header.set_cksum();
+    context.append_data(&mut header, "Dockerfile", dockerfile.as_bytes())?;
+    let request = BuildRequest {
+        what: format!("the bench image {tag}"),
+        context_tar: context.into_inner()?,
+        tag: tag.to_string(),
+        build_args: args
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect(),
+        ..Default::default()
+    };
+    let spinner = reporter.spinner(&format!("building {tag} (not timed)"));
+    let built = engine
+        .build(request, |line| {
+            spinner.set_message(line.trim().chars().take(70).collect::<String>())
+        })
+        .await;
+    spinner.finish_and_clear();
+    built?;
+    Ok(())
+}
+
+/// An image reference as a tag suffix.
+fn short_name(image: &str) -> String {
+    image
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .take(60)
+        .collect()
+}
+
+impl crate::bench::Report for PrepareReport {
+    fn print(&self) {
+        println!(
+            "bench prepare {} ({} layers, {} entries, {:.1} MB; median of {} runs, each from the engine to a finished tree)",
+            self.image,
+            self.layers,
+            self.entries,
+            self.bytes as f64 / 1e6,
+            self.runs
+        );
+        for t in &self.timings {
+            println!("  {:<54} {:>8.3} s", t.name, t.seconds);
+        }
+        println!(
+            "  cold vs export + tar -x:        {:.2}x (target <= 0.5)",
+            self.cold_vs_export
+        );
+        println!(
+            "  cold vs save + tar -x layers:   {:.2}x",
+            self.cold_vs_save_tar
+        );
+        println!("  cold vs cp -a of the result:    {:.2}x", self.cold_vs_cp);
+        println!(
+            "  rebuild vs cold:                {:.2}x (target <= 0.25)",
+            self.rebuild_vs_cold
+        );
+        println!(
+            "  peak RSS of image prepare:      {:.0} MiB (target <= 256)",
+            self.peak_rss_mib
+        );
+        println!(
+            "  cache hit:                      {:.0} µs",
+            self.cache_hit_micros
+        );
+    }
+}

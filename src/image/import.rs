@@ -1,0 +1,321 @@
+//! One layer from the engine's own storage: a layer directory of an overlay-style graph driver
+//! (`overlay2`, `fuse-overlayfs`: `GraphDriver` in `docker image inspect`) copied into a layer
+//! tree of the [`layers`](super::layers) store.
+//!
+//! The engine keeps each layer as a plain directory of that layer's changes, the same content
+//! its save stream would serialise as that layer's tar, without the engine having to produce (and
+//! us to parse) the stream. Deletions come in the driver's own forms and are turned into the
+//! markers a layer tree keeps (the tar forms): a `0:0` character device (overlay2) or a `.wh.`
+//! file (fuse-overlayfs) becomes a `.wh.<name>` marker; an opaque directory (`trusted.overlay.
+//! opaque`, `user.overlay.opaque`, `user.fuseoverlayfs.opaque`, or a `.wh..wh..opq` file) gets a
+//! `.wh..wh..opq` marker. The driver's own xattrs are not copied.
+//!
+//! The source is read descriptor-relative and never followed (its names and links are the
+//! image's); files are created `O_EXCL | O_NOFOLLOW` in a fresh tree. Hard links within the
+//! layer stay hard links. Only the `root` ownership mode uses this route: the ids are copied as
+//! they are.
+
+use std::collections::HashMap;
+use std::ffi::{OsStr, OsString};
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+
+use rustix::fs::{AtFlags, FileType, Mode, OFlags};
+
+use super::layers::{OPAQUE_MARKER, WHITEOUT_PREFIX};
+use super::ownership::{self, EntryMeta, Ownership, Skipped};
+use super::tree::{self, RelPath};
+
+/// Xattr names with which overlay drivers mark an opaque directory.
+const OPAQUE_XATTRS: [&str; 3] = [
+    "trusted.overlay.opaque",
+    "user.overlay.opaque",
+    "user.fuseoverlayfs.opaque",
+];
+
+/// Failures while copying one engine layer directory; the caller adds which layer.
+#[derive(Debug, thiserror::Error)]
+pub enum ImportError {
+    #[error("Cannot read {path} in the engine's layer directory")]
+    Read {
+        path: RelPath,
+        #[source]
+        source: io::Error,
+    },
+    #[error("Cannot write {path} into the layer cache")]
+    Write {
+        path: RelPath,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// What one imported layer holds.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ImportStats {
+    pub entries: u64,
+    pub bytes: u64,
+    pub skipped: Skipped,
+}
+
+/// Copies the engine layer directory `src` into the empty directory `dst` (the layer tree).
+pub fn import_layer(src: BorrowedFd<'_>, dst: BorrowedFd<'_>) -> Result<ImportStats, ImportError> {
+    let mut import = Import {
+        dst_root: dst,
+        links: HashMap::new(),
+        stats: ImportStats::default(),
+    };
+    let root = RelPath::root();
+    let meta = read_meta(src, None).map_err(|source| ImportError::Read {
+        path: root.clone(),
+        source,
+    })?;
+    import.dir(src, dst, &root, &meta)?;
+    Ok(import.stats)
+}
+
+struct Import<'a> {
+    dst_root: BorrowedFd<'a>,
+    /// Source inodes with more than one link → where their first copy went.
+    links: HashMap<u64, RelPath>,
+    stats: ImportStats,
+}
+
+impl Import<'_> {
+    /// Copies the contents of directory `src` into `dst` (both `path`), then `dst`'s own
+    /// metadata, `meta` (the mode and mtime last, once nothing more is created in it).
+    fn dir(
+        &mut self,
+        src: BorrowedFd<'_>,
+        dst: BorrowedFd<'_>,
+        path: &RelPath,
+        meta: &EntryMeta,
+    ) -> Result<(), ImportError> {
+        let read_err = |path: &RelPath| {
+            let path = path.clone();
+            move |source: io::Error| ImportError::Read { path, source }
+        };
+        let write_err = |path: &RelPath| {
+            let path = path.clone();
+            move |source: io::Error| ImportError::Write { path, source }
+        };
+        ownership::finish_dir_early(dst, meta, Ownership::Root, &mut self.stats.skipped)
+            .map_err(|e| write_err(path)(e.into()))?;
+        if is_opaque(src).map_err(read_err(path))? {
+            marker(dst, OsStr::new(OPAQUE_MARKER)).map_err(write_err(path))?;
+        }
+        let mut names = tree::list_dir(src).map_err(read_err(path))?;
+        // Sorted: the tree is the same whatever order the engine's directory lists in.
+        names.sort();
+        for name in names {
+            let child = path.join(&name);
+            self.entry(src, dst, &name, &child)?;
+        }
+        ownership::finish_dir_late(dst, meta, Ownership::Root)
+            .map_err(|e| write_err(path)(e.into()))
+    }
+
+    fn entry(
+        &mut self,
+        src: BorrowedFd<'_>,
+        dst: BorrowedFd<'_>,
+        name: &OsStr,
+        path: &RelPath,
+    ) -> Result<(), ImportError> {
+        let read_err = |source: io::Error| ImportError::Read {
+            path: path.clone(),
+            source,
+        };
+        let write_err = |source: io::Error| ImportError::Write {
+            path: path.clone(),
+            source,
+        };
+        let st = rustix::fs::statat(src, name, AtFlags::SYMLINK_NOFOLLOW)
+            .map_err(|e| read_err(e.into()))?;
+        let kind = FileType::from_raw_mode(st.st_mode);
+        if name.as_bytes().starts_with(WHITEOUT_PREFIX) {
+            // The driver's deletion markers are already in the tree's form; anything else so
+            // named cannot come from an image (the tar format reserves the prefix).
+            self.stats.entries += 1;
+            if kind == FileType::RegularFile {
+                marker(dst, name).map_err(write_err)?;
+            }
+            return Ok(());
+        }
+        self.stats.entries += 1;
+        match kind {
+            FileType::Directory => {
+                let s = tree::open_dir_at(src, name).map_err(read_err)?;
+                let meta = read_meta(s.as_fd(), None).map_err(read_err)?;
+                rustix::fs::mkdirat(dst, name, Mode::from_raw_mode(0o700))
+                    .map_err(|e| write_err(e.into()))?;
+                let d = tree::open_dir_at(dst, name).map_err(write_err)?;
+                self.dir(s.as_fd(), d.as_fd(), path, &meta)
+            }
+            FileType::CharacterDevice if st.st_rdev == 0 => {
+                // overlay2's whiteout.
+                let mut marked = OsString::from(OsStr::from_bytes(WHITEOUT_PREFIX));
+                marked.push(name);
+                marker(dst, &marked).map_err(write_err)
+            }
+            FileType::RegularFile => {
+                if st.st_nlink > 1 {
+                    if let Some(first) = self.links.get(&st.st_ino) {
+                        let (parent, first_name) = first.split_last().expect("a named file");
+                        let parent = tree::open_dir(self.dst_root, &parent).map_err(write_err)?;
+                        return rustix::fs::linkat(
+                            &parent,
+                            first_name,
+                            dst,
+                            name,
+                            AtFlags::empty(),
+                        )
+                        .map_err(|e| write_err(e.into()));
+                    }
+                    self.links.insert(st.st_ino, path.clone());
+                }
+                let from = File::from(
+                    rustix::fs::openat(
+                        src,
+                        name,
+                        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                        Mode::empty(),
+                    )
+                    .map_err(|e| read_err(e.into()))?,
+                );
+                let meta = read_meta(from.as_fd(), None).map_err(read_err)?;
+                let mut to = File::from(create(dst, name).map_err(write_err)?);
+                // std copies file to file with copy_file_range where the kernel offers it.
+                let mut from_ref = &from;
+                self.stats.bytes += io::copy(&mut from_ref, &mut to).map_err(write_err)?;
+                ownership::finish_file(to.as_fd(), &meta, Ownership::Root, &mut self.stats.skipped)
+                    .map_err(|e| write_err(e.into()))
+            }
+            FileType::Symlink => {
+                let target = rustix::fs::readlinkat(src, name, Vec::new())
+                    .map_err(|e| read_err(e.into()))?;
+                rustix::fs::symlinkat(target.as_bytes(), dst, name)
+                    .map_err(|e| write_err(e.into()))?;
+                let meta = read_meta(src, Some(name)).map_err(read_err)?;
+                ownership::finish_special(
+                    dst,
+                    name,
+                    &meta,
+                    true,
+                    Ownership::Root,
+                    &mut self.stats.skipped,
+                )
+                .map_err(|e| write_err(e.into()))
+            }
+            FileType::Fifo | FileType::CharacterDevice | FileType::BlockDevice => {
+                crate::sys::fs::mknod(dst, name, kind, Mode::from_raw_mode(0o600), st.st_rdev)
+                    .map_err(|e| write_err(e.into()))?;
+                let meta = read_meta(src, Some(name)).map_err(read_err)?;
+                ownership::finish_special(
+                    dst,
+                    name,
+                    &meta,
+                    false,
+                    Ownership::Root,
+                    &mut self.stats.skipped,
+                )
+                .map_err(|e| write_err(e.into()))
+            }
+            // Sockets are not part of an image (the tar format has none).
+            _ => Ok(()),
+        }
+    }
+}
+
+/// An empty marker file (root's, mode 0).
+fn marker(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<()> {
+    let fd = create(dir, name)?;
+    rustix::fs::fchmod(&fd, Mode::empty())?;
+    Ok(())
+}
+
+fn create(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<OwnedFd> {
+    Ok(rustix::fs::openat(
+        dir,
+        name,
+        OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::from_raw_mode(0o600),
+    )?)
+}
+
+fn is_opaque(dir: BorrowedFd<'_>) -> io::Result<bool> {
+    let mut buf = [0u8; 4];
+    for name in OPAQUE_XATTRS {
+        match rustix::fs::fgetxattr(dir, name, &mut buf) {
+            Ok(n) if buf[..n] == *b"y" => return Ok(true),
+            Ok(_) => {}
+            Err(rustix::io::Errno::NODATA | rustix::io::Errno::NOTSUP) => {}
+            // An unprivileged reader may not see trusted.*: that is not this layer's mark.
+            Err(rustix::io::Errno::PERM | rustix::io::Errno::ACCESS) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(false)
+}
+
+/// Whether an xattr is the overlay driver's bookkeeping rather than the image's.
+fn is_driver_xattr(name: &str) -> bool {
+    name.starts_with("trusted.overlay.")
+        || name.starts_with("user.overlay.")
+        || name.starts_with("user.fuseoverlayfs.")
+}
+
+/// The metadata of an entry: of the open `fd` itself, or of `name` in directory `fd` (a symlink
+/// or node, read by name without following it).
+fn read_meta(fd: BorrowedFd<'_>, name: Option<&OsStr>) -> io::Result<EntryMeta> {
+    let st = match name {
+        None => rustix::fs::fstat(fd)?,
+        Some(name) => rustix::fs::statat(fd, name, AtFlags::SYMLINK_NOFOLLOW)?,
+    };
+    let mut meta = EntryMeta {
+        uid: st.st_uid,
+        gid: st.st_gid,
+        mode: st.st_mode as u32 & 0o7777,
+        mtime: st.st_mtime as i64,
+        xattrs: Vec::new(),
+    };
+    let proc = name.map(|n| tree::proc_path(fd, n));
+    let list = |buf: &mut Vec<u8>| match &proc {
+        None => rustix::fs::flistxattr(fd, buf.as_mut_slice()),
+        Some(p) => rustix::fs::llistxattr(p, buf.as_mut_slice()),
+    };
+    let mut names = vec![0u8; 4096];
+    let n = match list(&mut names) {
+        Ok(n) => n,
+        Err(rustix::io::Errno::RANGE) => {
+            names = vec![0u8; 1 << 16];
+            list(&mut names)?
+        }
+        Err(rustix::io::Errno::NOTSUP) => 0,
+        Err(e) => return Err(e.into()),
+    };
+    for raw in names[..n].split(|b| *b == 0).filter(|s| !s.is_empty()) {
+        let Ok(key) = std::str::from_utf8(raw) else {
+            continue;
+        };
+        if is_driver_xattr(key) || key == "security.selinux" {
+            continue;
+        }
+        let mut value = vec![0u8; 1 << 16];
+        let len = match &proc {
+            None => rustix::fs::fgetxattr(fd, key, &mut value),
+            Some(p) => rustix::fs::lgetxattr(p, key, &mut value),
+        };
+        match len {
+            Ok(len) => {
+                value.truncate(len);
+                meta.xattrs.push((key.to_string(), value));
+            }
+            Err(rustix::io::Errno::NODATA) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(meta)
+}
