@@ -62,11 +62,7 @@ pub struct ImportStats {
 
 /// Copies the engine layer directory `src` into the empty directory `dst` (the layer tree).
 pub fn import_layer(src: BorrowedFd<'_>, dst: BorrowedFd<'_>) -> Result<ImportStats, ImportError> {
-    let mut import = Import {
-        dst_root: dst,
-        links: HashMap::new(),
-        stats: ImportStats::default(),
-    };
+    let mut import = Import::new(dst);
     let root = RelPath::root();
     let meta = read_meta(src, None).map_err(|source| ImportError::Read {
         path: root.clone(),
@@ -76,14 +72,40 @@ pub fn import_layer(src: BorrowedFd<'_>, dst: BorrowedFd<'_>) -> Result<ImportSt
     Ok(import.stats)
 }
 
-struct Import<'a> {
+/// Copies entries of engine layer directories into one destination tree, keeping hard links
+/// within the source as hard links.
+pub struct Import<'a> {
     dst_root: BorrowedFd<'a>,
     /// Source inodes with more than one link → where their first copy went.
-    links: HashMap<u64, RelPath>,
-    stats: ImportStats,
+    links: HashMap<(u64, u64), RelPath>,
+    pub stats: ImportStats,
 }
 
-impl Import<'_> {
+impl<'a> Import<'a> {
+    /// Copies into the tree at `dst_root`.
+    pub fn new(dst_root: BorrowedFd<'a>) -> Self {
+        Import {
+            dst_root,
+            links: HashMap::new(),
+            stats: ImportStats::default(),
+        }
+    }
+
+    /// Copies the non-directory `name` of source directory `src` into `dst` (`path` in the
+    /// tree): content, ids, mode, mtime and xattrs; a second name of an inode already copied
+    /// becomes a hard link to the copy. Sockets are skipped (the tar format has none).
+    pub fn copy_leaf(
+        &mut self,
+        src: BorrowedFd<'_>,
+        dst: BorrowedFd<'_>,
+        name: &OsStr,
+        path: &RelPath,
+        st: &rustix::fs::Stat,
+    ) -> Result<(), ImportError> {
+        self.stats.entries += 1;
+        self.leaf(src, dst, name, path, st)
+    }
+
     /// Copies the contents of directory `src` into `dst` (both `path`), then `dst`'s own
     /// metadata, `meta` (the mode and mtime last, once nothing more is created in it).
     fn dir(
@@ -160,9 +182,31 @@ impl Import<'_> {
                 marked.push(name);
                 marker(dst, &marked).map_err(write_err)
             }
+            _ => self.leaf(src, dst, name, path, &st),
+        }
+    }
+
+    fn leaf(
+        &mut self,
+        src: BorrowedFd<'_>,
+        dst: BorrowedFd<'_>,
+        name: &OsStr,
+        path: &RelPath,
+        st: &rustix::fs::Stat,
+    ) -> Result<(), ImportError> {
+        let read_err = |source: io::Error| ImportError::Read {
+            path: path.clone(),
+            source,
+        };
+        let write_err = |source: io::Error| ImportError::Write {
+            path: path.clone(),
+            source,
+        };
+        let kind = FileType::from_raw_mode(st.st_mode);
+        match kind {
             FileType::RegularFile => {
                 if st.st_nlink > 1 {
-                    if let Some(first) = self.links.get(&st.st_ino) {
+                    if let Some(first) = self.links.get(&(st.st_dev, st.st_ino)) {
                         let (parent, first_name) = first.split_last().expect("a named file");
                         let parent = tree::open_dir(self.dst_root, &parent).map_err(write_err)?;
                         return rustix::fs::linkat(
@@ -174,7 +218,7 @@ impl Import<'_> {
                         )
                         .map_err(|e| write_err(e.into()));
                     }
-                    self.links.insert(st.st_ino, path.clone());
+                    self.links.insert((st.st_dev, st.st_ino), path.clone());
                 }
                 let from = File::from(
                     rustix::fs::openat(
@@ -223,7 +267,8 @@ impl Import<'_> {
                 )
                 .map_err(|e| write_err(e.into()))
             }
-            // Sockets are not part of an image (the tar format has none).
+            // Sockets are not part of an image (the tar format has none); directories are the
+            // caller's.
             _ => Ok(()),
         }
     }
@@ -245,7 +290,7 @@ fn create(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<OwnedFd> {
     )?)
 }
 
-fn is_opaque(dir: BorrowedFd<'_>) -> io::Result<bool> {
+pub fn is_opaque(dir: BorrowedFd<'_>) -> io::Result<bool> {
     let mut buf = [0u8; 4];
     for name in OPAQUE_XATTRS {
         match rustix::fs::fgetxattr(dir, name, &mut buf) {
@@ -269,7 +314,7 @@ fn is_driver_xattr(name: &str) -> bool {
 
 /// The metadata of an entry: of the open `fd` itself, or of `name` in directory `fd` (a symlink
 /// or node, read by name without following it).
-fn read_meta(fd: BorrowedFd<'_>, name: Option<&OsStr>) -> io::Result<EntryMeta> {
+pub fn read_meta(fd: BorrowedFd<'_>, name: Option<&OsStr>) -> io::Result<EntryMeta> {
     let st = match name {
         None => rustix::fs::fstat(fd)?,
         Some(name) => rustix::fs::statat(fd, name, AtFlags::SYMLINK_NOFOLLOW)?,
