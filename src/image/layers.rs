@@ -1,20 +1,19 @@
-//! The layer cache: one unpacked tree per layer, keyed by chain ID and ownership mode, shared by
-//! every image whose stack starts with that layer; and the assembly of an image's root
-//! filesystem from its layers' trees by hard links.
+//! The layer cache: snapshots of layer stacks, keyed by the chain ID of their top layer (a chain
+//! ID names the whole stack below it) and ownership mode, shared by every image whose stack
+//! starts with that chain; and [`assemble`], which builds a tree from a stack of sources.
 //!
-//! Layout under the cache root: `layers/<chain hex>.<ownership>/` holds `tree/` (the layer's own
-//! changes, deletions kept as `.wh.` markers the way the tar format writes them) and
-//! `layer.json`. An entry is filled under a temp name and renamed into place after its
-//! `layer.json` is written: a directory without the `.tmp-` prefix is complete, and only such a
-//! directory is ever used.
+//! Layout under the cache root: `layers/<chain hex>.<ownership>/` holds `tree/` (the stack's
+//! merged root filesystem) and `layer.json`. An entry is filled under a temp name and renamed
+//! into place after its `layer.json` is written: a directory without the `.tmp-` prefix is
+//! complete, and only such a directory is ever used.
 //!
-//! [`assemble`] builds a root filesystem top-down: the topmost layer first, each lower layer
-//! then adding only what no upper layer replaced, whited out or hid under an opaque directory;
-//! every non-directory is a hard link to the layer tree's inode (nothing is copied, nothing is
-//! written twice), directories are made fresh with the metadata of the topmost layer that has
-//! them. Sharing inodes is sound because nothing ever writes into a cache tree: a bottle's
-//! writes go to its own overlay upper layer (or its own copy). Two images sharing base layers
-//! share those files on disk.
+//! [`assemble`] works top-down: the topmost source first, each lower one then adding only what
+//! no upper source replaced, whited out or hid under an opaque directory, so nothing is written
+//! twice. A cache tree is linked (every non-directory a hard link to its inode); an engine layer
+//! directory is copied ([`import`](super::import)). Directories are made fresh with the metadata
+//! of the topmost source that has them. Sharing inodes is sound because nothing ever writes into
+//! a cache tree: a bottle's writes go to its own overlay upper layer (or its own copy). Roots
+//! built on the same snapshot share its files on disk.
 
 use std::collections::{HashMap, HashSet};
 use std::ffi::{OsStr, OsString};
@@ -118,7 +117,7 @@ pub struct LayerRecord {
     pub ownership: Ownership,
     pub entries: u64,
     pub bytes: u64,
-    /// Where its bytes came from (`engine-dir`).
+    /// What it is (`snapshot`: a stack's merged tree).
     pub source: String,
 }
 
