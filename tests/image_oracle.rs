@@ -450,8 +450,8 @@ fn agent_fixture(stamp: u32) -> String {
 }
 
 /// A rebuild whose last layer changed reuses every other layer from the layer cache (the two
-/// roots share those files on disk), sees the new layer's change, matches Docker both times,
-/// and `image prune --all` removes the roots and their layers.
+/// roots share those files on disk), sees the new layer's change and not the old file, matches
+/// Docker both times, and `image prune --all` removes the roots and their cached layers.
 #[test]
 fn rebuilt_image_reuses_cached_layers_and_matches_docker() {
     if !require_docker("rebuilt_image_reuses_cached_layers_and_matches_docker") {
@@ -473,11 +473,12 @@ fn rebuilt_image_reuses_cached_layers_and_matches_docker() {
             .map(|l| l.as_str().unwrap().to_string())
             .collect()
     };
+    // Each root names the snapshot of its stack without the top layer (the same one: only the
+    // top layer differs) and the snapshot of its whole stack.
     let (la, lb) = (layers(&a), layers(&b));
-    assert_eq!(la.len(), lb.len());
-    let n = la.len();
-    assert_eq!(la[..n - 1], lb[..n - 1], "the unchanged layers are shared");
-    assert_ne!(la[n - 1], lb[n - 1]);
+    assert_eq!((la.len(), lb.len()), (2, 2), "{la:?} {lb:?}");
+    assert_eq!(la[0], lb[0], "the unchanged layers are shared");
+    assert_ne!(la[1], lb[1]);
     let ra = compare_prepared(&a, &first);
     let rb = compare_prepared(&b, &rebuilt);
     assert_eq!(
@@ -503,11 +504,28 @@ fn rebuilt_image_reuses_cached_layers_and_matches_docker() {
     assert!(!ra.join("opt/agent/node_modules/pkg1").exists());
     assert!(!ra.join("opt/agent/cache/old").exists());
 
+    // An image built on the first: its whole stack is linked from the first's snapshot, the
+    // two layers above it copied, deletions in them applied to the linked files.
+    let derived = docker_build(
+        "krbottle-test/agent-fixture:derived",
+        &format!(
+            "FROM {first}\nRUN rm -rf /opt/agent/node_modules/pkg2 /etc/motd && echo d > /opt/d\n\
+             RUN echo top > /opt/agent/VERSION && mkdir -p /opt/agent/node_modules/pkg2\n"
+        ),
+        &[],
+    );
+    let d = prepare_root(work.path(), &derived);
+    let rd = compare_prepared(&d, &derived);
+    assert_eq!(ino(&ra), ino(&rd));
+    assert!(!rd.join("opt/agent/node_modules/pkg2/lib").exists());
+
     let (code, stdout, stderr) = run_krbottle(work.path(), &["image", "prune", "--all", "--json"]);
     assert_eq!(code, 0, "{stderr}");
     let pruned: serde_json::Value = serde_json::from_str(&stdout).unwrap();
-    assert_eq!(pruned["removed"].as_array().unwrap().len(), 2, "{pruned}");
-    assert_eq!(pruned["layers"], (n + 1) as u64, "{pruned}");
+    assert_eq!(pruned["removed"].as_array().unwrap().len(), 3, "{pruned}");
+    // The stack below the top (shared), the first's, the rebuilt's, the derived's below its
+    // top and its whole stack.
+    assert_eq!(pruned["layers"], 5, "{pruned}");
     let left: Vec<_> = std::fs::read_dir(work.path().join("layers"))
         .unwrap()
         .collect();

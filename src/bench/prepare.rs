@@ -99,8 +99,8 @@ pub async fn run(opts: &PrepareBench, reporter: &Reporter) -> anyhow::Result<Pre
         Some(image) => {
             let rebuilt = format!("{FIXTURE_REBUILT_TAG}-of-{}", short_name(image));
             let dockerfile = format!("FROM {image}\nRUN echo rebuilt > /.krbottle-bench-rebuild\n");
-            build_image(&engine, &dockerfile, &[], &rebuilt, reporter).await?;
-            (image.clone(), rebuilt)
+            let rebuilt_id = build_image(&engine, &dockerfile, &[], &rebuilt, reporter).await?;
+            (image.clone(), rebuilt_id)
         }
         None => {
             let size = [
@@ -110,10 +110,11 @@ pub async fn run(opts: &PrepareBench, reporter: &Reporter) -> anyhow::Result<Pre
             ];
             let mut args: Vec<_> = size.to_vec();
             args.push(("STAMP", "1".into()));
-            build_image(&engine, FIXTURE_DOCKERFILE, &args, FIXTURE_TAG, reporter).await?;
+            let first =
+                build_image(&engine, FIXTURE_DOCKERFILE, &args, FIXTURE_TAG, reporter).await?;
             let mut args: Vec<_> = size.to_vec();
             args.push(("STAMP", "2".into()));
-            build_image(
+            let rebuilt = build_image(
                 &engine,
                 FIXTURE_DOCKERFILE,
                 &args,
@@ -121,7 +122,7 @@ pub async fn run(opts: &PrepareBench, reporter: &Reporter) -> anyhow::Result<Pre
                 reporter,
             )
             .await?;
-            (FIXTURE_TAG.to_string(), FIXTURE_REBUILT_TAG.to_string())
+            (first, rebuilt)
         }
     };
     let info = engine.inspect(&image).await?;
@@ -421,7 +422,7 @@ async fn build_image(
     args: &[(&str, String)],
     tag: &str,
     reporter: &Reporter,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<String> {
     let mut context = tar::Builder::new(Vec::new());
     let mut header = tar::Header::new_gnu();
     header.set_size(dockerfile.len() as u64);
@@ -445,8 +446,8 @@ async fn build_image(
         })
         .await;
     spinner.finish_and_clear();
-    built?;
-    Ok(())
+    // The ID the build made, not the tag: a tag can be moved by anyone sharing the engine.
+    Ok(built?)
 }
 
 /// An image reference as a tag suffix.

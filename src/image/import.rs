@@ -1,14 +1,13 @@
-//! One layer from the engine's own storage: a layer directory of an overlay-style graph driver
-//! (`overlay2`, `fuse-overlayfs`: `GraphDriver` in `docker image inspect`) copied into a layer
-//! tree of the [`layers`](super::layers) store.
+//! Entries of the engine's own storage: the layer directories of an overlay-style graph driver
+//! (`overlay2`, `fuse-overlayfs`: `GraphDriver` in `docker image inspect`), copied into a tree
+//! of the [`layers`](super::layers) cache by its top-down assembly.
 //!
 //! The engine keeps each layer as a plain directory of that layer's changes, the same content
 //! its save stream would serialise as that layer's tar, without the engine having to produce (and
-//! us to parse) the stream. Deletions come in the driver's own forms and are turned into the
-//! markers a layer tree keeps (the tar forms): a `0:0` character device (overlay2) or a `.wh.`
-//! file (fuse-overlayfs) becomes a `.wh.<name>` marker; an opaque directory (`trusted.overlay.
-//! opaque`, `user.overlay.opaque`, `user.fuseoverlayfs.opaque`, or a `.wh..wh..opq` file) gets a
-//! `.wh..wh..opq` marker. The driver's own xattrs are not copied.
+//! us to parse) the stream. Deletions come in the driver's own forms, which the assembly reads: a
+//! `0:0` character device (overlay2) or a `.wh.` file (fuse-overlayfs) for a whiteout, an opaque
+//! xattr ([`is_opaque`]) or a `.wh..wh..opq` file for an opaque directory. The driver's own xattrs
+//! are not copied.
 //!
 //! The source is read descriptor-relative and never followed (its names and links are the
 //! image's); files are created `O_EXCL | O_NOFOLLOW` in a fresh tree. Hard links within the
@@ -16,15 +15,13 @@
 //! they are.
 
 use std::collections::HashMap;
-use std::ffi::{OsStr, OsString};
+use std::ffi::OsStr;
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
 
 use rustix::fs::{AtFlags, FileType, Mode, OFlags};
 
-use super::layers::{OPAQUE_MARKER, WHITEOUT_PREFIX};
 use super::ownership::{self, EntryMeta, Ownership, Skipped};
 use super::tree::{self, RelPath};
 
@@ -60,69 +57,47 @@ pub struct ImportStats {
     pub skipped: Skipped,
 }
 
-/// Copies the engine layer directory `src` into the empty directory `dst` (the layer tree).
-pub fn import_layer(src: BorrowedFd<'_>, dst: BorrowedFd<'_>) -> Result<ImportStats, ImportError> {
-    let mut import = Import {
-        dst_root: dst,
-        links: HashMap::new(),
-        stats: ImportStats::default(),
-    };
-    let root = RelPath::root();
-    let meta = read_meta(src, None).map_err(|source| ImportError::Read {
-        path: root.clone(),
-        source,
-    })?;
-    import.dir(src, dst, &root, &meta)?;
-    Ok(import.stats)
-}
-
-struct Import<'a> {
+/// Copies entries of engine layer directories into one destination tree, keeping hard links
+/// within the source as hard links.
+pub struct Import<'a> {
     dst_root: BorrowedFd<'a>,
     /// Source inodes with more than one link → where their first copy went.
-    links: HashMap<u64, RelPath>,
-    stats: ImportStats,
+    links: HashMap<(u64, u64), RelPath>,
+    pub stats: ImportStats,
 }
 
-impl Import<'_> {
-    /// Copies the contents of directory `src` into `dst` (both `path`), then `dst`'s own
-    /// metadata, `meta` (the mode and mtime last, once nothing more is created in it).
-    fn dir(
-        &mut self,
-        src: BorrowedFd<'_>,
-        dst: BorrowedFd<'_>,
-        path: &RelPath,
-        meta: &EntryMeta,
-    ) -> Result<(), ImportError> {
-        let read_err = |path: &RelPath| {
-            let path = path.clone();
-            move |source: io::Error| ImportError::Read { path, source }
-        };
-        let write_err = |path: &RelPath| {
-            let path = path.clone();
-            move |source: io::Error| ImportError::Write { path, source }
-        };
-        ownership::finish_dir_early(dst, meta, Ownership::Root, &mut self.stats.skipped)
-            .map_err(|e| write_err(path)(e.into()))?;
-        if is_opaque(src).map_err(read_err(path))? {
-            marker(dst, OsStr::new(OPAQUE_MARKER)).map_err(write_err(path))?;
+impl<'a> Import<'a> {
+    /// Copies into the tree at `dst_root`.
+    pub fn new(dst_root: BorrowedFd<'a>) -> Self {
+        Import {
+            dst_root,
+            links: HashMap::new(),
+            stats: ImportStats::default(),
         }
-        let mut names = tree::list_dir(src).map_err(read_err(path))?;
-        // Sorted: the tree is the same whatever order the engine's directory lists in.
-        names.sort();
-        for name in names {
-            let child = path.join(&name);
-            self.entry(src, dst, &name, &child)?;
-        }
-        ownership::finish_dir_late(dst, meta, Ownership::Root)
-            .map_err(|e| write_err(path)(e.into()))
     }
 
-    fn entry(
+    /// Copies the non-directory `name` of source directory `src` into `dst` (`path` in the
+    /// tree): content, ids, mode, mtime and xattrs; a second name of an inode already copied
+    /// becomes a hard link to the copy. Sockets are skipped (the tar format has none).
+    pub fn copy_leaf(
         &mut self,
         src: BorrowedFd<'_>,
         dst: BorrowedFd<'_>,
         name: &OsStr,
         path: &RelPath,
+        st: &rustix::fs::Stat,
+    ) -> Result<(), ImportError> {
+        self.stats.entries += 1;
+        self.leaf(src, dst, name, path, st)
+    }
+
+    fn leaf(
+        &mut self,
+        src: BorrowedFd<'_>,
+        dst: BorrowedFd<'_>,
+        name: &OsStr,
+        path: &RelPath,
+        st: &rustix::fs::Stat,
     ) -> Result<(), ImportError> {
         let read_err = |source: io::Error| ImportError::Read {
             path: path.clone(),
@@ -132,37 +107,11 @@ impl Import<'_> {
             path: path.clone(),
             source,
         };
-        let st = rustix::fs::statat(src, name, AtFlags::SYMLINK_NOFOLLOW)
-            .map_err(|e| read_err(e.into()))?;
         let kind = FileType::from_raw_mode(st.st_mode);
-        if name.as_bytes().starts_with(WHITEOUT_PREFIX) {
-            // The driver's deletion markers are already in the tree's form; anything else so
-            // named cannot come from an image (the tar format reserves the prefix).
-            self.stats.entries += 1;
-            if kind == FileType::RegularFile {
-                marker(dst, name).map_err(write_err)?;
-            }
-            return Ok(());
-        }
-        self.stats.entries += 1;
         match kind {
-            FileType::Directory => {
-                let s = tree::open_dir_at(src, name).map_err(read_err)?;
-                let meta = read_meta(s.as_fd(), None).map_err(read_err)?;
-                rustix::fs::mkdirat(dst, name, Mode::from_raw_mode(0o700))
-                    .map_err(|e| write_err(e.into()))?;
-                let d = tree::open_dir_at(dst, name).map_err(write_err)?;
-                self.dir(s.as_fd(), d.as_fd(), path, &meta)
-            }
-            FileType::CharacterDevice if st.st_rdev == 0 => {
-                // overlay2's whiteout.
-                let mut marked = OsString::from(OsStr::from_bytes(WHITEOUT_PREFIX));
-                marked.push(name);
-                marker(dst, &marked).map_err(write_err)
-            }
             FileType::RegularFile => {
                 if st.st_nlink > 1 {
-                    if let Some(first) = self.links.get(&st.st_ino) {
+                    if let Some(first) = self.links.get(&(st.st_dev, st.st_ino)) {
                         let (parent, first_name) = first.split_last().expect("a named file");
                         let parent = tree::open_dir(self.dst_root, &parent).map_err(write_err)?;
                         return rustix::fs::linkat(
@@ -174,7 +123,7 @@ impl Import<'_> {
                         )
                         .map_err(|e| write_err(e.into()));
                     }
-                    self.links.insert(st.st_ino, path.clone());
+                    self.links.insert((st.st_dev, st.st_ino), path.clone());
                 }
                 let from = File::from(
                     rustix::fs::openat(
@@ -223,17 +172,11 @@ impl Import<'_> {
                 )
                 .map_err(|e| write_err(e.into()))
             }
-            // Sockets are not part of an image (the tar format has none).
+            // Sockets are not part of an image (the tar format has none); directories are the
+            // caller's.
             _ => Ok(()),
         }
     }
-}
-
-/// An empty marker file (root's, mode 0).
-fn marker(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<()> {
-    let fd = create(dir, name)?;
-    rustix::fs::fchmod(&fd, Mode::empty())?;
-    Ok(())
 }
 
 fn create(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<OwnedFd> {
@@ -245,7 +188,7 @@ fn create(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<OwnedFd> {
     )?)
 }
 
-fn is_opaque(dir: BorrowedFd<'_>) -> io::Result<bool> {
+pub fn is_opaque(dir: BorrowedFd<'_>) -> io::Result<bool> {
     let mut buf = [0u8; 4];
     for name in OPAQUE_XATTRS {
         match rustix::fs::fgetxattr(dir, name, &mut buf) {
@@ -269,7 +212,7 @@ fn is_driver_xattr(name: &str) -> bool {
 
 /// The metadata of an entry: of the open `fd` itself, or of `name` in directory `fd` (a symlink
 /// or node, read by name without following it).
-fn read_meta(fd: BorrowedFd<'_>, name: Option<&OsStr>) -> io::Result<EntryMeta> {
+pub fn read_meta(fd: BorrowedFd<'_>, name: Option<&OsStr>) -> io::Result<EntryMeta> {
     let st = match name {
         None => rustix::fs::fstat(fd)?,
         Some(name) => rustix::fs::statat(fd, name, AtFlags::SYMLINK_NOFOLLOW)?,

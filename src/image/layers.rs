@@ -1,20 +1,19 @@
-//! The layer cache: one unpacked tree per layer, keyed by chain ID and ownership mode, shared by
-//! every image whose stack starts with that layer; and the assembly of an image's root
-//! filesystem from its layers' trees by hard links.
+//! The layer cache: snapshots of layer stacks, keyed by the chain ID of their top layer (a chain
+//! ID names the whole stack below it) and ownership mode, shared by every image whose stack
+//! starts with that chain; and [`assemble`], which builds a tree from a stack of sources.
 //!
-//! Layout under the cache root: `layers/<chain hex>.<ownership>/` holds `tree/` (the layer's own
-//! changes, deletions kept as `.wh.` markers the way the tar format writes them) and
-//! `layer.json`. An entry is filled under a temp name and renamed into place after its
-//! `layer.json` is written: a directory without the `.tmp-` prefix is complete, and only such a
-//! directory is ever used.
+//! Layout under the cache root: `layers/<chain hex>.<ownership>/` holds `tree/` (the stack's
+//! merged root filesystem) and `layer.json`. An entry is filled under a temp name and renamed
+//! into place after its `layer.json` is written: a directory without the `.tmp-` prefix is
+//! complete, and only such a directory is ever used.
 //!
-//! [`assemble`] builds a root filesystem top-down: the topmost layer first, each lower layer
-//! then adding only what no upper layer replaced, whited out or hid under an opaque directory;
-//! every non-directory is a hard link to the layer tree's inode (nothing is copied, nothing is
-//! written twice), directories are made fresh with the metadata of the topmost layer that has
-//! them. Sharing inodes is sound because nothing ever writes into a cache tree: a bottle's
-//! writes go to its own overlay upper layer (or its own copy). Two images sharing base layers
-//! share those files on disk.
+//! [`assemble`] works top-down: the topmost source first, each lower one then adding only what
+//! no upper source replaced, whited out or hid under an opaque directory, so nothing is written
+//! twice. A cache tree is linked (every non-directory a hard link to its inode); an engine layer
+//! directory is copied ([`import`](super::import)). Directories are made fresh with the metadata
+//! of the topmost source that has them. Sharing inodes is sound because nothing ever writes into
+//! a cache tree: a bottle's writes go to its own overlay upper layer (or its own copy). Roots
+//! built on the same snapshot share its files on disk.
 
 use std::collections::{HashMap, HashSet};
 use std::ffi::{OsStr, OsString};
@@ -118,7 +117,7 @@ pub struct LayerRecord {
     pub ownership: Ownership,
     pub entries: u64,
     pub bytes: u64,
-    /// Where its bytes came from (`engine-dir`).
+    /// What it is (`snapshot`: a stack's merged tree).
     pub source: String,
 }
 
@@ -339,16 +338,32 @@ fn open_dir_path(path: &Path) -> io::Result<OwnedFd> {
 pub struct Assembled {
     /// Entries of the result (directories included).
     pub entries: u64,
+    /// Bytes of file content copied (linked files cost none).
+    pub bytes: u64,
     pub skipped: Skipped,
 }
 
-/// Builds the root filesystem `dest` (an empty directory) from layer trees given bottom first.
+/// One level of a stack [`assemble`] builds a tree from.
+#[derive(Clone, Debug)]
+pub enum Source {
+    /// A tree of the cache (a snapshot, or a layer tree with `.wh.` markers): linked.
+    Linked(PathBuf),
+    /// An engine layer directory (the driver's deletion forms): copied.
+    #[cfg(target_os = "linux")]
+    Copied(PathBuf),
+}
+
+/// Builds the tree `dest` (an empty directory) from a stack of sources given bottom first.
 pub fn assemble(
-    trees: &[PathBuf],
+    sources: &[Source],
     dest: BorrowedFd<'_>,
     ownership: Ownership,
 ) -> Result<Assembled, LayersError> {
     let mut asm = Assembler {
+        #[cfg(target_os = "linux")]
+        import: super::import::Import::new(dest),
+        #[cfg(not(target_os = "linux"))]
+        _dest: std::marker::PhantomData,
         ownership,
         whiteouts: HashSet::new(),
         opaques: HashSet::new(),
@@ -362,13 +377,18 @@ pub fn assemble(
         let path = path.clone();
         move |source: io::Error| LayersError::Assemble { path, source }
     };
-    for tree in trees.iter().rev() {
+    for source in sources.iter().rev() {
+        let (tree, copied) = match source {
+            Source::Linked(tree) => (tree, false),
+            #[cfg(target_os = "linux")]
+            Source::Copied(dir) => (dir, true),
+        };
         let layer = open_dir_path(tree).map_err(err(&root))?;
         if asm.dirs.is_empty() {
-            asm.take_dir(layer.as_fd(), dest, &root)
+            asm.take_dir(layer.as_fd(), dest, &root, copied)
                 .map_err(err(&root))?;
         }
-        asm.merge_dir(layer.as_fd(), dest, &root)?;
+        asm.merge_dir(layer.as_fd(), dest, &root, copied)?;
         // A layer's deletions apply to the layers below it only.
         asm.whiteouts.extend(asm.new_whiteouts.drain(..));
         asm.opaques.extend(asm.new_opaques.drain(..));
@@ -381,10 +401,19 @@ pub fn assemble(
         ownership::finish_dir_late(fd.as_fd(), &meta, ownership)
             .map_err(|e| err(&path)(e.into()))?;
     }
+    #[cfg(target_os = "linux")]
+    {
+        asm.out.bytes = asm.import.stats.bytes;
+        asm.out.skipped.xattrs += asm.import.stats.skipped.xattrs;
+    }
     Ok(asm.out)
 }
 
-struct Assembler {
+struct Assembler<'a> {
+    #[cfg(target_os = "linux")]
+    import: super::import::Import<'a>,
+    #[cfg(not(target_os = "linux"))]
+    _dest: std::marker::PhantomData<&'a ()>,
     ownership: Ownership,
     /// Paths deleted by the layers above the current one.
     whiteouts: HashSet<RelPath>,
@@ -397,19 +426,27 @@ struct Assembler {
     out: Assembled,
 }
 
-impl Assembler {
-    /// Adds what layer directory `layer` (at `path`) contributes to result directory `dest`.
+impl Assembler<'_> {
+    /// Adds what layer directory `layer` (at `path`) contributes to result directory `dest`;
+    /// `copied`: `layer` is an engine layer directory, whose entries are copied.
     fn merge_dir(
         &mut self,
         layer: BorrowedFd<'_>,
         dest: BorrowedFd<'_>,
         path: &RelPath,
+        copied: bool,
     ) -> Result<(), LayersError> {
         let err = |path: &RelPath| {
             let path = path.clone();
             move |source: io::Error| LayersError::Assemble { path, source }
         };
-        let names = tree::list_dir(layer).map_err(err(path))?;
+        #[cfg(target_os = "linux")]
+        if copied && super::import::is_opaque(layer).map_err(err(path))? {
+            self.new_opaques.push(path.clone());
+        }
+        let mut names = tree::list_dir(layer).map_err(err(path))?;
+        // Sorted: which name of a hard-linked inode is copied first is the same every time.
+        names.sort();
         let mut markers = Vec::new();
         for name in names {
             let bytes = name.as_bytes();
@@ -421,7 +458,14 @@ impl Assembler {
             if self.whiteouts.contains(&child) {
                 continue;
             }
-            let ltype = tree::file_type_at(layer, &name).map_err(err(&child))?;
+            let st = rustix::fs::statat(layer, &name, AtFlags::SYMLINK_NOFOLLOW)
+                .map_err(|e| err(&child)(e.into()))?;
+            let ltype = Some(FileType::from_raw_mode(st.st_mode));
+            if copied && ltype == Some(FileType::CharacterDevice) && st.st_rdev == 0 {
+                // overlay2's whiteout.
+                self.new_whiteouts.push(child);
+                continue;
+            }
             let dtype = tree::file_type_at(dest, &name).map_err(err(&child))?;
             match (ltype, dtype) {
                 (Some(FileType::Directory), None) => {
@@ -429,10 +473,10 @@ impl Assembler {
                         .map_err(|e| err(&child)(e.into()))?;
                     let l = tree::open_dir_at(layer, &name).map_err(err(&child))?;
                     let d = tree::open_dir_at(dest, &name).map_err(err(&child))?;
-                    self.take_dir(l.as_fd(), d.as_fd(), &child)
+                    self.take_dir(l.as_fd(), d.as_fd(), &child, copied)
                         .map_err(err(&child))?;
                     self.out.entries += 1;
-                    self.merge_dir(l.as_fd(), d.as_fd(), &child)?;
+                    self.merge_dir(l.as_fd(), d.as_fd(), &child, copied)?;
                 }
                 (Some(FileType::Directory), Some(FileType::Directory)) => {
                     if self.opaques.contains(&child) {
@@ -440,10 +484,17 @@ impl Assembler {
                     }
                     let l = tree::open_dir_at(layer, &name).map_err(err(&child))?;
                     let d = tree::open_dir_at(dest, &name).map_err(err(&child))?;
-                    self.merge_dir(l.as_fd(), d.as_fd(), &child)?;
+                    self.merge_dir(l.as_fd(), d.as_fd(), &child, copied)?;
                 }
                 // An upper layer put something else here: it wins.
                 (_, Some(_)) | (None, None) => {}
+                #[cfg(target_os = "linux")]
+                (Some(_), None) if copied => {
+                    self.import
+                        .copy_leaf(layer, dest, &name, &child, &st)
+                        .map_err(|e| err(&child)(io::Error::other(e)))?;
+                    self.out.entries += 1;
+                }
                 (Some(_), None) => {
                     rustix::fs::linkat(layer, &name, dest, &name, AtFlags::empty())
                         .map_err(|e| err(&child)(e.into()))?;
@@ -471,8 +522,18 @@ impl Assembler {
         layer: BorrowedFd<'_>,
         dest: BorrowedFd<'_>,
         path: &RelPath,
+        copied: bool,
     ) -> io::Result<()> {
-        let meta = dir_meta(layer)?;
+        #[cfg(target_os = "linux")]
+        let meta = match copied {
+            true => super::import::read_meta(layer, None)?,
+            false => dir_meta(layer)?,
+        };
+        #[cfg(not(target_os = "linux"))]
+        let meta = {
+            let _ = copied;
+            dir_meta(layer)?
+        };
         ownership::finish_dir_early(dest, &meta, self.ownership, &mut self.out.skipped)?;
         self.dirs.insert(path.clone(), meta);
         Ok(())

@@ -292,8 +292,12 @@ impl LayerRoute {
         unreachable!("the layer route is only chosen on Linux")
     }
 
-    /// Fills the layer cache with the image's missing layers (on as many threads as there are
-    /// cores, one layer each) and assembles `dest` from it.
+    /// Assembles `dest` from the layer cache and the engine's layer directories: the longest
+    /// stack prefix the cache has a snapshot of is linked, the layers above it are copied
+    /// top-down from the engine (each final file written once, nothing an upper layer replaced
+    /// or deleted). The stack without its top layer (what a rebuild that changes the last layer
+    /// starts from) and the whole stack are kept as snapshots; a rebuild then copies only its
+    /// new top layer and links the rest.
     #[cfg(target_os = "linux")]
     fn fill(
         &self,
@@ -302,83 +306,53 @@ impl LayerRoute {
         dest: &Path,
         reporter: &Reporter,
     ) -> Result<UnpackSummary, PrepareError> {
-        use crate::image::layers::{self, LayerStore};
+        use crate::image::layers::{self, LayerStore, Source as Level};
         use std::os::fd::AsFd;
-        use std::sync::atomic::{AtomicUsize, Ordering};
 
         let started = std::time::Instant::now();
         let ownership = Ownership::Root;
         let store = LayerStore::at(cache_root);
         let _gc = store.gc_lock()?;
         let chains = layers::chain_ids(&image.diff_ids)?;
-        let total = chains.len();
+        let n = chains.len();
         let spinner = reporter.spinner("layers from the engine's storage");
-        let next = AtomicUsize::new(0);
-        let done = AtomicUsize::new(0);
-        let workers = std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1)
-            .min(total);
-        let found: Vec<Result<Vec<(usize, layers::Layer)>, PrepareError>> =
-            std::thread::scope(|s| {
-                let handles: Vec<_> = (0..workers)
-                    .map(|_| {
-                        s.spawn(|| {
-                            let mut mine = Vec::new();
-                            loop {
-                                let i = next.fetch_add(1, Ordering::SeqCst);
-                                if i >= total {
-                                    return Ok(mine);
-                                }
-                                let dir = &self.dirs[i];
-                                let (layer, _) = store.get_or_fill(
-                                    &chains[i],
-                                    &image.diff_ids[i],
-                                    ownership,
-                                    "engine-dir",
-                                    |tree| {
-                                        let src = rustix::fs::open(
-                                            dir,
-                                            rustix::fs::OFlags::RDONLY
-                                                | rustix::fs::OFlags::DIRECTORY
-                                                | rustix::fs::OFlags::CLOEXEC,
-                                            rustix::fs::Mode::empty(),
-                                        )
-                                        .map_err(|e| crate::image::import::ImportError::Read {
-                                            path: crate::image::tree::RelPath::root(),
-                                            source: e.into(),
-                                        })?;
-                                        let stats =
-                                            crate::image::import::import_layer(src.as_fd(), tree)?;
-                                        Ok::<_, crate::image::import::ImportError>((
-                                            stats.entries,
-                                            stats.bytes,
-                                        ))
-                                    },
-                                )?;
-                                let n = done.fetch_add(1, Ordering::SeqCst) + 1;
-                                spinner.set_message(format!("layer {n}/{total}"));
-                                mine.push((i, layer));
-                            }
-                        })
-                    })
-                    .collect();
-                handles
-                    .into_iter()
-                    .map(|h| match h.join() {
-                        Ok(r) => r,
-                        Err(panic) => std::panic::resume_unwind(panic),
-                    })
-                    .collect()
-            });
-        let mut stack: Vec<Option<layers::Layer>> = vec![None; total];
-        for part in found {
-            for (i, layer) in part? {
-                stack[i] = Some(layer);
+        let mut used = Vec::new();
+        // The longest prefix with a snapshot: `have` layers.
+        let mut have = 0;
+        let mut base = None;
+        for k in (1..=n).rev() {
+            if let Some(snapshot) = store.lookup(&chains[k - 1], ownership)? {
+                have = k;
+                base = Some(snapshot);
+                break;
             }
         }
-        let stack: Vec<layers::Layer> =
-            stack.into_iter().map(|l| l.expect("every layer")).collect();
+        let mut bytes = 0;
+        // The stack without its top layer, as a snapshot.
+        if n > 1 && have < n - 1 {
+            spinner.set_message(format!("copying layers {}..{} of {n}", have + 1, n - 1));
+            let mut levels: Vec<Level> =
+                base.iter().map(|b| Level::Linked(b.tree.clone())).collect();
+            levels.extend(self.dirs[have..n - 1].iter().cloned().map(Level::Copied));
+            let (snapshot, _) = store.get_or_fill(
+                &chains[n - 2],
+                &image.diff_ids[n - 2],
+                ownership,
+                "snapshot",
+                |tree| {
+                    let a = layers::assemble(&levels, tree, ownership)?;
+                    Ok::<_, layers::LayersError>((a.entries, a.bytes))
+                },
+            )?;
+            bytes += snapshot.record.bytes;
+            have = n - 1;
+            base = Some(snapshot);
+        }
+        if base.is_some() {
+            used.push(LayerStore::entry_name(&chains[have - 1], ownership));
+        }
+        let mut levels: Vec<Level> = base.iter().map(|b| Level::Linked(b.tree.clone())).collect();
+        levels.extend(self.dirs[have..].iter().cloned().map(Level::Copied));
         spinner.set_message("assembling the root filesystem");
         let create_err = |source| PrepareError::CreateRoot {
             path: dest.to_path_buf(),
@@ -393,23 +367,36 @@ impl LayerRoute {
             rustix::fs::Mode::empty(),
         )
         .map_err(|e| create_err(e.into()))?;
-        let trees: Vec<PathBuf> = stack.iter().map(|l| l.tree.clone()).collect();
-        let assembled = layers::assemble(&trees, root.as_fd(), ownership)?;
+        let assembled = layers::assemble(&levels, root.as_fd(), ownership)?;
+        bytes += assembled.bytes;
+        // The whole stack, for images built on this one.
+        if have < n {
+            store.get_or_fill(
+                &chains[n - 1],
+                &image.diff_ids[n - 1],
+                ownership,
+                "snapshot",
+                |tree| {
+                    let a =
+                        layers::assemble(&[Level::Linked(dest.to_path_buf())], tree, ownership)?;
+                    Ok::<_, layers::LayersError>((a.entries, assembled.bytes))
+                },
+            )?;
+        }
+        used.push(LayerStore::entry_name(&chains[n - 1], ownership));
+        used.dedup();
         spinner.finish_and_clear();
         Ok(UnpackSummary {
-            layers: total,
+            layers: n,
             entries: assembled.entries,
-            bytes: stack.iter().map(|l| l.record.bytes).sum(),
+            bytes,
             skipped_devices: 0,
             skipped_xattrs: assembled.skipped.xattrs,
             seconds: started.elapsed().as_secs_f64(),
             image_id: Some(image.image_id.clone()),
             diff_ids: image.diff_ids.clone(),
             config: image.config.clone(),
-            layer_entries: chains
-                .iter()
-                .map(|c| LayerStore::entry_name(c, ownership))
-                .collect(),
+            layer_entries: used,
         })
     }
 }
