@@ -6,9 +6,12 @@
 //!
 //! - `unpack`: image → rootfs against GNU tar and docker export;
 //! - `run`: `krbottle run` setup up to `krun_start_enter` against `docker run --rm IMAGE true`;
-//! - `gateway`: splice latency and route throughput against a direct connection and mitmproxy.
+//! - `gateway`: splice latency and route throughput against a direct connection and mitmproxy;
+//! - `git`: a push and a fetch through git-gate against the same git straight to the same SSH
+//!   upstream.
 
 pub mod gateway;
+pub mod git;
 #[cfg(target_os = "linux")]
 pub mod run;
 #[cfg(target_os = "linux")]
