@@ -212,6 +212,25 @@ pub enum BenchCommand {
     /// Everything runs on 127.0.0.1: an in-process HTTPS upstream, the gateway, and mitmproxy
     /// (`mitmdump`, found on PATH or in KRBOTTLE_MITMDUMP) doing the same interception.
     Gateway(BenchGatewayArgs),
+    /// git-gate: a push of a large history and a fetch of an up-to-date repository, through
+    /// the gate vs straight to the same SSH upstream (an openssh-server container).
+    Git(BenchGitArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BenchGitArgs {
+    /// MiB of incompressible files in the pushed history.
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub mib: u32,
+    /// Commits the history is made of.
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub commits: u32,
+    /// Rounds per contender (they alternate; the median is reported).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=50))]
+    pub rounds: u32,
+    /// Print JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

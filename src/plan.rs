@@ -496,19 +496,29 @@ fn files(
         "Claude Code's state: onboarding done, the workdir trusted, the bundle's MCP servers"
             .into(),
     ));
+    let mut gitconfig = String::new();
     if let Some(author) = &input.bottle.git_user {
-        let text = format!(
+        gitconfig.push_str(&format!(
             "[user]\n\tname = {}\n\temail = {}\n",
             author.name, author.email
-        );
+        ));
+    }
+    if let Some(gate) = input
+        .daemons
+        .iter()
+        .find(|d| d.name == crate::daemon::git_gate::DAEMON.name)
+    {
+        gitconfig.push_str(&git_gate_rules(&input.bottle.git, gate.port));
+    }
+    if !gitconfig.is_empty() {
         files.push(mine(
             format!("{home}/.gitconfig"),
             0o644,
             Content::Block {
-                text,
+                text: gitconfig,
                 comment: "#".into(),
             },
-            "git's identity".into(),
+            "git's identity and the upstreams' URLs rewritten to git-gate".into(),
         ));
     }
     if let (Cwd::Copy { path }, Some(guest)) = (input.cwd, cwd) {
@@ -520,6 +530,22 @@ fn files(
         ));
     }
     Ok(files)
+}
+
+/// `insteadOf` rules sending every form of each upstream's URL (scp-like and `ssh://`, with
+/// and without `.git`) to its gate repository at `127.0.0.1:port` in the guest: a clone of
+/// the upstream's URL just works, through the gate.
+fn git_gate_rules(repos: &[crate::manifest::GitRepo], port: u16) -> String {
+    let quoted = |s: &str| format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""));
+    let mut text = String::new();
+    for repo in repos {
+        let gate = format!("http://127.0.0.1:{port}/{}.git", repo.name);
+        text.push_str(&format!("[url {}]\n", quoted(&gate)));
+        for form in repo.upstream.forms() {
+            text.push_str(&format!("\tinsteadOf = {}\n", quoted(&form)));
+        }
+    }
+    text
 }
 
 /// A skill's name from its `SKILL.md` front matter (`name:` between the leading `---` lines),
@@ -734,6 +760,68 @@ token_env = "ANTHROPIC_API_KEY"
         // No secret: nothing but the placeholder and names.
         let json = serde_json::to_string(&p).unwrap();
         assert!(!json.contains("PRIVATE KEY"));
+    }
+
+    #[test]
+    fn every_form_of_an_upstream_url_goes_to_the_gate() {
+        let dir = tempfile::tempdir().unwrap();
+        for f in ["id", "kh"] {
+            std::fs::write(dir.path().join(f), "x").unwrap();
+        }
+        let m = Manifest::parse(
+            &dir.path().join("krbottle.toml"),
+            "[bottles.b]\n[[bottles.b.git]]\nname = \"app\"\nupstream = \"git@host.example:org/app.git\"\nidentity_file = \"id\"\nknown_hosts = \"kh\"\n\
+             [[bottles.b.git]]\nname = \"lib\"\nupstream = \"ssh://git@host.example:2222/org/lib\"\nidentity_file = \"id\"\nknown_hosts = \"kh\"\n",
+        )
+        .unwrap();
+        let text = git_gate_rules(&m.bottles["b"].git, crate::ports::GIT_GATE);
+        let config = dir.path().join("gitconfig");
+        std::fs::write(&config, &text).unwrap();
+        // git itself applies the rules (`ls-remote --get-url` rewrites without connecting).
+        let cases = [
+            (
+                "git@host.example:org/app.git",
+                "http://127.0.0.1:9418/app.git",
+            ),
+            ("git@host.example:org/app", "http://127.0.0.1:9418/app.git"),
+            (
+                "ssh://git@host.example/org/app.git",
+                "http://127.0.0.1:9418/app.git",
+            ),
+            (
+                "ssh://git@host.example/org/app",
+                "http://127.0.0.1:9418/app.git",
+            ),
+            (
+                "ssh://git@host.example:22/org/app.git",
+                "http://127.0.0.1:9418/app.git",
+            ),
+            (
+                "ssh://git@host.example:2222/org/lib",
+                "http://127.0.0.1:9418/lib.git",
+            ),
+            (
+                "ssh://git@host.example:2222/org/lib.git",
+                "http://127.0.0.1:9418/lib.git",
+            ),
+            (
+                "git@other.example:org/app.git",
+                "git@other.example:org/app.git",
+            ),
+        ];
+        for (url, want) in cases {
+            let out = std::process::Command::new("git")
+                .args(["ls-remote", "--get-url", url])
+                .env("GIT_CONFIG_GLOBAL", &config)
+                .env("GIT_CONFIG_NOSYSTEM", "1")
+                .output()
+                .expect("git runs");
+            assert_eq!(
+                String::from_utf8_lossy(&out.stdout).trim(),
+                want,
+                "{url}\n{text}"
+            );
+        }
     }
 
     #[test]

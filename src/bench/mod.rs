@@ -8,9 +8,12 @@
 //!   path, save + GNU tar and `cp -a`, every side timed end to end;
 //! - `unpack`: the unpacker alone on a saved image, against GNU tar and docker export;
 //! - `run`: `krbottle run` setup up to `krun_start_enter` against `docker run --rm IMAGE true`;
-//! - `gateway`: splice latency and route throughput against a direct connection and mitmproxy.
+//! - `gateway`: splice latency and route throughput against a direct connection and mitmproxy;
+//! - `git`: a push and a fetch through git-gate against the same git straight to the same SSH
+//!   upstream.
 
 pub mod gateway;
+pub mod git;
 pub mod prepare;
 #[cfg(target_os = "linux")]
 pub mod run;

@@ -56,6 +56,14 @@ pub async fn run(cmd: BenchCommand, reporter: &Reporter) -> anyhow::Result<u8> {
             };
             emit(&bench::gateway::run(&opts, reporter).await?, args.json)?;
         }
+        BenchCommand::Git(args) => {
+            let opts = bench::git::GitBench {
+                mib: args.mib,
+                commits: args.commits,
+                rounds: args.rounds,
+            };
+            emit(&bench::git::run(&opts, reporter).await?, args.json)?;
+        }
     }
     Ok(exit::OK)
 }

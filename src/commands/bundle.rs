@@ -64,6 +64,9 @@ fn print_record(record: &BundleRecord, json: bool, reporter: &Reporter) -> anyho
         for (daemon, addr) in &record.endpoints {
             println!("{daemon} {addr}");
         }
+        for (repo, url) in &record.git {
+            println!("git {repo} {url}");
+        }
     }
     Ok(())
 }

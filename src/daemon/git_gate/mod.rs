@@ -34,7 +34,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use futures_util::TryStreamExt;
+use futures_util::{StreamExt, TryStreamExt};
 use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full, StreamBody};
@@ -392,6 +392,9 @@ impl Server {
         });
         let mut out = BufReader::new(stdout);
         let (status, resp_headers) = read_cgi_head(&mut out).await?;
+        // The decision lines are written before the client's answer ends (a `git push` that
+        // returned is in the log), and even when the client goes away first.
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
         tokio::spawn(async move {
             let _ = child.wait().await;
             if let Some(path) = decisions {
@@ -403,9 +406,16 @@ impl Server {
                 let _ = tokio::fs::remove_file(&path).await;
             }
             drop(guard);
+            let _ = done_tx.send(());
         });
-        let stream = tokio_util::io::ReaderStream::new(out).map_ok(Frame::data);
-        let mut resp = Response::new(StreamBody::new(stream).boxed());
+        let done = futures_util::stream::once(async move {
+            let _ = done_rx.await;
+        })
+        .filter_map(|()| async { None::<std::io::Result<Frame<Bytes>>> });
+        let stream = tokio_util::io::ReaderStream::new(out)
+            .map_ok(Frame::data)
+            .chain(done);
+        let mut resp = Response::new(BodyExt::boxed(StreamBody::new(stream)));
         *resp.status_mut() = status;
         for (k, v) in resp_headers {
             resp.headers_mut().append(k, v);

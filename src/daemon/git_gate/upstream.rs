@@ -31,6 +31,9 @@ pub fn base_env(config: &GitGateConfig) -> std::io::Result<Vec<(OsString, OsStri
         ("http.getanyfile", "false"),
         ("receive.advertisePushOptions", "false"),
         ("receive.fsckObjects", "true"),
+        // Keep every push as the pack it came in: the size cap measures what was sent, and
+        // the push upstream reuses its compressed objects instead of deflating them again.
+        ("receive.unpackLimit", "1"),
         ("core.logAllRefUpdates", "false"),
         ("safe.directory", "*"),
         ("protocol.allow", "never"),
