@@ -7,9 +7,11 @@
 //! `crate::ports`, and answers `GET /healthz` with `200` there once it serves (the readiness
 //! probe). Secrets reach it only through its environment.
 
+pub mod config_file;
 pub mod gateway;
 pub mod git_gate;
 pub mod init;
+pub mod server;
 pub mod supervise;
 
 use std::future::Future;
@@ -35,6 +37,32 @@ pub struct DaemonError {
     pub daemon: &'static str,
     #[source]
     pub source: Box<dyn std::error::Error + Send + Sync>,
+}
+
+/// `result.in_daemon(NAME)?` in a daemon's `run`: its failure as the daemon's.
+pub trait InDaemon<T> {
+    fn in_daemon(self, daemon: &'static str) -> Result<T, DaemonError>;
+}
+
+impl<T, E> InDaemon<T> for Result<T, E>
+where
+    E: std::error::Error + Send + Sync + 'static,
+{
+    fn in_daemon(self, daemon: &'static str) -> Result<T, DaemonError> {
+        self.map_err(|e| DaemonError {
+            daemon,
+            source: Box::new(e),
+        })
+    }
+}
+
+impl From<config_file::ConfigFileError> for DaemonError {
+    fn from(e: config_file::ConfigFileError) -> DaemonError {
+        DaemonError {
+            daemon: e.daemon(),
+            source: Box::new(e),
+        }
+    }
 }
 
 /// Where a daemon runs: what its config must say about the place.

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::daemon::config_file::ConfigFileError;
 use crate::daemon::{CA_CERT_FILE, CA_KEY_FILE, CONFIG_DIR};
 use crate::manifest::{Bottle, Route};
 use crate::ports::GATEWAY as GATEWAY_PORT;
@@ -88,22 +89,6 @@ impl Limits {
     }
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("cannot read gateway config {}", path.display())]
-    Read {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("gateway config {} is invalid", path.display())]
-    Parse {
-        path: PathBuf,
-        #[source]
-        source: serde_json::Error,
-    },
-}
-
 impl GatewayConfig {
     /// The config of a bottle's gateway as it runs in the bundle container.
     pub fn for_bottle(bottle: &Bottle) -> GatewayConfig {
@@ -124,15 +109,8 @@ impl GatewayConfig {
         }
     }
 
-    pub fn load(path: &Path) -> Result<GatewayConfig, ConfigError> {
-        let text = std::fs::read(path).map_err(|source| ConfigError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        serde_json::from_slice(&text).map_err(|source| ConfigError::Parse {
-            path: path.to_path_buf(),
-            source,
-        })
+    pub fn load(path: &Path) -> Result<GatewayConfig, ConfigFileError> {
+        crate::daemon::config_file::load(super::NAME, path)
     }
 }
 

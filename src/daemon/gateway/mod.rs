@@ -611,13 +611,16 @@ impl Shared {
     }
 }
 
+/// The daemon's name (its table line, messages).
+const NAME: &str = "gateway";
+
 /// What the gateway prints on stderr before the address it listens on (orchestration and
 /// tests read the bound address: the port may be 0 in the config).
 pub const LISTENING: &str = "krbottle gateway listening on ";
 
 /// The gateway's line in the daemon table.
 pub const DAEMON: crate::daemon::DaemonSpec = crate::daemon::DaemonSpec {
-    name: "gateway",
+    name: NAME,
     about: "the bottle's HTTP(S) proxy: allowlist, token-injecting routes, secret scanning",
     port: crate::ports::GATEWAY,
     config_file: "gateway.json",
@@ -633,10 +636,7 @@ pub const DAEMON: crate::daemon::DaemonSpec = crate::daemon::DaemonSpec {
         config.ca_cert = in_dir(config.ca_cert);
         config.ca_key = in_dir(config.ca_key);
         config.upstream_ca_file = in_dir(config.upstream_ca_file);
-        serde_json::to_vec_pretty(&config).map_err(|e| crate::daemon::DaemonError {
-            daemon: "gateway",
-            source: Box::new(e),
-        })
+        Ok(crate::daemon::config_file::to_json(NAME, &config)?)
     },
     run: |config| Box::pin(run(config)),
 };
@@ -645,11 +645,8 @@ pub const DAEMON: crate::daemon::DaemonSpec = crate::daemon::DaemonSpec {
 /// per decision on stdout; route tokens from this process's environment, under the names the
 /// config gives.
 async fn run(path: PathBuf) -> Result<(), crate::daemon::DaemonError> {
-    let fail = |e: Box<dyn std::error::Error + Send + Sync>| crate::daemon::DaemonError {
-        daemon: "gateway",
-        source: e,
-    };
-    let config = GatewayConfig::load(&path).map_err(|e| fail(Box::new(e)))?;
+    use crate::daemon::InDaemon;
+    let config = GatewayConfig::load(&path).in_daemon(NAME)?;
     let log = DecisionLog::new(&config.bottle, Box::new(std::io::stdout()));
     let gateway = Gateway::new(
         &config,
@@ -657,14 +654,13 @@ async fn run(path: PathBuf) -> Result<(), crate::daemon::DaemonError> {
         Arc::new(resolve::SystemResolver),
         log,
     )
-    .map_err(|e| fail(Box::new(e)))?;
-    let listener = gateway.bind().await.map_err(|e| fail(Box::new(e)))?;
-    let addr = listener.local_addr().map_err(|e| fail(Box::new(e)))?;
-    eprintln!("{LISTENING}{addr}");
-    let mut stop = crate::sys::signals::Termination::listen().map_err(|e| fail(Box::new(e)))?;
+    .in_daemon(NAME)?;
+    let (listener, stop) = crate::daemon::server::listen(config.listen, LISTENING)
+        .await
+        .in_daemon(NAME)?;
     tokio::select! {
         () = gateway.serve(listener) => {}
-        _ = stop.recv() => {}
+        () = stop => {}
     }
     Ok(())
 }

@@ -62,18 +62,8 @@ pub struct RepoConfig {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("Cannot read the git-gate config {}", path.display())]
-    Read {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("The git-gate config {} is invalid", path.display())]
-    Parse {
-        path: PathBuf,
-        #[source]
-        source: serde_json::Error,
-    },
+    #[error(transparent)]
+    File(#[from] crate::daemon::config_file::ConfigFileError),
     #[error("The git-gate config {} has no repository {repo}", path.display())]
     NoRepo { path: PathBuf, repo: String },
 }
@@ -142,14 +132,7 @@ impl GitGateConfig {
     }
 
     pub fn load(path: &Path) -> Result<GitGateConfig, ConfigError> {
-        let text = std::fs::read(path).map_err(|source| ConfigError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        serde_json::from_slice(&text).map_err(|source| ConfigError::Parse {
-            path: path.to_path_buf(),
-            source,
-        })
+        Ok(crate::daemon::config_file::load("git-gate", path)?)
     }
 
     pub fn repo(&self, name: &str) -> Option<&RepoConfig> {

@@ -25,7 +25,6 @@ pub mod policy;
 pub mod upstream;
 
 use std::collections::HashMap;
-use std::convert::Infallible;
 use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -37,21 +36,20 @@ use bytes::Bytes;
 use futures_util::{StreamExt, TryStreamExt};
 use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::combinators::BoxBody;
-use http_body_util::{BodyExt, Full, StreamBody};
+use http_body_util::{BodyExt, StreamBody};
 use hyper::body::{Frame, Incoming};
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpListener;
-use tokio::sync::{Mutex, Semaphore};
+use tokio::sync::Mutex;
 
 use self::config::{ConfigError, GitGateConfig, RepoConfig};
+use super::server::{self, ListenError};
+use super::{DaemonError, config_file};
 
+/// The daemon's name (its table line, messages).
+const NAME: &str = "git-gate";
 /// What the daemon prints on stderr before the address it listens on.
 pub const LISTENING: &str = "krbottle git-gate listening on ";
-const MAX_HEAD_BYTES: usize = 16 * 1024;
-const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
 const MAX_CONNECTIONS: usize = 32;
 /// The largest fetch negotiation read (the client's `have` lines).
 const MAX_UPLOAD_REQUEST: u64 = 64 * 1024 * 1024;
@@ -68,16 +66,8 @@ pub enum GitGateError {
         #[source]
         source: std::io::Error,
     },
-    #[error("Cannot listen on {addr}")]
-    Bind {
-        addr: SocketAddr,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("Cannot read the listening address")]
-    LocalAddr(#[source] std::io::Error),
-    #[error("Cannot handle signals")]
-    Signals(#[source] std::io::Error),
+    #[error(transparent)]
+    Listen(#[from] ListenError),
 }
 
 /// One gate repository and when it last fetched from its upstream.
@@ -196,55 +186,18 @@ impl Server {
     pub async fn serve(self, listener: TcpListener, stop: impl Future<Output = ()>) {
         let server = Arc::new(self);
         server.fetch_all_at_start();
-        let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-        let accept = async {
-            loop {
-                let Ok(permit) = slots.clone().acquire_owned().await else {
-                    return;
-                };
-                match listener.accept().await {
-                    Ok((stream, peer)) => {
-                        let server = server.clone();
-                        tokio::spawn(async move {
-                            let _permit = permit;
-                            server.serve_client(stream, peer).await;
-                        });
-                    }
-                    Err(e) => {
-                        tracing::warn!("accept failed: {e}");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                    }
-                }
-            }
-        };
-        tokio::select! {
-            () = accept => {}
-            () = stop => {}
-        }
-    }
-
-    async fn serve_client(self: Arc<Self>, stream: tokio::net::TcpStream, peer: SocketAddr) {
-        let _ = stream.set_nodelay(true);
-        let svc = service_fn(move |req| {
-            let server = self.clone();
-            async move { Ok::<_, Infallible>(server.handle(req, peer).await) }
-        });
-        let _ = http1::Builder::new()
-            .timer(TokioTimer::new())
-            .header_read_timeout(HEAD_TIMEOUT)
-            .max_buf_size(MAX_HEAD_BYTES)
-            .serve_connection(TokioIo::new(stream), svc)
-            .await;
+        server::serve(listener, MAX_CONNECTIONS, stop, move |req, peer| {
+            let server = server.clone();
+            async move { server.handle(req, peer).await }
+        })
+        .await;
     }
 
     async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
-        let path = req.uri().path().to_string();
-        if path == "/healthz" {
-            return match *req.method() {
-                Method::GET => text(StatusCode::OK, "ok"),
-                _ => text(StatusCode::METHOD_NOT_ALLOWED, "GET only"),
-            };
+        if let Some(answer) = server::healthz(NAME, &req) {
+            return answer;
         }
+        let path = req.uri().path().to_string();
         let names = || {
             let mut n: Vec<&str> = self.repos.keys().map(String::as_str).collect();
             n.sort();
@@ -441,7 +394,7 @@ async fn read_cgi_head(
         let mut line = String::new();
         let n = out.read_line(&mut line).await?;
         total += n;
-        if n == 0 || total > MAX_HEAD_BYTES {
+        if n == 0 || total > server::MAX_HEAD_BYTES {
             return Err(std::io::Error::other(
                 "git http-backend wrote no complete CGI head",
             ));
@@ -471,21 +424,12 @@ async fn read_cgi_head(
 }
 
 fn text(status: StatusCode, msg: &str) -> Response<Body> {
-    let body = Full::new(Bytes::from(format!("krbottle git-gate: {msg}\n")))
-        .map_err(|never| match never {})
-        .boxed();
-    let mut resp = Response::new(body);
-    *resp.status_mut() = status;
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        http::HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    resp
+    server::text(NAME, status, msg)
 }
 
 /// git-gate's line in the daemon table.
 pub const DAEMON: crate::daemon::DaemonSpec = crate::daemon::DaemonSpec {
-    name: "git-gate",
+    name: NAME,
     about: "the agent's git remote: fetch from and push to the bottle's upstreams through a push policy",
     port: crate::ports::GIT_GATE,
     config_file: "git-gate.json",
@@ -494,42 +438,22 @@ pub const DAEMON: crate::daemon::DaemonSpec = crate::daemon::DaemonSpec {
     files: config::key_mounts,
     enabled: |bottle| !bottle.git.is_empty(),
     config: |bottle, place| {
-        serde_json::to_vec_pretty(&GitGateConfig::for_bottle(bottle, place)).map_err(|e| {
-            crate::daemon::DaemonError {
-                daemon: "git-gate",
-                source: Box::new(e),
-            }
-        })
+        Ok(config_file::to_json(
+            NAME,
+            &GitGateConfig::for_bottle(bottle, place),
+        )?)
     },
     run: |config| Box::pin(run(config)),
 };
 
 /// Runs the daemon with the config at `path` until SIGTERM or SIGINT.
-async fn run(path: PathBuf) -> Result<(), crate::daemon::DaemonError> {
-    let fail = |e: GitGateError| crate::daemon::DaemonError {
-        daemon: "git-gate",
-        source: Box::new(e),
-    };
-    let config = GitGateConfig::load(&path).map_err(|e| fail(e.into()))?;
+async fn run(path: PathBuf) -> Result<(), DaemonError> {
+    use super::InDaemon;
+    let config = GitGateConfig::load(&path).in_daemon(NAME)?;
     let listen = config.listen;
-    let server = Server::new(config, &path).map_err(fail)?;
-    let listener = TcpListener::bind(listen).await.map_err(|source| {
-        fail(GitGateError::Bind {
-            addr: listen,
-            source,
-        })
-    })?;
-    let addr = listener
-        .local_addr()
-        .map_err(|e| fail(GitGateError::LocalAddr(e)))?;
-    eprintln!("{LISTENING}{addr}");
-    let mut stop =
-        crate::sys::signals::Termination::listen().map_err(|e| fail(GitGateError::Signals(e)))?;
-    server
-        .serve(listener, async move {
-            stop.recv().await;
-        })
-        .await;
+    let server = Server::new(config, &path).in_daemon(NAME)?;
+    let (listener, stop) = server::listen(listen, LISTENING).await.in_daemon(NAME)?;
+    server.serve(listener, stop).await;
     Ok(())
 }
 

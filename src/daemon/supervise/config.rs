@@ -89,18 +89,8 @@ impl Limits {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("Cannot read the supervise config {}", path.display())]
-    Read {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("The supervise config {} is invalid", path.display())]
-    Parse {
-        path: PathBuf,
-        #[source]
-        source: serde_json::Error,
-    },
+    #[error(transparent)]
+    File(#[from] crate::daemon::config_file::ConfigFileError),
     #[error(
         "The supervise config {} allows no Host; list the hosts the agent uses in `allowed_hosts`",
         path.display()
@@ -133,15 +123,7 @@ impl SuperviseConfig {
     }
 
     pub fn load(path: &Path) -> Result<SuperviseConfig, ConfigError> {
-        let text = std::fs::read(path).map_err(|source| ConfigError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        let config: SuperviseConfig =
-            serde_json::from_slice(&text).map_err(|source| ConfigError::Parse {
-                path: path.to_path_buf(),
-                source,
-            })?;
+        let config: SuperviseConfig = crate::daemon::config_file::load("supervise", path)?;
         if config.allowed_hosts.iter().all(|h| h.trim().is_empty()) {
             return Err(ConfigError::NoAllowedHosts {
                 path: path.to_path_buf(),

@@ -17,27 +17,22 @@ pub mod config;
 mod tools;
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
-use http::{Method, Request, Response, StatusCode, header};
+use http::{Request, Response, StatusCode};
 use http_body_util::combinators::BoxBody;
-use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
 use rmcp::transport::streamable_http_server::session::never::NeverSessionManager;
 use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use self::config::{ConfigError, SuperviseConfig};
 use self::tools::Tools;
+use super::server::{self, ListenError};
+use super::{DaemonError, config_file};
 use crate::queue::{Queue, QueueError};
 
 /// The path of the MCP endpoint (in the guest: `http://127.0.0.1:<SUPERVISE>/mcp`).
@@ -45,10 +40,8 @@ pub const MCP_PATH: &str = "/mcp";
 /// What the daemon prints on stderr before the address it listens on (tests and the harness
 /// read the bound address: the port may be 0 in the config).
 pub const LISTENING: &str = "krbottle supervise listening on ";
-/// The largest request head read (hyper's minimum is 8192).
-const MAX_HEAD_BYTES: usize = 16 * 1024;
-/// A client that sends no complete request head for this long is dropped.
-const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
+/// The daemon's name (its table line, messages).
+const NAME: &str = "supervise";
 
 type Body = BoxBody<Bytes, Infallible>;
 
@@ -58,16 +51,8 @@ pub enum SuperviseError {
     Config(#[from] ConfigError),
     #[error("Cannot open the queue; check that the queue directory is mounted read-write")]
     Queue(#[source] QueueError),
-    #[error("Cannot listen on {addr}")]
-    Bind {
-        addr: SocketAddr,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("Cannot read the listening address")]
-    LocalAddr(#[source] std::io::Error),
-    #[error("Cannot handle signals")]
-    Signals(#[source] std::io::Error),
+    #[error(transparent)]
+    Listen(#[from] ListenError),
 }
 
 /// The server, ready to serve.
@@ -104,74 +89,29 @@ impl Server {
     /// Serves clients from `listener` until `stop` completes.
     pub async fn serve(self, listener: TcpListener, stop: impl Future<Output = ()>) {
         let server = Arc::new(self);
-        let slots = Arc::new(Semaphore::new(server.max_connections));
-        let accept = async {
-            loop {
-                // Waiting for a slot before accepting leaves extra clients in the backlog.
-                let Ok(permit) = slots.clone().acquire_owned().await else {
-                    return;
-                };
-                match listener.accept().await {
-                    Ok((stream, _)) => {
-                        let server = server.clone();
-                        tokio::spawn(async move {
-                            let _permit = permit;
-                            server.serve_client(stream).await;
-                        });
-                    }
-                    Err(e) => {
-                        // Out of file descriptors and the like: back off instead of spinning.
-                        tracing::warn!("accept failed: {e}");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                    }
-                }
-            }
-        };
-        tokio::select! {
-            () = accept => {}
-            () = stop => {}
-        }
+        let handler = server.clone();
+        server::serve(listener, server.max_connections, stop, move |req, _| {
+            let server = handler.clone();
+            async move { server.handle(req).await }
+        })
+        .await;
         server.cancel.cancel();
     }
 
-    async fn serve_client(self: Arc<Self>, stream: tokio::net::TcpStream) {
-        let _ = stream.set_nodelay(true);
-        let svc = service_fn(move |req| {
-            let server = self.clone();
-            async move { Ok::<_, Infallible>(server.handle(req).await) }
-        });
-        let _ = http1::Builder::new()
-            .timer(TokioTimer::new())
-            .header_read_timeout(HEAD_TIMEOUT)
-            .max_buf_size(MAX_HEAD_BYTES)
-            .serve_connection(TokioIo::new(stream), svc)
-            .await;
-    }
-
     async fn handle(&self, req: Request<Incoming>) -> Response<Body> {
+        if let Some(answer) = server::healthz(NAME, &req) {
+            return answer;
+        }
         match req.uri().path() {
             MCP_PATH => self.mcp.handle(req).await,
-            "/healthz" if req.method() == Method::GET => text(StatusCode::OK, "ok"),
-            "/healthz" => text(StatusCode::METHOD_NOT_ALLOWED, "GET only"),
-            _ => text(StatusCode::NOT_FOUND, "the MCP endpoint is /mcp"),
+            _ => server::text(NAME, StatusCode::NOT_FOUND, "the MCP endpoint is /mcp"),
         }
     }
-}
-
-fn text(status: StatusCode, msg: &str) -> Response<Body> {
-    let body = Full::new(Bytes::from(format!("krbottle supervise: {msg}\n"))).boxed();
-    let mut resp = Response::new(body);
-    *resp.status_mut() = status;
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        http::HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    resp
 }
 
 /// supervise's line in the daemon table.
 pub const DAEMON: crate::daemon::DaemonSpec = crate::daemon::DaemonSpec {
-    name: "supervise",
+    name: NAME,
     about: "the agent's MCP approval queue, answered on the host with `krbottle approve`/`deny`",
     port: crate::ports::SUPERVISE,
     config_file: "supervise.json",
@@ -180,42 +120,24 @@ pub const DAEMON: crate::daemon::DaemonSpec = crate::daemon::DaemonSpec {
     files: |_| Vec::new(),
     enabled: |bottle| bottle.supervise.is_some(),
     config: |bottle, place| {
-        serde_json::to_vec_pretty(&SuperviseConfig::for_bottle(bottle, place)).map_err(|e| {
-            crate::daemon::DaemonError {
-                daemon: "supervise",
-                source: Box::new(e),
-            }
-        })
+        Ok(config_file::to_json(
+            NAME,
+            &SuperviseConfig::for_bottle(bottle, place),
+        )?)
     },
     run: |config| Box::pin(run(config)),
 };
 
 /// Runs the daemon with the config at `path` until SIGTERM or SIGINT (in the bundle, or as a
 /// plain process: `krbottle bundle supervise --config FILE`).
-async fn run(path: PathBuf) -> Result<(), crate::daemon::DaemonError> {
-    let fail = |e: SuperviseError| crate::daemon::DaemonError {
-        daemon: "supervise",
-        source: Box::new(e),
-    };
-    let config = SuperviseConfig::load(&path).map_err(|e| fail(e.into()))?;
-    let server = Server::new(&config).map_err(fail)?;
-    let listener = TcpListener::bind(config.listen).await.map_err(|source| {
-        fail(SuperviseError::Bind {
-            addr: config.listen,
-            source,
-        })
-    })?;
-    let addr = listener
-        .local_addr()
-        .map_err(|e| fail(SuperviseError::LocalAddr(e)))?;
-    eprintln!("{LISTENING}{addr}");
-    let mut stop =
-        crate::sys::signals::Termination::listen().map_err(|e| fail(SuperviseError::Signals(e)))?;
-    server
-        .serve(listener, async move {
-            stop.recv().await;
-        })
-        .await;
+async fn run(path: PathBuf) -> Result<(), DaemonError> {
+    use super::InDaemon;
+    let config = SuperviseConfig::load(&path).in_daemon(NAME)?;
+    let server = Server::new(&config).in_daemon(NAME)?;
+    let (listener, stop) = server::listen(config.listen, LISTENING)
+        .await
+        .in_daemon(NAME)?;
+    server.serve(listener, stop).await;
     Ok(())
 }
 
