@@ -104,6 +104,9 @@ pub struct ImageInfo {
     /// one per layer. Whether they are readable from here is the caller's to find out.
     #[serde(skip)]
     pub layer_dirs: Option<Vec<std::path::PathBuf>>,
+    /// The image's labels (`LABEL`, and those a build was given).
+    #[serde(skip)]
+    pub labels: HashMap<String, String>,
 }
 
 /// One image build: the context as a tar, and what to ask the engine for.
@@ -170,7 +173,8 @@ impl Engine {
         let id = info.id.ok_or_else(|| DockerError::MissingId {
             image: image.to_string(),
         })?;
-        let config = info.config.unwrap_or_default();
+        let mut config = info.config.unwrap_or_default();
+        let labels = config.labels.take().unwrap_or_default();
         let diff_ids = info.root_fs.and_then(|r| r.layers).unwrap_or_default();
         Ok(ImageInfo {
             id,
@@ -178,6 +182,7 @@ impl Engine {
                 .graph_driver
                 .and_then(|d| layer_dirs(&d.name, &d.data, diff_ids.len())),
             diff_ids,
+            labels,
             tags: info.repo_tags.unwrap_or_default(),
             size: info.size.and_then(|s| u64::try_from(s).ok()),
             config: ImageConfig {
@@ -432,6 +437,47 @@ async fn remove_export_container(engine: &Engine, container: &str) {
     }
 }
 
+/// The hash of a build's inputs; each part is length-prefixed, so no two lists of parts hash
+/// alike.
+pub fn inputs_hash(parts: &[&[u8]]) -> String {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    for part in parts {
+        h.update((part.len() as u64).to_le_bytes());
+        h.update(part);
+    }
+    hex::encode(h.finalize())
+}
+
+/// The images a Dockerfile builds `FROM`, in order, leaving out `scratch` and earlier stages;
+/// `None` when a `FROM` line names its image through a build argument (`$`), which only the
+/// build can resolve.
+pub fn base_images(dockerfile: &str) -> Option<Vec<String>> {
+    let mut stages: Vec<String> = Vec::new();
+    let mut images = Vec::new();
+    for line in dockerfile.lines() {
+        let mut words = line.split_whitespace();
+        if !words.next().is_some_and(|w| w.eq_ignore_ascii_case("FROM")) {
+            continue;
+        }
+        let mut words = words.skip_while(|w| w.starts_with("--"));
+        let image = words.next()?;
+        if image.contains('$') || image == "\\" {
+            return None;
+        }
+        let lower = image.to_ascii_lowercase();
+        if lower != "scratch" && !stages.contains(&lower) {
+            images.push(image.to_string());
+        }
+        if words.next().is_some_and(|w| w.eq_ignore_ascii_case("AS"))
+            && let Some(stage) = words.next()
+        {
+            stages.push(stage.to_ascii_lowercase());
+        }
+    }
+    Some(images)
+}
+
 /// A build context directory as an in-memory tar (contexts are small: a Dockerfile and a few
 /// files). `.git` and `target` directories are left out; symlinks are stored, not followed.
 pub fn tar_context(dir: &Path) -> Result<Vec<u8>, DockerError> {
@@ -467,6 +513,20 @@ fn append_dir(builder: &mut tar::Builder<Vec<u8>>, root: &Path, rel: &Path) -> i
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn base_images_leave_out_stages_and_scratch_and_give_up_on_arguments() {
+        let file = "# syntax\nFROM --platform=linux/amd64 debian:bookworm AS build\nRUN make\n\
+                    from build as test\nFROM scratch\nFROM alpine:3\nCOPY --from=build /a /a\n";
+        assert_eq!(
+            base_images(file),
+            Some(vec!["debian:bookworm".to_string(), "alpine:3".to_string()])
+        );
+        assert_eq!(base_images("ARG BASE=x\nFROM ${BASE}\n"), None);
+        assert_eq!(base_images("FROM\n"), None);
+        assert_eq!(base_images("FROM \\\n  debian\n"), None);
+        assert_eq!(base_images("RUN true\n"), Some(vec![]));
+    }
 
     #[test]
     fn context_tar_skips_git_and_keeps_files() {

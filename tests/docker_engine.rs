@@ -121,3 +121,103 @@ fn errors_name_the_image_or_the_failing_step() {
         "{err}"
     );
 }
+
+#[test]
+fn a_dockerfile_build_is_skipped_only_while_its_inputs_are_unchanged() {
+    use krbottle::image::prepare::BUILD_INPUTS_LABEL;
+    if !require_docker("a_dockerfile_build_is_skipped_only_while_its_inputs_are_unchanged") {
+        return;
+    }
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let engine = rt.block_on(Engine::connect()).unwrap();
+    let base = "krbottle-test/skip-base:latest";
+    let tag = "krbottle-test/skip:latest";
+    common::docker_build(
+        base,
+        &format!("FROM {BASE_IMAGE}\nRUN echo one > /base\n"),
+        &[],
+    );
+    let ctx = tempfile::tempdir().unwrap();
+    std::fs::write(
+        ctx.path().join("Dockerfile"),
+        format!("FROM {base}\nCOPY f /f\n"),
+    )
+    .unwrap();
+    std::fs::write(ctx.path().join("f"), "first").unwrap();
+    // `krbottle image build`, as `start` builds a Dockerfile agent; its ID, and what -v said.
+    let prepare = |_: &Engine| {
+        let (out, stdout, stderr) = common::run(common::krbottle().args([
+            "-v",
+            "image",
+            "build",
+            ctx.path().to_str().unwrap(),
+            "--tag",
+            tag,
+            "--json",
+        ]));
+        assert!(out.status.success(), "{stderr}");
+        let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+        (
+            v["id"].as_str().unwrap().to_string(),
+            stderr.contains("is up to date"),
+        )
+    };
+
+    let (first, skipped) = prepare(&engine);
+    assert!(!skipped, "nothing to skip the first time");
+    let labels = rt.block_on(engine.inspect(tag)).unwrap().labels;
+    let hash = labels
+        .get(BUILD_INPUTS_LABEL)
+        .expect("the build's inputs label")
+        .clone();
+
+    // A decoy with the same label under the tag: a start that asked the engine to build would
+    // get the real image back, so getting the decoy proves no build was asked for.
+    let decoy_ctx = tempfile::tempdir().unwrap();
+    std::fs::write(
+        decoy_ctx.path().join("Dockerfile"),
+        format!("FROM {BASE_IMAGE}\nRUN echo decoy > /decoy\n"),
+    )
+    .unwrap();
+    let mut decoy_req = build_request(decoy_ctx.path(), tag);
+    decoy_req
+        .labels
+        .insert(BUILD_INPUTS_LABEL.to_string(), hash.clone());
+    let decoy = rt.block_on(engine.build(decoy_req, |_| {})).unwrap();
+    assert_ne!(decoy, first);
+    assert_eq!(
+        prepare(&engine),
+        (decoy.clone(), true),
+        "unchanged inputs: the tagged image is used as it is"
+    );
+
+    // A changed file of the context: built again, with the change.
+    std::fs::write(ctx.path().join("f"), "second").unwrap();
+    let (second, skipped) = prepare(&engine);
+    assert!(!skipped);
+    assert_ne!(second, decoy);
+    assert_ne!(second, first);
+    let changed = rt.block_on(engine.inspect(tag)).unwrap().labels[BUILD_INPUTS_LABEL].clone();
+    assert_ne!(changed, hash);
+    assert_eq!(prepare(&engine), (second.clone(), true), "and then kept");
+
+    // A rebuilt base image under the same tag: built again, from the new base.
+    common::docker_build(
+        base,
+        &format!("FROM {BASE_IMAGE}\nRUN echo two > /base\n"),
+        &[],
+    );
+    let (third, skipped) = prepare(&engine);
+    assert!(!skipped);
+    assert_ne!(third, second, "a new base image is a new build");
+    let out = std::process::Command::new("docker")
+        .args(["run", "--rm", &third, "cat", "/base", "/f"])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "two\nsecond");
+    for image in [tag, base] {
+        let _ = std::process::Command::new("docker")
+            .args(["rmi", "-f", image])
+            .output();
+    }
+}

@@ -107,15 +107,7 @@ const SOURCE_BUILD_HINT: &str = concat!(
     "run `krbottle bundle up -v` for the build's output."
 );
 
-/// The hash of the bundle image's inputs; each part is length-prefixed.
-pub fn inputs_hash(parts: &[&[u8]]) -> String {
-    let mut h = Sha256::new();
-    for part in parts {
-        h.update((part.len() as u64).to_le_bytes());
-        h.update(part);
-    }
-    hex::encode(h.finalize())
-}
+use crate::docker::inputs_hash;
 
 /// Engine architecture names (Go's `GOARCH`) of Rust's `target_arch` values.
 fn go_arch(rust_arch: &str) -> &str {
