@@ -23,21 +23,25 @@ need_pkgs cpio cpio
 need_pkgs python3 python3
 need_pkgs rsync rsync
 need_pkgs openssl openssl
+need_pkgs "ssh ssh-keygen" openssh-client
+need_pkgs "/usr/bin/git /usr/lib/git-core/git-http-backend" git
 bash "$here/install-libkrunfw.sh" >/dev/null
 
-# Kernel and busybox as .deb files (downloaded, not installed). The kernel package name changes
+# Kernel, busybox and sshd as .deb files (downloaded, not installed). The kernel package name changes
 # with Debian point releases: resolve it from the metapackage every time.
 if [ -z "${KRBOTTLE_APT_UPDATED:-}" ] && ! apt-cache show linux-image-amd64 >/dev/null 2>&1; then
     apt-get update -q >/dev/null
 fi
 kpkg=$(apt-cache depends linux-image-amd64 | awk '/Depends: linux-image-/{print $2; exit}')
 [ -n "$kpkg" ] || die "cannot resolve the kernel package behind linux-image-amd64"
-(cd "$W/debs" && for p in "$kpkg" busybox-static; do
+(cd "$W/debs" && for p in "$kpkg" busybox-static openssh-server libwrap0; do
     ls "${p}"_*.deb >/dev/null 2>&1 || apt-get download -q "$p" >/dev/null 2>&1 || die "apt-get download $p failed"
 done)
-rm -rf "$W/kern" "$W/bbx"
+rm -rf "$W/kern" "$W/bbx" "$W/sshd"
 dpkg-deb -x "$W"/debs/"${kpkg}"_*.deb "$W/kern"
 dpkg-deb -x "$W"/debs/busybox-static_*.deb "$W/bbx"
+dpkg-deb -x "$W"/debs/openssh-server_*.deb "$W/sshd"
+dpkg-deb -x "$W"/debs/libwrap0_*.deb "$W/sshd"
 kv=$(ls "$W/kern/lib/modules" | head -1)
 mods=$W/kern/lib/modules/$kv/kernel
 
@@ -129,6 +133,39 @@ for l in $(ldd "$py" "$ird"/usr/lib/python3.11/lib-dynload/_ssl.*.so "$ird"/usr/
         | awk '/=>/{print $3}' | sort -u); do
     mkdir -p "$ird$(dirname "$l")"; cp -L "$l" "$ird$l"
 done
+# git-gate's upstream in the emulated machine (tests/vm/cases.sh, case_start_git_*): a real
+# OpenSSH server on its loopback, Debian's sshd (openssh-server, downloaded like the kernel) and
+# the host's ssh client, with Debian's git (its http-backend for the gate, receive-pack and
+# upload-pack for the upstream). The upstream's host name is in /etc/hosts; the keys are made
+# here, where key generation is not emulated.
+cp /usr/bin/git "$ird/usr/bin/git"
+for a in git-receive-pack git-upload-pack; do ln -sf git "$ird/usr/bin/$a"; done
+mkdir -p "$ird/usr/lib/git-core" "$ird/usr/share/git-core/templates" "$ird/usr/sbin" "$ird/etc"
+ln -sf /usr/bin/git "$ird/usr/lib/git-core/git"
+cp /usr/lib/git-core/git-http-backend "$ird/usr/lib/git-core/"
+cp /usr/bin/ssh "$ird/usr/bin/ssh"
+cp "$W/sshd/usr/sbin/sshd" "$ird/usr/sbin/sshd"
+cp -L "$W"/sshd/usr/lib/x86_64-linux-gnu/libwrap.so.0 "$ird/usr/lib/x86_64-linux-gnu/"
+for l in $(LD_LIBRARY_PATH=$W/sshd/usr/lib/x86_64-linux-gnu ldd /usr/bin/git /usr/lib/git-core/git-http-backend \
+        /usr/bin/ssh "$W/sshd/usr/sbin/sshd" | awk '/=>/ && $3 !~ /libwrap/ {print $3}' | sort -u); do
+    mkdir -p "$ird$(dirname "$l")"; cp -L "$l" "$ird$l"
+done
+# root for the gate's ssh (it exits without a passwd entry), sshd's privilege-separation user,
+# and `git`, who owns the upstream's repositories in /srv/git.
+cat >"$ird/etc/passwd" <<'PASSWD'
+root:x:0:0:root:/root:/bin/sh
+sshd:x:100:65534::/run/sshd:/bin/false
+git:x:1001:1001:upstream:/srv/git:/bin/sh
+PASSWD
+printf 'root:x:0:\ngit:x:1001:\nnogroup:x:65534:\n' >"$ird/etc/group"
+printf 'passwd: files\ngroup: files\nshadow: files\nhosts: files\n' >"$ird/etc/nsswitch.conf"
+printf '127.0.0.1 localhost\n127.0.0.1 git.harness.invalid\n' >"$ird/etc/hosts"
+gk=$ird/start/git
+mkdir -p "$gk"
+ssh-keygen -q -t ed25519 -N '' -C harness-upstream-host -f "$gk/ssh_host_ed25519_key"
+ssh-keygen -q -t ed25519 -N '' -C harness-gate -f "$gk/id_ed25519"
+cp "$gk/id_ed25519.pub" "$gk/authorized_keys"
+echo "git.harness.invalid $(cut -d' ' -f1,2 "$gk/ssh_host_ed25519_key.pub")" >"$gk/known_hosts"
 cp tests/vm/init.sh "$ird/init"; chmod +x "$ird/init"
 cp tests/vm/cases.sh "$ird/cases.sh"
 say "packing the initramfs ($(du -sh "$ird" | cut -f1))"

@@ -297,6 +297,101 @@ case_start_list_stop_resume_rm_of_a_running_bottle() {
     start_env krbottle rm life && ! [ -e /start/state/bottles/life ]
 }
 
+# git-gate's upstream: a bare repository of user `git` behind a real sshd on this machine's
+# loopback (the binaries, the keys and /etc/hosts' git.harness.invalid are put here by
+# scripts/vm-harness.sh), started once, with one commit on main.
+UPSTREAM=/srv/git/org/app.git
+git_fixture() {
+    if ! [ -s /run/sshd.pid ]; then
+        mkdir -p /run/sshd /srv/git/org && chmod 755 /run/sshd
+        (export HOME=/tmp/seed-home
+         git init -q --bare -b main $UPSTREAM &&
+         git clone -q $UPSTREAM /tmp/seed 2>/dev/null &&
+         echo seeded >/tmp/seed/README &&
+         git -C /tmp/seed add README &&
+         git -C /tmp/seed -c user.name=Upstream -c user.email=up@harness.invalid commit -q -m seed &&
+         git -C /tmp/seed push -q origin HEAD:main) || return 1
+        chown -R git:git /srv/git
+        cat >/start/git/sshd_config <<'SSHD'
+ListenAddress 127.0.0.1:22
+HostKey /start/git/ssh_host_ed25519_key
+AuthorizedKeysFile /start/git/authorized_keys
+AllowUsers git
+PidFile /run/sshd.pid
+UsePAM no
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+StrictModes no
+UseDNS no
+SSHD
+        /usr/sbin/sshd -f /start/git/sshd_config -E /tmp/sshd.log || { cat /tmp/sshd.log; return 1; }
+        i=0; while [ $i -lt 100 ] && ! [ -s /run/sshd.pid ]; do sleep 0.2; i=$((i+1)); done
+    fi
+    [ -s /run/sshd.pid ] || { cat /tmp/sshd.log; return 1; }
+    git -c safe.directory='*' --git-dir=$UPSTREAM rev-parse main >/tmp/upstream-seed
+}
+
+# The example agent's guest clones the upstream's own URL (the provisioned insteadOf sends it
+# to the gate through the guest's relay), commits, pushes an agent/* branch, which reaches the
+# upstream over SSH, and main, which the gate refuses naming the rule; the upstream's refs and
+# the gate's decision lines say the same.
+case_start_git_clone_and_push_through_the_gate() {
+    mkdir -p /start/state /start/cache
+    git_fixture || return 1
+    cat >/start/git.toml <<'MANIFEST'
+[agents.pusher]
+image_archive = "example.tar"
+bottle = "gitbox"
+
+[bottles.gitbox]
+cpus = 1
+memory_mib = 1024
+git_user = { name = "Harness Agent", email = "agent@harness.invalid" }
+
+[[bottles.gitbox.git]]
+name = "app"
+upstream = "git@git.harness.invalid:org/app.git"
+identity_file = "git/id_ed25519"
+known_hosts = "git/known_hosts"
+push = ["agent/*"]
+protected = ["main"]
+MANIFEST
+    bounded 400 /tmp/git.out start_env krbottle start pusher --manifest /start/git.toml \
+        --name gitbox -- sh -c '
+        git clone -q git@git.harness.invalid:org/app.git app && cd app || exit 1
+        echo "cloned=$(git rev-parse HEAD)"
+        echo "from the guest" >agent.txt && git add agent.txt && git commit -q -m "agent change" || exit 1
+        echo "agent-head=$(git rev-parse HEAD)"
+        git push origin HEAD:agent/harness 2>&1; echo "push-agent-rc=$?"
+        git push origin HEAD:main 2>&1; echo "push-main-rc=$?"'; rc=$?
+    out=$(cat /tmp/git.out)
+    echo "$out"; cat /tmp/git.out.err
+    seed=$(cat /tmp/upstream-seed)
+    head=$(echo "$out" | sed -n 's/^agent-head=//p')
+    up() { git -c safe.directory='*' --git-dir=$UPSTREAM rev-parse --verify -q "$1"; }
+    echo "upstream after the pushes: main=$(up main) agent/harness=$(up agent/harness)"
+    start_env krbottle logs gitbox --daemon git-gate >/tmp/git-logs.out 2>&1; logs_rc=$?
+    echo "--- krbottle logs gitbox --daemon git-gate (exit $logs_rc):"; cat /tmp/git-logs.out
+    # decided REF WORDS...: how many of the gate's decision lines for REF hold every WORD.
+    decided() {
+        ref=$1; shift
+        lines=$(grep "\"ref\":\"refs/heads/$ref\"" /tmp/git-logs.out)
+        for w in "$@"; do lines=$(echo "$lines" | grep -F "$w"); done
+        echo "$lines" | grep -c .
+    }
+    push_main=$(echo "$out" | grep -o 'push-main-rc=[0-9]*')
+    expect rc "$rc" 0 &&
+    expect cloned-upstream-main "$(echo "$out" | sed -n 's/^cloned=//p')" "$seed" &&
+    expect push-agent "$(echo "$out" | grep -o 'push-agent-rc=[0-9]*')" push-agent-rc=0 &&
+    expect upstream-agent-branch "$(up agent/harness)" "$head" &&
+    expect push-main-refused "$([ -n "$push_main" ] && [ "$push_main" != push-main-rc=0 ] && echo yes)" yes &&
+    expect remote-names-the-rule "$(echo "$out" | grep -c '^remote: krbottle git-gate refused refs/heads/main (rule protected)')" 1 &&
+    expect upstream-main-unmoved "$(up main)" "$seed" &&
+    expect logs-rc "$logs_rc" 0 &&
+    expect log-allow "$(decided agent/harness '"decision":"allow"' '"daemon":"git-gate"')" 1 &&
+    expect log-deny "$(decided main '"decision":"deny"' '"rule":"protected"' '"daemon":"git-gate"')" 1
+}
+
 run_case() {
     echo "KRB-CASE $1"
     t0=$(now)
