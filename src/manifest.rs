@@ -14,7 +14,7 @@ use toml::Spanned;
 
 use crate::net::host::{Host, HostError};
 use crate::net::policy::{AllowRule, parse_route_host, route_host_string};
-use crate::refs::RefPattern;
+use crate::refs::{PushRules, RefPattern};
 use crate::resources::{DEFAULT_CPUS, DEFAULT_MEMORY_MIB, MAX_CPUS, MIN_MEMORY_MIB};
 
 /// The manifest's file name in a project directory.
@@ -113,14 +113,8 @@ pub struct GitRepo {
     pub identity_file: PathBuf,
     /// The upstream's host keys (a host path); checked strictly, never learnt.
     pub known_hosts: PathBuf,
-    /// Refs the agent may create and update.
-    pub push: Vec<RefPattern>,
-    /// Refs the agent may never push, even when `push` matches.
-    pub protected: Vec<RefPattern>,
-    /// Whether a non-fast-forward update is allowed.
-    pub allow_force: bool,
-    /// Whether deleting a ref is allowed.
-    pub allow_delete: bool,
+    /// What the agent may push.
+    pub rules: PushRules,
     /// The largest push (what git sends: the pack), in MiB.
     pub max_push_mib: u32,
     /// The gate fetches from upstream before serving a fetch at most this often.
@@ -743,10 +737,12 @@ impl Validator<'_> {
             upstream,
             identity_file,
             known_hosts,
-            push,
-            protected,
-            allow_force: raw.allow_force.unwrap_or(false),
-            allow_delete: raw.allow_delete.unwrap_or(false),
+            rules: PushRules {
+                push,
+                protected,
+                allow_force: raw.allow_force.unwrap_or(false),
+                allow_delete: raw.allow_delete.unwrap_or(false),
+            },
             max_push_mib,
             fetch_interval_secs,
         })
@@ -1261,9 +1257,9 @@ token_env = "GITLAB_TOKEN"
         assert_eq!(g.name, "app");
         assert_eq!(g.upstream.host, "host.example");
         assert_eq!(g.upstream.user.as_deref(), Some("git"));
-        assert_eq!(g.push[0].as_str(), "refs/heads/agent/*");
+        assert_eq!(g.rules.push[0].as_str(), "refs/heads/agent/*");
         assert_eq!(
-            (g.max_push_mib, g.allow_force, g.allow_delete),
+            (g.max_push_mib, g.rules.allow_force, g.rules.allow_delete),
             (5, false, false)
         );
         assert_eq!(g.fetch_interval_secs, GitRepo::DEFAULT_FETCH_INTERVAL_SECS);

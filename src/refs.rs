@@ -17,6 +17,21 @@ pub enum RefPatternError {
     CannotMatch(&'static str),
 }
 
+/// What an agent may push to one repository, as the manifest gives it and git-gate's hook
+/// applies it ([`crate::daemon::git_gate::policy`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PushRules {
+    /// Refs the agent may create and update.
+    pub push: Vec<RefPattern>,
+    /// Refs the agent may never push, even when `push` matches.
+    pub protected: Vec<RefPattern>,
+    /// Whether a non-fast-forward update is allowed.
+    pub allow_force: bool,
+    /// Whether deleting a ref is allowed.
+    pub allow_delete: bool,
+}
+
 /// A validated ref pattern, stored in its full form (`refs/heads/…` added to a branch pattern).
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct RefPattern(String);

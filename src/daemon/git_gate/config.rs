@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::daemon::{FileMount, Placement, StateMount};
 use crate::manifest::{Bottle, GitRepo};
-use crate::refs::RefPattern;
+use crate::refs::PushRules;
 
 /// Where the bottle's gate repositories are mounted in the bundle container.
 pub const REPOS_DIR: &str = "/var/lib/krbottle/git";
@@ -52,10 +52,7 @@ pub struct RepoConfig {
     pub upstream: String,
     pub identity_file: PathBuf,
     pub known_hosts: PathBuf,
-    pub push: Vec<RefPattern>,
-    pub protected: Vec<RefPattern>,
-    pub allow_force: bool,
-    pub allow_delete: bool,
+    pub rules: PushRules,
     pub max_push_bytes: u64,
     pub fetch_interval_secs: u32,
 }
@@ -112,10 +109,7 @@ impl GitGateConfig {
                     upstream: r.upstream.url.clone(),
                     identity_file,
                     known_hosts,
-                    push: r.push.clone(),
-                    protected: r.protected.clone(),
-                    allow_force: r.allow_force,
-                    allow_delete: r.allow_delete,
+                    rules: r.rules.clone(),
                     max_push_bytes: u64::from(r.max_push_mib) * 1024 * 1024,
                     fetch_interval_secs: r.fetch_interval_secs,
                 }

@@ -48,14 +48,14 @@ pub fn is_zero(oid: &str) -> bool {
 /// Decides one ref update of `repo`: `Ok` with the `push` pattern that allows it.
 pub fn check<'a>(repo: &'a RepoConfig, refname: &str, change: Change) -> Result<&'a str, Refusal> {
     let refuse = |rule, reason: String| Err(Refusal { rule, reason });
-    if let Some(p) = repo.protected.iter().find(|p| p.matches(refname)) {
+    if let Some(p) = repo.rules.protected.iter().find(|p| p.matches(refname)) {
         return refuse(
             rules::PROTECTED,
             format!("{refname} is protected (`protected` pattern {p}); push to another branch"),
         );
     }
-    let Some(allowed) = repo.push.iter().find(|p| p.matches(refname)) else {
-        let patterns: Vec<&str> = repo.push.iter().map(|p| p.as_str()).collect();
+    let Some(allowed) = repo.rules.push.iter().find(|p| p.matches(refname)) else {
+        let patterns: Vec<&str> = repo.rules.push.iter().map(|p| p.as_str()).collect();
         if refname.starts_with("refs/tags/") {
             return refuse(
                 rules::TAG,
@@ -75,11 +75,11 @@ pub fn check<'a>(repo: &'a RepoConfig, refname: &str, change: Change) -> Result<
         );
     };
     match change {
-        Change::Delete if !repo.allow_delete => refuse(
+        Change::Delete if !repo.rules.allow_delete => refuse(
             rules::DELETE,
             format!("{refname}: deleting refs is refused (`allow_delete = false`)"),
         ),
-        Change::Update { fast_forward } if !repo.allow_force => {
+        Change::Update { fast_forward } if !repo.rules.allow_force => {
             if refname.starts_with("refs/tags/") {
                 refuse(
                     rules::FORCE,
@@ -112,10 +112,12 @@ mod tests {
             upstream: "git@h:o/app.git".into(),
             identity_file: "/k".into(),
             known_hosts: "/kh".into(),
-            push: p(push),
-            protected: p(protected),
-            allow_force: force,
-            allow_delete: delete,
+            rules: crate::refs::PushRules {
+                push: p(push),
+                protected: p(protected),
+                allow_force: force,
+                allow_delete: delete,
+            },
             max_push_bytes: 1 << 20,
             fetch_interval_secs: 5,
         }
