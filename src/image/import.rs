@@ -211,20 +211,8 @@ fn is_driver_xattr(name: &str) -> bool {
 }
 
 /// The metadata of an entry: of the open `fd` itself, or of `name` in directory `fd` (a symlink
-/// or node, read by name without following it). The storage driver's xattrs and SELinux labels
-/// are the engine's, not the image's: left out.
+/// or node, read by name without following it).
 pub fn read_meta(fd: BorrowedFd<'_>, name: Option<&OsStr>) -> io::Result<EntryMeta> {
-    read_meta_keeping(fd, name, |key| {
-        !is_driver_xattr(key) && key != "security.selinux"
-    })
-}
-
-/// [`read_meta`] with every xattr `keep` says yes to.
-pub fn read_meta_keeping(
-    fd: BorrowedFd<'_>,
-    name: Option<&OsStr>,
-    keep: impl Fn(&str) -> bool,
-) -> io::Result<EntryMeta> {
     let st = match name {
         None => rustix::fs::fstat(fd)?,
         Some(name) => rustix::fs::statat(fd, name, AtFlags::SYMLINK_NOFOLLOW)?,
@@ -255,7 +243,7 @@ pub fn read_meta_keeping(
         let Ok(key) = std::str::from_utf8(raw) else {
             continue;
         };
-        if !keep(key) {
+        if is_driver_xattr(key) || key == "security.selinux" {
             continue;
         }
         let mut value = vec![0u8; 1 << 16];

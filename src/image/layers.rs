@@ -540,7 +540,35 @@ impl Assembler<'_> {
     }
 }
 
-/// A layer tree directory's metadata, every xattr included, to give the result's directory.
+/// A layer tree directory's metadata, to give the result's directory.
 fn dir_meta(fd: BorrowedFd<'_>) -> io::Result<EntryMeta> {
-    super::import::read_meta_keeping(fd, None, |_| true)
+    let st = rustix::fs::fstat(fd)?;
+    let mut meta = EntryMeta {
+        uid: st.st_uid,
+        gid: st.st_gid,
+        mode: st.st_mode as u32 & 0o7777,
+        mtime: st.st_mtime as i64,
+        xattrs: Vec::new(),
+    };
+    let mut names = vec![0u8; 1 << 16];
+    let n = match rustix::fs::flistxattr(fd, &mut names) {
+        Ok(n) => n,
+        Err(rustix::io::Errno::NOTSUP) => 0,
+        Err(e) => return Err(e.into()),
+    };
+    for raw in names[..n].split(|b| *b == 0).filter(|s| !s.is_empty()) {
+        let Ok(key) = std::str::from_utf8(raw) else {
+            continue;
+        };
+        let mut value = vec![0u8; 1 << 16];
+        match rustix::fs::fgetxattr(fd, key, &mut value) {
+            Ok(len) => {
+                value.truncate(len);
+                meta.xattrs.push((key.to_string(), value));
+            }
+            Err(rustix::io::Errno::NODATA) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(meta)
 }
