@@ -4,19 +4,24 @@
 //! - `userns`: re-executed children in new user/net/mount namespaces with an id mapping;
 //! - `netif`: loopback up, and what interfaces and routes a network namespace has;
 //! - `fdpass`: passing descriptors over a unix socket (`SCM_RIGHTS`);
+//! - `inherit`: a descriptor handed to one re-executed child;
 //! - `signals`: the one owner of the termination signals, and forwarding them to a child;
 //! - `kvm`: probing `/dev/kvm`;
 //! - `tty`: raw mode with guaranteed restore;
+//! - `seatbelt`: the macOS sandbox (`sandbox_init`), applied by the VMM child;
 //! - `fs`: file-system calls that differ between Linux and macOS (nodes, clones, sync), and
 //!   `write_atomic`, the one temp-file-then-rename writer.
 
 #[cfg(target_os = "linux")]
 pub mod fdpass;
 pub mod fs;
+pub mod inherit;
 #[cfg(target_os = "linux")]
 pub mod kvm;
 #[cfg(target_os = "linux")]
 pub mod netif;
+#[cfg(target_os = "macos")]
+pub mod seatbelt;
 pub mod signals;
 pub mod tty;
 #[cfg(target_os = "linux")]
