@@ -119,10 +119,14 @@ pub async fn probe(
             resolved.iter().map(|r| r.upstream).collect(),
         )
     };
+    // The root is never booted, only opened: an empty dir, so the macOS profile made from the
+    // config grants no file beyond it.
+    let root = tempfile::tempdir().map_err(ProbeError::Root)?;
+    let root_path = root.path().canonicalize().map_err(ProbeError::Root)?;
     let config = VmConfig {
         cpus: 1,
         memory_mib: crate::resources::MIN_MEMORY_MIB,
-        root: "/".into(),
+        root: root_path,
         overlay: None,
         shares: Vec::new(),
         binds: Vec::new(),
@@ -161,4 +165,6 @@ pub enum ProbeError {
     Launch(#[from] crate::vm::launch::LaunchError),
     #[error("The probe child failed: {0}")]
     ChildFailed(String),
+    #[error("Cannot create the probe's empty root dir in the temp dir; check TMPDIR")]
+    Root(#[source] std::io::Error),
 }
