@@ -916,6 +916,11 @@ token_env = "ANTHROPIC_API_KEY"
         ] {
             assert!(!json.contains(&format!(":{port}")), "{port} in {json}");
         }
+        assert!(
+            describe(&p).contains("endpoint  127.0.0.1:52001 published by gateway"),
+            "{}",
+            describe(&p)
+        );
         // A daemon without a chosen port is a bug, said so, not a guess.
         let mut missing = published;
         missing.remove("supervise");

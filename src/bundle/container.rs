@@ -926,4 +926,18 @@ mod tests {
         );
         assert_eq!(super::last_error("[gateway] listening\n", "gateway"), None);
     }
+
+    #[test]
+    fn chosen_host_ports_are_free_distinct_and_per_daemon() {
+        let daemons = &crate::daemon::DAEMONS.iter().collect::<Vec<_>>();
+        let ports = super::free_host_ports(daemons).unwrap();
+        let names: Vec<&str> = ports.keys().map(String::as_str).collect();
+        assert_eq!(names, ["gateway", "git-gate", "supervise"]);
+        let distinct: std::collections::BTreeSet<u16> = ports.values().copied().collect();
+        assert_eq!(distinct.len(), 3, "{ports:?}");
+        // Released for the bundle: each can be listened on again.
+        for port in ports.values() {
+            std::net::TcpListener::bind(("127.0.0.1", *port)).unwrap();
+        }
+    }
 }
