@@ -70,3 +70,8 @@ pub const PATH: &str = "PATH";
 /// Internal, set by git-gate for the git it runs for one push: the file its pre-receive hook
 /// (`krbottle bundle git-hook`) appends the push's decision lines to. Not for users.
 pub const KRBOTTLE_GIT_GATE_DECISIONS: &str = "KRBOTTLE_GIT_GATE_DECISIONS";
+
+/// Set by krbottle (not read) for its macOS `__vmm` child: the directory of the libkrunfw it
+/// found, so that libkrun's `dlopen` of the library by its bare name finds it there (dyld reads
+/// this list when the process starts; it ignores it under the hardened runtime).
+pub const DYLD_FALLBACK_LIBRARY_PATH: &str = "DYLD_FALLBACK_LIBRARY_PATH";

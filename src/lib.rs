@@ -17,9 +17,9 @@
 //! - `sys`: the operating system, where the `unsafe` outside libkrun lives.
 //!
 //! Modules are public where the binary or the integration tests use them; the rest is private
-//! to the crate, so the compiler reports what nothing uses. On macOS the VM side (`vm`, `plan`,
-//! `provision`, the start flow) is not wired yet (the macOS VMM child is still to come), so there
-//! only, what only that side uses is allowed to look unused.
+//! to the crate, so the compiler reports what nothing uses. The VM side (`vm`, `plan`,
+//! `provision`, the start flow) is built on macOS too, where its Linux-only parts (KVM checks,
+//! overlays, user namespaces) are compiled but unused; so there only, they may look unused.
 
 pub(crate) mod bench;
 #[cfg_attr(not(target_os = "linux"), allow(dead_code))]

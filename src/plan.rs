@@ -6,6 +6,13 @@
 //! resources, the guest's user, workdir, argv and environment, the guest-facing endpoints, the
 //! files to provision with owner and mode, and the bundle's daemons. `--dry-run` prints it. No
 //! secret is in it: tokens stay in the bundle, the guest gets placeholders.
+//!
+//! Where the guest finds the daemons is [`Reach`]: on Linux each daemon's own port
+//! (`crate::ports`) on the guest's loopback, relayed by krbottle; on macOS, which has no
+//! network namespace to relay from, the bundle's host ports, chosen before the bundle starts
+//! and published on the host's loopback, dialled directly. Every address the guest is given (the
+//! proxy, the MCP URLs, git's `insteadOf` rules) comes from the endpoints, so it is the same
+//! port either way.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -55,6 +62,8 @@ pub enum PlanError {
         "The current directory {0} cannot be shared: its path must be absolute, UTF-8, without `:` or `,`"
     )]
     Cwd(String),
+    #[error("No host port was chosen for the bundle's {daemon} daemon; this is a krbottle bug")]
+    NoPublishedPort { daemon: String },
 }
 
 /// How the current directory reaches the guest.
@@ -102,6 +111,37 @@ pub struct PlanInput<'a> {
     pub cwd: &'a Cwd,
     /// The bundle's daemons for this bottle.
     pub daemons: &'a [&'static DaemonSpec],
+    /// How the guest reaches them.
+    pub reach: &'a Reach,
+}
+
+/// How the guest reaches the bundle's daemons.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", content = "ports", rename_all = "snake_case")]
+pub enum Reach {
+    /// Each daemon's own port on the guest's `127.0.0.1`, relayed to the bundle (Linux).
+    #[default]
+    Relayed,
+    /// The bundle's host ports, daemon name → port, published on the host's `127.0.0.1` and
+    /// dialled by the guest directly (macOS: TSI opens the guest's sockets on the host).
+    Published(BTreeMap<String, u16>),
+}
+
+impl Reach {
+    /// The port the guest dials for `daemon`.
+    fn port_of(&self, daemon: &DaemonSpec) -> Result<u16, PlanError> {
+        match self {
+            Reach::Relayed => Ok(daemon.port),
+            Reach::Published(ports) => {
+                ports
+                    .get(daemon.name)
+                    .copied()
+                    .ok_or_else(|| PlanError::NoPublishedPort {
+                        daemon: daemon.name.to_string(),
+                    })
+            }
+        }
+    }
 }
 
 /// The guest's user, as the image defines it.
@@ -113,11 +153,13 @@ pub struct GuestUserPlan {
     pub home: String,
 }
 
-/// A guest-facing endpoint: `127.0.0.1:guest_port` in the guest, relayed to a daemon.
+/// A guest-facing endpoint: `127.0.0.1:guest_port` in the guest, relayed to a daemon, or (not
+/// `relayed`) that daemon's published host port, dialled directly.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct EndpointPlan {
     pub daemon: String,
     pub guest_port: u16,
+    pub relayed: bool,
 }
 
 /// One provisioned file, as `--dry-run` shows it.
@@ -194,9 +236,14 @@ pub fn describe(p: &BottlePlan) -> String {
     let _ = writeln!(out, "  argv      {:?}", p.argv);
     let _ = writeln!(out, "  daemons   {}", p.daemons.join(", "));
     for e in &p.endpoints {
+        let how = if e.relayed {
+            "relayed to"
+        } else {
+            "published by"
+        };
         let _ = writeln!(
             out,
-            "  endpoint  127.0.0.1:{} -> {}",
+            "  endpoint  127.0.0.1:{} {how} {}",
             e.guest_port, e.daemon
         );
     }
@@ -251,13 +298,16 @@ pub fn plan(input: &PlanInput<'_>) -> Result<BottlePlan, PlanError> {
     let endpoints: Vec<EndpointPlan> = input
         .daemons
         .iter()
-        .map(|d| EndpointPlan {
-            daemon: d.name.to_string(),
-            guest_port: d.port,
+        .map(|d| {
+            Ok(EndpointPlan {
+                daemon: d.name.to_string(),
+                guest_port: input.reach.port_of(d)?,
+                relayed: matches!(input.reach, Reach::Relayed),
+            })
         })
-        .collect();
+        .collect::<Result<_, PlanError>>()?;
     let env = guest_env(input, &user, &endpoints);
-    let files = files(input, &user, &workdir, cwd_path.as_deref())?;
+    let files = files(input, &user, &workdir, cwd_path.as_deref(), &endpoints)?;
     Ok(BottlePlan {
         name: input.name.to_string(),
         agent: input.agent.name.clone(),
@@ -396,7 +446,14 @@ fn files(
     user: &GuestUserPlan,
     workdir: &str,
     cwd: Option<&str>,
+    endpoints: &[EndpointPlan],
 ) -> Result<Vec<ProvisionFile>, PlanError> {
+    let port_of = |daemon: &DaemonSpec| {
+        endpoints
+            .iter()
+            .find(|e| e.daemon == daemon.name)
+            .map_or(daemon.port, |e| e.guest_port)
+    };
     let home = user.home.trim_end_matches('/');
     let claude_dir = format!("{home}/.claude");
     let mine = |path: String, mode: u32, content: Content, what: String| ProvisionFile {
@@ -478,7 +535,7 @@ fn files(
         if let Some(path) = d.mcp_path {
             mcp.insert(
                 d.name.to_string(),
-                serde_json::json!({"type": "http", "url": format!("http://127.0.0.1:{}{path}", d.port)}),
+                serde_json::json!({"type": "http", "url": format!("http://127.0.0.1:{}{path}", port_of(d))}),
             );
         }
     }
@@ -508,7 +565,7 @@ fn files(
         .iter()
         .find(|d| d.name == crate::daemon::git_gate::DAEMON.name)
     {
-        gitconfig.push_str(&git_gate_rules(&input.bottle.git, gate.port));
+        gitconfig.push_str(&git_gate_rules(&input.bottle.git, port_of(gate)));
     }
     if !gitconfig.is_empty() {
         files.push(mine(
@@ -656,6 +713,7 @@ token_env = "ANTHROPIC_API_KEY"
             argv,
             cwd,
             daemons: &[&crate::daemon::gateway::DAEMON],
+            reach: &Reach::Relayed,
         })
     }
 
@@ -710,7 +768,8 @@ token_env = "ANTHROPIC_API_KEY"
             p.endpoints,
             [EndpointPlan {
                 daemon: "gateway".into(),
-                guest_port: crate::ports::GATEWAY
+                guest_port: crate::ports::GATEWAY,
+                relayed: true,
             }]
         );
         assert_eq!(env_of(&p, "PATH").as_deref(), Some("/usr/bin:/bin"));
@@ -760,6 +819,122 @@ token_env = "ANTHROPIC_API_KEY"
         // No secret: nothing but the placeholder and names.
         let json = serde_json::to_string(&p).unwrap();
         assert!(!json.contains("PRIVATE KEY"));
+    }
+
+    #[test]
+    fn macos_guests_dial_the_published_ports_everywhere() {
+        let dir = tempfile::tempdir().unwrap();
+        for f in ["id", "kh"] {
+            std::fs::write(dir.path().join(f), "x").unwrap();
+        }
+        let m = Manifest::parse(
+            &dir.path().join("krbottle.toml"),
+            "[agents.a]\nimage = \"img\"\nbottle = \"b\"\n[bottles.b]\nsupervise = true\n\
+             [[bottles.b.git]]\nname = \"app\"\nupstream = \"git@host.example:org/app.git\"\nidentity_file = \"id\"\nknown_hosts = \"kh\"\n",
+        )
+        .unwrap();
+        let bottle = &m.bottles["b"];
+        let daemons = crate::daemon::enabled_for(bottle);
+        let names: Vec<_> = daemons.iter().map(|d| d.name).collect();
+        assert_eq!(
+            names,
+            ["gateway", "git-gate", "supervise"],
+            "the test's bottle"
+        );
+        let published = BTreeMap::from([
+            ("gateway".to_string(), 52001),
+            ("git-gate".to_string(), 52002),
+            ("supervise".to_string(), 52003),
+        ]);
+        let config = config("node");
+        let input = PlanInput {
+            name: "a-x1y2",
+            agent: &m.agents["a"],
+            bottle,
+            image: "img",
+            image_id: "sha256:00",
+            image_config: &config,
+            passwd: PASSWD,
+            group: GROUP,
+            ca_pem: "CA",
+            prompt: None,
+            skills: &[],
+            argv: &[],
+            cwd: &Cwd::None,
+            daemons: &daemons,
+            reach: &Reach::Published(published.clone()),
+        };
+        let p = plan(&input).unwrap();
+        let endpoints: Vec<_> = p
+            .endpoints
+            .iter()
+            .map(|e| (e.daemon.as_str(), e.guest_port, e.relayed))
+            .collect();
+        assert_eq!(
+            endpoints,
+            [
+                ("gateway", 52001, false),
+                ("git-gate", 52002, false),
+                ("supervise", 52003, false)
+            ]
+        );
+        for name in ["HTTPS_PROXY", "HTTP_PROXY", "https_proxy", "http_proxy"] {
+            assert_eq!(
+                env_of(&p, name).as_deref(),
+                Some("http://127.0.0.1:52001"),
+                "{name}"
+            );
+        }
+        let file = |suffix: &str| {
+            p.files
+                .iter()
+                .find(|f| f.path.ends_with(suffix))
+                .unwrap_or_else(|| panic!("no {suffix}"))
+                .content
+                .clone()
+        };
+        let Content::JsonMerge { patch } = file(".claude.json") else {
+            panic!("not a JSON merge")
+        };
+        assert_eq!(
+            patch["mcpServers"]["supervise"]["url"],
+            "http://127.0.0.1:52003/mcp"
+        );
+        let Content::Block { text, .. } = file(".gitconfig") else {
+            panic!("not a block")
+        };
+        assert!(
+            text.contains("[url \"http://127.0.0.1:52002/app.git\"]"),
+            "{text}"
+        );
+        // No daemon's own (relayed) port is left anywhere the guest reads.
+        let json = serde_json::to_string(&(&p.env, &patch, &text)).unwrap();
+        for port in [
+            crate::ports::GATEWAY,
+            crate::ports::GIT_GATE,
+            crate::ports::SUPERVISE,
+        ] {
+            assert!(!json.contains(&format!(":{port}")), "{port} in {json}");
+        }
+        assert!(
+            describe(&p).contains("endpoint  127.0.0.1:52001 published by gateway"),
+            "{}",
+            describe(&p)
+        );
+        // A daemon without a chosen port is a bug, said so, not a guess.
+        let mut missing = published;
+        missing.remove("supervise");
+        let reach = Reach::Published(missing);
+        assert_eq!(
+            plan(&PlanInput {
+                reach: &reach,
+                ..input
+            })
+            .unwrap_err(),
+            PlanError::NoPublishedPort {
+                daemon: "supervise".into()
+            }
+        );
     }
 
     #[test]

@@ -111,7 +111,7 @@ pub enum Ids {
     /// `fchown` (as root, or as a user namespace's root).
     Chown,
     /// The `user.containers.override_stat` xattr (macOS).
-    #[cfg_attr(not(target_os = "macos"), allow(dead_code))] // the macOS VMM child is to come
+    #[cfg_attr(not(target_os = "macos"), allow(dead_code))] // written by the macOS VMM child
     Xattr,
 }
 

@@ -4,7 +4,8 @@
 //! ```text
 //! bottles/<name>/root/diff/    the overlay's upper layer: everything the guest changed (Linux)
 //! bottles/<name>/root/work/    overlayfs's scratch dir, on the same filesystem as diff/
-//! bottles/<name>/rootfs/       a private copy instead of an overlay (macOS, other systems)
+//! bottles/<name>/rootfs/       a private copy instead of an overlay (macOS: one `clonefile` of
+//!                              the cached tree, or a per-file clone or copy across volumes)
 //! bottles/<name>/bundle/       the bundle's config, CA and up record (`bundle::container`)
 //! bottles/<name>/bottle.json   the bottle's record (agent, image, state, the running pid)
 //! bottles/<name>/logs/         the bundle's logs of past runs, saved at teardown
@@ -267,7 +268,10 @@ impl BottleDirs {
 
     /// The bottle's own writable root over the cached `image_rootfs`, created on first use and
     /// kept afterwards. On Linux an overlay the VMM child mounts (nothing is copied); elsewhere a
-    /// private copy ([`copy_tree`], which shares file data where the filesystem can).
+    /// private copy: one `clonefile` of the whole tree where the file system allows it
+    /// (`sys::fs::clone_tree`: APFS on one volume), else [`copy_tree`], which clones or copies
+    /// file by file. Either way the files keep the image's ownership in the
+    /// `user.containers.override_stat` xattrs the unpacker wrote.
     pub fn writable_root(
         &self,
         image_rootfs: &Path,
@@ -285,10 +289,23 @@ impl BottleDirs {
         let root = self.private_rootfs();
         if !root.exists() {
             mkdir(&self.dir)?;
-            copy_tree(image_rootfs, &root, progress).map_err(|source| StateError::Copy {
-                bottle: self.name.clone(),
-                source,
-            })?;
+            let cloned = match crate::sys::fs::clone_tree(image_rootfs, &root) {
+                Ok(cloned) => cloned,
+                Err(source) => {
+                    // A clone that failed part way must not pass for the bottle's root later.
+                    let _ = crate::image::tree::remove_tree(&root);
+                    return Err(StateError::Copy {
+                        bottle: self.name.clone(),
+                        source: CloneError::Write { path: root, source },
+                    });
+                }
+            };
+            if !cloned {
+                copy_tree(image_rootfs, &root, progress).map_err(|source| StateError::Copy {
+                    bottle: self.name.clone(),
+                    source,
+                })?;
+            }
         }
         Ok(WritableRoot::Copy { root })
     }

@@ -15,9 +15,7 @@
 pub mod gateway;
 pub mod git;
 pub mod prepare;
-#[cfg(target_os = "linux")]
 pub mod run;
-#[cfg(target_os = "linux")]
 pub mod start;
 pub mod unpack;
 

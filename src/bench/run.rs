@@ -5,8 +5,10 @@
 //! same library calls as `krbottle run` (`vm::prepare::prepare`, then
 //! `vm::launch::launch_timed`, which reports its phases as durations, not log lines), plus the
 //! start of a fresh krbottle process (`krbottle --version`) for the exec that an invocation
-//! pays. A run boots the cached rootfs through an overlay (as a bottle does) with one endpoint
-//! relayed to a throwaway listener, and is timed up to `krun_start_enter`: what follows is the
+//! pays. A run boots the cached rootfs as a bottle does (an overlay on Linux, a clone on macOS,
+//! made by `state::BottleDirs::writable_root` and timed with the checks) with one endpoint to a
+//! throwaway listener (relayed on Linux, dialled directly on macOS), and is timed up to
+//! `krun_start_enter`: what follows is the
 //! hypervisor's boot, which some machines (nested PVM) refuse. Docker's time includes its
 //! container's whole life, so the ratio says how much krbottle adds before the hypervisor takes
 //! over, relative to a container start; it is not a boot-to-boot comparison.
@@ -23,6 +25,7 @@ use serde::Serialize;
 use super::{median, ms, time_docker};
 use crate::docker::Engine;
 use crate::image::Ownership;
+use crate::image::clone::WritableRoot;
 use crate::image::prepare::unpack_stream;
 use crate::image::tree::remove_tree;
 use crate::output::Reporter;
@@ -117,10 +120,16 @@ fn measure(engine: &Engine, args: &RunBench, reporter: &Reporter) -> anyhow::Res
 
     // The endpoint's upstream: `run` checks it accepts connections before launching.
     let upstream = TcpListener::bind("127.0.0.1:0").context("Could not listen on 127.0.0.1")?;
+    let port = upstream.local_addr()?.port();
     let endpoint = Endpoint {
-        guest_port: crate::ports::GATEWAY,
+        // Where the guest dials the upstream itself, it does so on the upstream's own port.
+        guest_port: if crate::vm::confine::GUEST_DIALS_PUBLISHED_PORTS {
+            port
+        } else {
+            crate::ports::GATEWAY
+        },
         host: "127.0.0.1".into(),
-        port: upstream.local_addr()?.port(),
+        port,
     };
     std::thread::spawn(move || {
         for conn in upstream.incoming() {
@@ -131,10 +140,7 @@ fn measure(engine: &Engine, args: &RunBench, reporter: &Reporter) -> anyhow::Res
     let exe = std::env::current_exe().context("Could not find krbottle's own binary")?;
     let ours_once = |i: u32| -> anyhow::Result<(RunPhases, Outcome)> {
         let dir = work.path().join(format!("run-{i}"));
-        let root = dir.join("root");
-        std::fs::create_dir_all(&root)
-            .with_context(|| format!("Could not create {}", root.display()))?;
-        let r = time_krbottle_run(&exe, &lower, &dir, &root, &endpoint);
+        let r = time_krbottle_run(&exe, &lower, &dir, &endpoint);
         remove_tree(&dir).with_context(|| format!("Could not clean {}", dir.display()))?;
         r
     };
@@ -177,7 +183,7 @@ fn measure(engine: &Engine, args: &RunBench, reporter: &Reporter) -> anyhow::Res
             },
             PhaseReport {
                 name: "prepare",
-                what: "run's checks: rootfs, command, endpoint upstream, KVM, libkrunfw",
+                what: "the writable root (overlay dirs, or a clone on macOS), then run's checks: rootfs, command, endpoint upstream, the hypervisor, libkrunfw",
                 median_ms: phase(|p| p.prepare),
             },
             PhaseReport {
@@ -205,12 +211,12 @@ fn measure(engine: &Engine, args: &RunBench, reporter: &Reporter) -> anyhow::Res
     })
 }
 
-/// One krbottle run of `true` in an overlay of `lower` (upper under `dir`) mounted on `root`.
+/// One krbottle run of `true` in a bottle's writable root over `lower`, the bottle's state
+/// under `dir`.
 fn time_krbottle_run(
     exe: &Path,
     lower: &Path,
     dir: &Path,
-    root: &Path,
     endpoint: &Endpoint,
 ) -> anyhow::Result<(RunPhases, Outcome)> {
     let t = Instant::now();
@@ -224,13 +230,24 @@ fn time_krbottle_run(
     }
     let process_start = t.elapsed();
 
+    let t = Instant::now();
+    let dirs = crate::state::StateRoot::at(dir).bottle("bench")?;
+    let root = match dirs.writable_root(lower, &ProgressBar::hidden())? {
+        WritableRoot::Overlay { lower, upper } => {
+            let mount_point = dirs.dir().join("mnt");
+            std::fs::create_dir_all(&mount_point)
+                .with_context(|| format!("Could not create {}", mount_point.display()))?;
+            Root::Overlay {
+                mount_point,
+                overlay: Overlay::new(lower, upper)?,
+            }
+        }
+        WritableRoot::Copy { root } => Root::Dir(root),
+    };
     let request = VmRequest {
         cpus: 1,
         memory_mib: 512,
-        root: Root::Overlay {
-            mount_point: root.to_path_buf(),
-            overlay: Overlay::new(lower.to_path_buf(), dir.join("upper"))?,
-        },
+        root,
         shares: Vec::new(),
         argv: vec!["true".into()],
         env_files: Vec::new(),
@@ -242,7 +259,6 @@ fn time_krbottle_run(
         provision: Vec::new(),
         only_if_bootable: false,
     };
-    let t = Instant::now();
     let prepared = prepare(request, &Reporter::silent())?;
     let prepared_in = t.elapsed();
     let upstreams = prepared.upstreams.clone();

@@ -18,9 +18,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-#[cfg(target_os = "linux")]
 mod start;
-#[cfg(target_os = "linux")]
 pub use start::{CwdChoice, Finished, StartRequest, Timings, resume, start};
 
 use crate::bundle::process::ProcessError;
@@ -70,10 +68,8 @@ pub enum BottleError {
     State(#[from] StateError),
     #[error(transparent)]
     Plan(#[from] PlanError),
-    #[cfg(target_os = "linux")]
     #[error(transparent)]
     Vm(#[from] crate::vm::prepare::PrepareError),
-    #[cfg(target_os = "linux")]
     #[error(transparent)]
     Launch(#[from] crate::vm::launch::LaunchError),
     #[error(

@@ -1,5 +1,6 @@
-//! `start` and `resume`: the flow of a bottle's run (see the module above), on Linux so far
-//! (the macOS VMM child is still to come).
+//! `start` and `resume`: the flow of a bottle's run (see the module above), the same on Linux
+//! and macOS; where they differ (the root, how the guest reaches the bundle) the library below
+//! says how (`state::BottleDirs::writable_root`, `vm::confine`).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -15,13 +16,15 @@ use crate::bundle::{self, BundleRecord, BundleRequest, ContainerError};
 use crate::daemon::DaemonSpec;
 use crate::docker::{DockerError, Engine};
 use crate::image::Ownership;
+use crate::image::clone::WritableRoot;
 use crate::image::prepare::{PrepareError, Source};
 use crate::manifest::{Agent, ImageSource, Manifest};
 use crate::output::Reporter;
-use crate::plan::{BottlePlan, Cwd, PlanInput, Skill};
+use crate::plan::{BottlePlan, Cwd, PlanInput, Reach, Skill};
 use crate::state::{BottleDirs, BottleRecord, StateRoot, now_secs};
 use crate::sys::signals::{ChildSignaller, Signal, Termination};
 use crate::vm::config::{GuestUser, Overlay};
+use crate::vm::confine::GUEST_DIALS_PUBLISHED_PORTS;
 use crate::vm::launch::{self, LaunchError, Outcome, Phases};
 use crate::vm::prepare::{Endpoints, Root, VmRequest};
 
@@ -293,6 +296,7 @@ async fn run_locked(
             daemons: Vec::new(),
             files: Vec::new(),
             extra_secrets: Vec::new(),
+            host_ports: Default::default(),
         };
         bundle::container::secrets(&check, &|n| std::env::var(n).ok())?;
     }
@@ -303,6 +307,18 @@ async fn run_locked(
         started.engine = Some(engine);
     }
     let engine = started.engine.clone();
+    // Where the guest finds the daemons: their own ports relayed (Linux), or host ports chosen
+    // now, before the bundle publishes them, and dialled directly (macOS).
+    let reach = if GUEST_DIALS_PUBLISHED_PORTS {
+        let daemons = crate::daemon::enabled_for(&bottle);
+        Reach::Published(bundle::container::free_host_ports(&daemons)?)
+    } else {
+        Reach::Relayed
+    };
+    let host_ports = match &reach {
+        Reach::Published(ports) => ports.clone(),
+        Reach::Relayed => Default::default(),
+    };
 
     // The bundle comes up while everything else is done: it needs only the bottle and its CA.
     let ca_pem = if spec.dry_run {
@@ -324,6 +340,7 @@ async fn run_locked(
                 started.runtime.clone(),
                 engine.clone(),
                 bottle.clone(),
+                host_ports,
                 state.clone(),
                 stopping.clone(),
                 reporter.clone(),
@@ -340,6 +357,7 @@ async fn run_locked(
         bottle: &bottle,
         engine: engine.as_ref(),
         ca_pem: &ca_pem,
+        reach: &reach,
         vmm: &vmm,
         begun,
         reporter,
@@ -407,6 +425,7 @@ struct BootContext<'a> {
     bottle: &'a crate::manifest::Bottle,
     engine: Option<&'a Engine>,
     ca_pem: &'a str,
+    reach: &'a Reach,
     vmm: &'a Arc<Mutex<Option<ChildSignaller>>>,
     begun: Instant,
     reporter: &'a Reporter,
@@ -428,6 +447,7 @@ async fn prepare_and_boot(
         bottle,
         engine,
         ca_pem,
+        reach,
         vmm,
         begun,
         reporter,
@@ -445,7 +465,8 @@ async fn prepare_and_boot(
     let lower = prepared.entry.rootfs.clone();
     let upper = dirs.overlay_upper();
     let guest_file = |path: &str| -> String {
-        for layer in [upper.join("diff"), lower.clone()] {
+        // The bottle's own changes first (the overlay's upper layer, or its private copy).
+        for layer in [upper.join("diff"), dirs.private_rootfs(), lower.clone()] {
             if let Ok(Some(bytes)) = crate::provision::read_guest_file(&layer, path) {
                 return String::from_utf8_lossy(&bytes).into_owned();
             }
@@ -484,6 +505,7 @@ async fn prepare_and_boot(
         argv: &spec.argv,
         cwd: &spec.cwd,
         daemons: &daemons,
+        reach,
     })?;
     timings.plan = begun.elapsed();
     let Some(bundle) = bundle else {
@@ -509,12 +531,31 @@ async fn prepare_and_boot(
     };
     dirs.write_record(&record)?;
 
-    // The bottle's own root: an overlay over the cache, mounted by the VMM child.
-    let mount_point = dirs.dir().join("mnt");
-    std::fs::create_dir_all(&mount_point).map_err(|source| BottleError::Read {
-        path: mount_point.clone(),
-        source,
-    })?;
+    // The bottle's own root: an overlay over the cache, mounted by the VMM child (Linux), or
+    // its own clone of the cache (macOS).
+    let spinner = reporter.spinner("making the bottle's own root");
+    let writable = dirs.writable_root(&lower, &spinner);
+    spinner.finish_and_clear();
+    let root = match writable? {
+        WritableRoot::Overlay { lower, upper } => {
+            let mount_point = dirs.dir().join("mnt");
+            std::fs::create_dir_all(&mount_point).map_err(|source| BottleError::Read {
+                path: mount_point.clone(),
+                source,
+            })?;
+            Root::Overlay {
+                mount_point,
+                overlay: Overlay::new(lower, upper)
+                    .map_err(crate::vm::prepare::PrepareError::from)?,
+            }
+        }
+        WritableRoot::Copy { root } => Root::Dir(root),
+    };
+    let ports: Vec<u16> = plan.endpoints.iter().map(|e| e.guest_port).collect();
+    let endpoints = match reach {
+        Reach::Relayed => Endpoints::Later(ports),
+        Reach::Published(_) => Endpoints::Published(ports),
+    };
     let binds = match &spec.cwd {
         Cwd::Share { path } => vec![path.clone()],
         _ => Vec::new(),
@@ -522,10 +563,7 @@ async fn prepare_and_boot(
     let request = VmRequest {
         cpus: plan.cpus,
         memory_mib: plan.memory_mib,
-        root: Root::Overlay {
-            mount_point,
-            overlay: Overlay::new(lower, upper).map_err(crate::vm::prepare::PrepareError::from)?,
-        },
+        root,
         shares: Vec::new(),
         argv: plan.argv.clone(),
         env_files: Vec::new(),
@@ -535,7 +573,7 @@ async fn prepare_and_boot(
             uid: plan.user.uid,
             gid: plan.user.gid,
         },
-        endpoints: Endpoints::Later(plan.endpoints.iter().map(|e| e.guest_port).collect()),
+        endpoints,
         binds,
         provision: plan.files.clone(),
         only_if_bootable: true,
@@ -589,9 +627,11 @@ async fn prepare_and_boot(
     };
     timings.bundle_up = Some(begun.elapsed());
     timings.bundle_up_alone = Some(bundle.began.elapsed());
+    // The relayed endpoints' upstreams (none where the guest dials the published ports).
     let addrs = plan
         .endpoints
         .iter()
+        .filter(|e| e.relayed)
         .map(|e| bundle_record.endpoints.get(&e.daemon).copied())
         .collect::<Option<Vec<_>>>();
     let Some(addrs) = addrs else {
@@ -612,18 +652,21 @@ async fn prepare_and_boot(
     Ok(Step::Ran(outcome))
 }
 
-/// Brings the bundle up where the runtime says, with the bundle image built if needed; stops
-/// waiting for its daemons when `stopping` is set.
+/// Brings the bundle up where the runtime says, with the bundle image built if needed, on the
+/// chosen `host_ports` (the others random); stops waiting for its daemons when `stopping` is
+/// set.
 async fn bundle_up(
     runtime: Runtime,
     engine: Option<Engine>,
     bottle: crate::manifest::Bottle,
+    host_ports: std::collections::BTreeMap<String, u16>,
     state: StateRoot,
     stopping: Arc<AtomicBool>,
     reporter: Reporter,
 ) -> BundleStarted {
     let env = |name: &str| std::env::var(name).ok();
     let mut request = BundleRequest::for_bottle(&bottle, "")?;
+    request.host_ports = host_ports;
     match runtime {
         Runtime::Docker => {
             let engine = engine.ok_or(DockerError::Build {

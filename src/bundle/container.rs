@@ -9,7 +9,9 @@
 //!   approval queue) are bind-mounted read-write, and nowhere else. The host files a daemon
 //!   names (`DaemonSpec::files`, e.g. git-gate's SSH key) are bind-mounted read-only into this
 //!   container only.
-//! - Agent-facing ports are published on `127.0.0.1` only, on random host ports.
+//! - Agent-facing ports are published on `127.0.0.1` only, on random host ports, or on the
+//!   ones the request chose ([`free_host_ports`]: macOS guests dial them directly, so the plan
+//!   needs them before the bundle starts).
 //! - The daemons run as the host user who owns the bottle's files, with every capability
 //!   dropped and no new privileges.
 //! - Every object carries the bottle, role, state-directory and owner-pid labels, so `down`
@@ -118,6 +120,8 @@ pub enum ContainerError {
     },
     #[error("the bundle container {name} publishes no host port for {daemon}")]
     FindPort { name: String, daemon: &'static str },
+    #[error("Cannot find a free port on 127.0.0.1 for the {0} daemon")]
+    FreePort(&'static str, #[source] std::io::Error),
     #[error(
         "The {daemon} of bottle {bottle} did not answer on {addr} within {READY_TIMEOUT:?}; see `krbottle bundle logs {bottle}`"
     )]
@@ -216,6 +220,31 @@ pub struct BundleRequest<'a> {
     /// Extra `(variable, value)` secrets in the container's environment, besides the routes'
     /// tokens (tests use it with their own gateway config).
     pub extra_secrets: Vec<(String, String)>,
+    /// Daemon name → the host port to publish it on (from [`free_host_ports`]); a daemon not
+    /// named gets a random one.
+    pub host_ports: BTreeMap<String, u16>,
+}
+
+/// A free port on the host's `127.0.0.1` for each of `daemons`, all different: each is bound
+/// (port 0) until all are found, then released for the bundle to publish. Another process may
+/// take one in between; the bundle's start then fails naming the port, and a new start picks
+/// again.
+pub fn free_host_ports(
+    daemons: &[&'static DaemonSpec],
+) -> Result<BTreeMap<String, u16>, ContainerError> {
+    let mut held = Vec::new();
+    let mut ports = BTreeMap::new();
+    for d in daemons {
+        let listener = std::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0))
+            .map_err(|e| ContainerError::FreePort(d.name, e))?;
+        let port = listener
+            .local_addr()
+            .map_err(|e| ContainerError::FreePort(d.name, e))?
+            .port();
+        ports.insert(d.name.to_string(), port);
+        held.push(listener);
+    }
+    Ok(ports)
 }
 
 impl<'a> BundleRequest<'a> {
@@ -239,6 +268,7 @@ impl<'a> BundleRequest<'a> {
             daemons,
             files,
             extra_secrets: Vec::new(),
+            host_ports: BTreeMap::new(),
         })
     }
 }
@@ -336,6 +366,7 @@ pub async fn up(
         container: &container,
         network: &network,
         daemons: &daemons,
+        host_ports: &request.host_ports,
         mounts,
     };
     let result = create_and_wait(docker, &spec, labels, secrets, cancel).await;
@@ -455,6 +486,8 @@ struct ContainerSpec<'a> {
     container: &'a str,
     network: &'a str,
     daemons: &'a [&'static DaemonSpec],
+    /// Chosen host ports, by daemon name (the others are random).
+    host_ports: &'a BTreeMap<String, u16>,
     /// Binds of the daemons' state dirs (`HOST:CONTAINER:rw`) and files (`…:ro`).
     mounts: Vec<String>,
 }
@@ -470,9 +503,14 @@ async fn create_and_wait(
         .daemons
         .iter()
         .map(|d| {
+            let host_port = spec
+                .host_ports
+                .get(d.name)
+                .map(u16::to_string)
+                .unwrap_or_default();
             let binding = PortBinding {
                 host_ip: Some("127.0.0.1".into()),
-                host_port: Some(String::new()),
+                host_port: Some(host_port),
             };
             (format!("{}/tcp", d.port), Some(vec![binding]))
         })
@@ -887,5 +925,19 @@ mod tests {
             Some("The gateway daemon failed: bad CA")
         );
         assert_eq!(super::last_error("[gateway] listening\n", "gateway"), None);
+    }
+
+    #[test]
+    fn chosen_host_ports_are_free_distinct_and_per_daemon() {
+        let daemons = &crate::daemon::DAEMONS.iter().collect::<Vec<_>>();
+        let ports = super::free_host_ports(daemons).unwrap();
+        let names: Vec<&str> = ports.keys().map(String::as_str).collect();
+        assert_eq!(names, ["gateway", "git-gate", "supervise"]);
+        let distinct: std::collections::BTreeSet<u16> = ports.values().copied().collect();
+        assert_eq!(distinct.len(), 3, "{ports:?}");
+        // Released for the bundle: each can be listened on again.
+        for port in ports.values() {
+            std::net::TcpListener::bind(("127.0.0.1", *port)).unwrap();
+        }
     }
 }

@@ -8,7 +8,7 @@
 //! unchanged: it still reaches only the relayed guest ports.
 
 use std::collections::BTreeMap;
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use crate::bundle::container::{BundleRecord, BundleRequest, ContainerError, health_ok};
@@ -24,8 +24,6 @@ const STOP_GRACE: Duration = Duration::from_secs(10);
 pub enum ProcessError {
     #[error(transparent)]
     Setup(#[from] ContainerError),
-    #[error("Cannot find a free port on 127.0.0.1 for the {0} daemon")]
-    FreePort(&'static str, #[source] std::io::Error),
     #[error("Cannot start the bundle's daemons (krbottle bundle init)")]
     Spawn(#[source] std::io::Error),
     #[error(
@@ -59,11 +57,23 @@ pub async fn up(
     let secrets = crate::bundle::container::secrets(request, &env)?;
     let mut files = Vec::new();
     let mut endpoints = BTreeMap::new();
+    let unchosen: Vec<_> = request
+        .daemons
+        .iter()
+        .map(|(d, _)| *d)
+        .filter(|d| !request.host_ports.contains_key(d.name))
+        .collect();
+    let random = crate::bundle::container::free_host_ports(&unchosen)?;
     for (d, _) in &request.daemons {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map_err(|e| ProcessError::FreePort(d.name, e))?
-            .port();
+        let port = request
+            .host_ports
+            .get(d.name)
+            .or_else(|| random.get(d.name))
+            .copied()
+            .ok_or(ContainerError::FindPort {
+                name: "krbottle bundle init".into(),
+                daemon: d.name,
+            })?;
         let place = Placement {
             listen: SocketAddr::from(([127, 0, 0, 1], port)),
             config_dir: dir.clone(),

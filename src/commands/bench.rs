@@ -27,7 +27,6 @@ pub async fn run(cmd: BenchCommand, reporter: &Reporter) -> anyhow::Result<u8> {
             };
             emit(&bench::unpack::run(&opts, reporter).await?, args.json)?;
         }
-        #[cfg(target_os = "linux")]
         BenchCommand::Run(args) => {
             let opts = bench::run::RunBench {
                 image: args.image,
@@ -35,9 +34,6 @@ pub async fn run(cmd: BenchCommand, reporter: &Reporter) -> anyhow::Result<u8> {
             };
             emit(&bench::run::run(&opts, reporter).await?, args.json)?;
         }
-        #[cfg(not(target_os = "linux"))]
-        BenchCommand::Run(_) => return super::not_on_this_os("bench run (the VM)"),
-        #[cfg(target_os = "linux")]
         BenchCommand::Start(args) => {
             let opts = bench::start::StartBench {
                 agent: args.agent,
@@ -46,8 +42,6 @@ pub async fn run(cmd: BenchCommand, reporter: &Reporter) -> anyhow::Result<u8> {
             };
             emit(&bench::start::run(&opts, reporter).await?, args.json)?;
         }
-        #[cfg(not(target_os = "linux"))]
-        BenchCommand::Start(_) => return super::not_on_this_os("bench start (the VM)"),
         BenchCommand::Gateway(args) => {
             let opts = bench::gateway::GatewayBench {
                 requests: args.requests,

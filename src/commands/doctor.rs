@@ -1,32 +1,57 @@
-//! `krbottle doctor`: can this machine boot a guest, and if not, why.
+//! `krbottle doctor`: can this machine boot a guest, and if not, why (Linux: KVM, libkrunfw,
+//! user namespaces, Docker; macOS: the Mac, the hypervisor entitlement, libkrunfw, Docker
+//! Desktop).
 
 use serde::Serialize;
 
 use crate::cli::DoctorArgs;
 use crate::exit;
-use crate::vm::doctor::{self, BootVerdict, Facts};
+use crate::vm::doctor::BootVerdict;
 
 #[derive(Serialize)]
-struct Report {
-    facts: Facts,
+struct Report<F> {
+    facts: F,
     boot: BootVerdict,
 }
 
-pub async fn run(args: DoctorArgs) -> anyhow::Result<u8> {
-    let facts = doctor::gather().await;
-    let boot = doctor::verdict(&facts);
-    let code = match boot {
+/// One fact, as a line: `ok` with what was seen, or `FAIL` with why.
+fn line(name: &str, r: Result<String, String>) {
+    match r {
+        Ok(v) => println!("ok    {name}: {v}"),
+        Err(e) => println!("FAIL  {name}: {e}"),
+    }
+}
+
+fn finish(boot: &BootVerdict) -> u8 {
+    match boot {
+        BootVerdict::CanBoot => {
+            println!("verdict: can boot");
+            exit::OK
+        }
+        BootVerdict::CannotBoot(why) => {
+            println!("verdict: cannot boot: {why}");
+            exit::FAILURE
+        }
+    }
+}
+
+fn code(boot: &BootVerdict) -> u8 {
+    match boot {
         BootVerdict::CanBoot => exit::OK,
         BootVerdict::CannotBoot(_) => exit::FAILURE,
-    };
+    }
+}
+
+#[cfg(target_os = "linux")]
+pub async fn run(args: DoctorArgs) -> anyhow::Result<u8> {
+    use crate::vm::doctor;
+    let facts = doctor::gather().await;
+    let boot = doctor::verdict(&facts);
     if args.json {
+        let code = code(&boot);
         crate::output::print_json(&Report { facts, boot })?;
         return Ok(code);
     }
-    let line = |name: &str, r: Result<String, String>| match r {
-        Ok(v) => println!("ok    {name}: {v}"),
-        Err(e) => println!("FAIL  {name}: {e}"),
-    };
     line(
         "/dev/kvm",
         facts.kvm.clone().map(|v| format!("KVM API version {v}")),
@@ -58,9 +83,51 @@ pub async fn run(args: DoctorArgs) -> anyhow::Result<u8> {
         "docker",
         facts.docker.clone().map(|()| "reachable".to_owned()),
     );
-    match boot {
-        BootVerdict::CanBoot => println!("verdict: can boot"),
-        BootVerdict::CannotBoot(why) => println!("verdict: cannot boot: {why}"),
+    Ok(finish(&boot))
+}
+
+#[cfg(target_os = "macos")]
+pub async fn run(args: DoctorArgs) -> anyhow::Result<u8> {
+    use crate::vm::doctor_macos as doctor;
+    let facts = doctor::gather().await;
+    let boot = doctor::verdict(&facts);
+    if args.json {
+        let code = code(&boot);
+        crate::output::print_json(&Report { facts, boot })?;
+        return Ok(code);
     }
-    Ok(code)
+    line("macOS", facts.macos.clone());
+    line(
+        "Apple Silicon",
+        if facts.machine == "arm64" {
+            Ok(facts.machine.clone())
+        } else {
+            Err(format!("{} (needs arm64)", facts.machine))
+        },
+    );
+    line(
+        "hypervisor entitlement",
+        facts
+            .entitlement
+            .clone()
+            .map(|()| format!("{} in krbottle's signature", doctor::HYPERVISOR_ENTITLEMENT))
+            .map_err(|e| format!("{e}; {}", doctor::ENTITLEMENT_HINT)),
+    );
+    line(
+        "libkrunfw",
+        facts
+            .libkrunfw
+            .clone()
+            .map(|p| p.display().to_string())
+            .map_err(|e| format!("{e}; {}", doctor::LIBKRUNFW_HINT)),
+    );
+    line(
+        "docker",
+        facts
+            .docker
+            .clone()
+            .map(|()| "reachable".to_owned())
+            .map_err(|e| format!("{e}; start Docker Desktop (`start` needs it for the bundle)")),
+    );
+    Ok(finish(&boot))
 }

@@ -7,15 +7,11 @@ mod approve;
 mod bench;
 mod bottles;
 mod bundle;
-#[cfg(target_os = "linux")]
 mod debug;
-#[cfg(target_os = "linux")]
 mod doctor;
 mod image;
 mod queue;
-#[cfg(target_os = "linux")]
 mod run;
-#[cfg(target_os = "linux")]
 mod start;
 
 use crate::cli::{Cli, Command};
@@ -37,26 +33,17 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<u8> {
         .map_err(|e| anyhow::anyhow!("Cannot start the async runtime: {e}"))?;
     runtime.block_on(async move {
         match cli.command {
-            #[cfg(target_os = "linux")]
             Command::Start(args) => start::start(args, &reporter).await,
-            #[cfg(target_os = "linux")]
             Command::Resume(args) => start::resume(args, &reporter).await,
-            #[cfg(not(target_os = "linux"))]
-            Command::Start(_) | Command::Resume(_) => not_on_this_os("a bottle's VM"),
             Command::List(args) => bottles::list(args),
             Command::Stop(args) => bottles::stop(args, &reporter).await,
             Command::Rm(args) => bottles::rm(args, &reporter).await,
             Command::Logs(args) => bottles::logs(args).await,
             Command::Gc(args) => bottles::gc(args, &reporter).await,
             Command::Image(cmd) => image::run(cmd, &reporter).await,
-            #[cfg(target_os = "linux")]
             Command::Run(args) => run::run(args, &reporter).await,
-            #[cfg(target_os = "linux")]
             Command::Doctor(args) => doctor::run(args).await,
-            #[cfg(target_os = "linux")]
             Command::Debug(cmd) => debug::run(cmd).await,
-            #[cfg(not(target_os = "linux"))]
-            Command::Run(_) | Command::Doctor(_) | Command::Debug(_) => not_on_this_os("the VM"),
             Command::Bench(cmd) => bench::run(cmd, &reporter).await,
             Command::Bundle(cmd) => bundle::run(cmd, &reporter).await,
             Command::Queue(args) => queue::run(args, &reporter).await,
@@ -69,23 +56,16 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<u8> {
     })
 }
 
-#[cfg(target_os = "linux")]
 fn vmm_child() -> u8 {
     crate::vm::child::main()
 }
 
-#[cfg(not(target_os = "linux"))]
-fn vmm_child() -> u8 {
-    eprintln!("error: the VMM child is only implemented on Linux so far");
-    crate::exit::FAILURE
-}
-
-/// The answer of a verb whose platform code exists only for Linux so far (the macOS VMM child
-/// under Seatbelt is still to be written; see README "macOS").
+/// The answer of a hidden child whose platform code exists only on Linux (the user-namespace
+/// unpacker and remover: macOS records ownership in xattrs instead).
 #[cfg(not(target_os = "linux"))]
 pub(crate) fn not_on_this_os(what: &str) -> anyhow::Result<u8> {
     anyhow::bail!(
-        "{what} is only implemented on Linux so far; on {} krbottle can build images, unpack them (--ownership xattr) and run bundles",
+        "{what} exists only on Linux; on {} krbottle records ownership with --ownership xattr",
         std::env::consts::OS
     )
 }

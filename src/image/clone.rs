@@ -3,10 +3,13 @@
 //! - Linux: nothing is copied here. The bottle gets an empty `upper/` and `work/` dir, and the VMM
 //!   child mounts an overlay (cached rootfs as the read-only lower layer) in its own mount
 //!   namespace. [`WritableRoot::Overlay`] describes that.
-//! - Elsewhere (macOS, other systems): [`copy_tree`], a parallel copy that shares file data
-//!   where the filesystem can (`FICLONE` on Linux, a per-file `clonefile(2)` on macOS; one
-//!   `clonefile` of the whole tree is not done yet) and preserves ownership (when permitted), modes incl.
-//!   setuid, mtimes, xattrs, symlinks, FIFOs, devices (when permitted) and hard links.
+//! - macOS: one `clonefile(2)` of the whole tree where APFS allows it (`sys::fs::clone_tree`,
+//!   called by `state::BottleDirs::writable_root`); across volumes or on a file system without
+//!   clones, [`copy_tree`].
+//! - [`copy_tree`]: a parallel copy that shares file data where the filesystem can (`FICLONE` on
+//!   Linux, a per-file `clonefile(2)` on macOS) and preserves ownership (when permitted), modes
+//!   incl. setuid, mtimes, xattrs (so the `user.containers.override_stat` ownership of an
+//!   `xattr`-mode tree), symlinks, FIFOs, devices (when permitted) and hard links.
 //!
 //! The source tree may hold hostile symlinks: nothing here follows a link in the source, and every
 //! destination entry is created fresh under a directory this module created.

@@ -1,19 +1,24 @@
 //! The `__vmm` child: confine itself, then configure libkrun and hand over to the guest.
 //!
-//! Order matters and is the security argument: the first thing the child does is enter its
-//! own user and network namespaces (`sys::userns`), before reading any config; the network
-//! namespace has only `lo`, no route, and one listener per endpoint whose socket goes to the
-//! parent for relaying (`vm::relay`). Only then is libkrun configured; with TSI the VMM opens
-//! the guest's sockets in this namespace, so the guest reaches exactly the endpoints.
+//! Order matters and is the security argument (`vm::confine` has each OS's part):
+//! - Linux: the first thing the child does is enter its own user and network namespaces
+//!   (`sys::userns`), before reading any config; the network namespace has only `lo`, no
+//!   route, and one listener per endpoint whose socket goes to the parent for relaying
+//!   (`vm::relay`).
+//! - macOS: the child reads its config, writes the provisioned files into the bottle's root (a
+//!   copy the bottle owns), then applies its Seatbelt profile: outbound TCP only to the bundle's
+//!   published loopback ports, no listening, files only where the VMM needs them.
+//!
+//! Only then is libkrun configured; with TSI the VMM opens the guest's sockets itself, so the
+//! guest reaches exactly the endpoints.
 
 use std::io::Write;
-use std::net::{Ipv4Addr, SocketAddr, TcpListener};
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
 
 use crate::env_vars;
-use crate::sys::{fdpass, netif, userns};
-use crate::vm::config::{ChildMode, KRUN_CONFIG_MODE, KRUN_CONFIG_PATH, Overlay, VmConfig};
+use crate::vm::config::{ChildMode, KRUN_CONFIG_MODE, KRUN_CONFIG_PATH, VmConfig};
+use crate::vm::confine::{self, ConfineError, Entered};
 use crate::vm::krun::{self, KrunContext, Libkrunfw};
 use crate::vm::{control, probe};
 
@@ -25,10 +30,12 @@ pub enum ChildError {
     #[error("This is krbottle's internal VMM child; run `krbottle run` instead")]
     NotSpawnedByKrbottle,
     #[error(transparent)]
-    Namespaces(#[from] userns::UsernsError),
+    Confine(#[from] ConfineError),
     #[error("Could not read the VM config from the parent")]
     ReadConfig(#[source] std::io::Error),
-    #[error("The VMM child has no mount namespace of its own; refusing to mount the overlay")]
+    #[error(
+        "The VMM child has no mount namespace of its own; refusing to mount the overlay or the shared directory"
+    )]
     NoMountNamespace,
     #[error("Could not mount the overlay of {lower} on {target}; {hint}")]
     MountOverlay {
@@ -50,12 +57,6 @@ pub enum ChildError {
     },
     #[error(transparent)]
     Provision(#[from] crate::provision::ProvisionError),
-    #[error("Could not bring up loopback in the VMM's network namespace")]
-    LoopbackUp(#[source] std::io::Error),
-    #[error("Could not listen on guest port {0} in the VMM's network namespace")]
-    Listen(u16, #[source] std::io::Error),
-    #[error("Could not hand the endpoint listeners to the parent")]
-    SendListeners(#[source] std::io::Error),
     #[error("Could not load libkrunfw from {0}; check {var} or install libkrunfw", var = env_vars::KRBOTTLE_LIBKRUNFW)]
     LoadLibkrunfw(String, #[source] std::io::Error),
     #[error("libkrun configuration failed")]
@@ -67,9 +68,9 @@ pub enum ChildError {
 /// Runs the child. Returns its exit code when it does not boot (probe, or a setup failure
 /// already reported to the parent); on a boot, libkrun exits the process with the guest's code.
 pub fn main() -> u8 {
-    let ns = match userns::enter_from_env() {
-        Ok(Some(ns)) if ns.net => ns,
-        Ok(_) => {
+    let entered = match confine::enter() {
+        Ok(Some(entered)) => entered,
+        Ok(None) => {
             eprintln!("error: {}", ChildError::NotSpawnedByKrbottle);
             return crate::exit::FAILURE;
         }
@@ -82,7 +83,7 @@ pub fn main() -> u8 {
         eprintln!("error: {}", ChildError::NotSpawnedByKrbottle);
         return crate::exit::FAILURE;
     };
-    match setup_and_run(&mut control, ns) {
+    match setup_and_run(&mut control, entered) {
         Ok(code) => code,
         Err(err) => {
             // The parent turns this into the user's one-line error.
@@ -98,61 +99,19 @@ fn control_socket() -> Option<UnixStream> {
         .ok()?
         .parse()
         .ok()?;
-    userns::take_inherited_fd(fd)
+    crate::sys::inherit::take_inherited_fd(fd)
 }
 
-fn setup_and_run(control: &mut UnixStream, ns: userns::Namespaces) -> Result<u8, ChildError> {
+fn setup_and_run(control: &mut UnixStream, entered: Entered) -> Result<u8, ChildError> {
     let frame = control::read_frame(&mut *control).map_err(ChildError::ReadConfig)?;
     let config: VmConfig = serde_json::from_slice(&frame)
         .map_err(|e| ChildError::ReadConfig(std::io::Error::other(e)))?;
 
-    if config.overlay.is_some() || !config.binds.is_empty() {
-        if !ns.mount {
-            return Err(ChildError::NoMountNamespace);
-        }
-        // Nothing mounted here may propagate back to the host's mount namespace.
-        rustix::mount::mount_change(
-            "/",
-            rustix::mount::MountPropagationFlags::PRIVATE
-                | rustix::mount::MountPropagationFlags::REC,
-        )
-        .map_err(|e| ChildError::Private(e.into()))?;
-    }
-    if let Some(overlay) = &config.overlay {
-        mount_overlay(overlay, &config.root)?;
-    }
-    let root = rustix::fs::open(
-        &config.root,
-        rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC,
-        rustix::fs::Mode::empty(),
-    )
-    .map_err(|e| ChildError::OpenRoot(e.into()))?;
-    for host in &config.binds {
-        bind_into_root(root.as_fd(), host)?;
-    }
-    crate::provision::apply(
-        root.as_fd(),
-        &config.provision,
-        crate::provision::Ids::Chown,
-    )?;
+    let root = mount_root(&config, entered)?;
+    crate::provision::apply(root.as_fd(), &config.provision, PROVISION_IDS)?;
     drop(root);
-
-    netif::loopback_up().map_err(ChildError::LoopbackUp)?;
-    let listeners = config
-        .guest_ports
-        .iter()
-        .map(|&port| {
-            TcpListener::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, port)))
-                .map_err(|err| ChildError::Listen(port, err))
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    let fds: Vec<OwnedFd> = listeners.into_iter().map(OwnedFd::from).collect();
-    let borrowed: Vec<_> = fds.iter().map(|f| f.as_fd()).collect();
-    fdpass::send_fds(&*control, control::LISTENERS, &borrowed)
-        .map_err(ChildError::SendListeners)?;
-    // The parent owns the listeners now; our copies would only keep ports open after it stops.
-    drop(borrowed);
-    drop(fds);
+    confine::lock_down(&config)?;
+    confine::hand_over_listeners(control, &config)?;
 
     match &config.mode {
         ChildMode::NetProbe { targets } => {
@@ -187,9 +146,54 @@ fn setup_and_run(control: &mut UnixStream, ns: userns::Namespaces) -> Result<u8,
     }
 }
 
+/// How provisioned files get the guest's ids: Linux `fchown`s them (the child is root of its
+/// user namespace, mapped); macOS records them in the `user.containers.override_stat` xattr
+/// that libkrun's virtio-fs reads, as the unpacker does.
+#[cfg(target_os = "linux")]
+const PROVISION_IDS: crate::provision::Ids = crate::provision::Ids::Chown;
+#[cfg(target_os = "macos")]
+const PROVISION_IDS: crate::provision::Ids = crate::provision::Ids::Xattr;
+
+/// The root the guest gets, open: on Linux with the overlay and the binds mounted in the child's
+/// own mount namespace; on macOS the bottle's own copy as it is (no mount namespace: `prepare`
+/// refuses overlays and binds there).
+fn mount_root(config: &VmConfig, entered: Entered) -> Result<std::os::fd::OwnedFd, ChildError> {
+    if (config.overlay.is_some() || !config.binds.is_empty()) && !entered.mount_namespace {
+        return Err(ChildError::NoMountNamespace);
+    }
+    #[cfg(target_os = "linux")]
+    if config.overlay.is_some() || !config.binds.is_empty() {
+        // Nothing mounted here may propagate back to the host's mount namespace.
+        rustix::mount::mount_change(
+            "/",
+            rustix::mount::MountPropagationFlags::PRIVATE
+                | rustix::mount::MountPropagationFlags::REC,
+        )
+        .map_err(|e| ChildError::Private(e.into()))?;
+        if let Some(overlay) = &config.overlay {
+            mount_overlay(overlay, &config.root)?;
+        }
+    }
+    let root = rustix::fs::open(
+        &config.root,
+        rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )
+    .map_err(|e| ChildError::OpenRoot(e.into()))?;
+    #[cfg(target_os = "linux")]
+    for host in &config.binds {
+        bind_into_root(root.as_fd(), host)?;
+    }
+    Ok(root)
+}
+
 /// Mounts `overlay` on `target`, visible only in this process's mount namespace (made private
 /// before).
-fn mount_overlay(overlay: &Overlay, target: &std::path::Path) -> Result<(), ChildError> {
+#[cfg(target_os = "linux")]
+fn mount_overlay(
+    overlay: &crate::vm::config::Overlay,
+    target: &std::path::Path,
+) -> Result<(), ChildError> {
     let err = |source: rustix::io::Errno| ChildError::MountOverlay {
         hint: if source == rustix::io::Errno::NODEV {
             "this kernel has no overlayfs: load its module (`modprobe overlay`)"
@@ -215,6 +219,7 @@ fn mount_overlay(overlay: &Overlay, target: &std::path::Path) -> Result<(), Chil
 /// Bind-mounts the host directory `host` onto the same path inside the root (creating the
 /// mount point there link-safely, owned by root), so the guest sees it through the root's
 /// virtio-fs.
+#[cfg(target_os = "linux")]
 fn bind_into_root(
     root: std::os::fd::BorrowedFd<'_>,
     host: &std::path::Path,

@@ -46,6 +46,10 @@ pub enum ConfigError {
     ParseOverlay(String),
     #[error("Guest port {0} is given to two --endpoint options; use each guest port once")]
     DuplicateGuestPort(u16),
+    #[error(
+        "--endpoint `{0}`: on macOS the guest dials the upstream itself (no relay), so it must be a 127.0.0.1 port given as its own guest port, e.g. 3128=127.0.0.1:3128"
+    )]
+    NotDirect(String),
 }
 
 /// A guest-facing endpoint: a listener on `127.0.0.1:guest_port` in the VMM's network namespace,
@@ -371,8 +375,12 @@ pub struct VmConfig {
     pub provision: Vec<crate::provision::ProvisionFile>,
     pub process: GuestProcess,
     /// The guest ports to listen on in the child's network namespace; the parent relays each
-    /// to its upstream.
+    /// to its upstream (Linux).
     pub guest_ports: Vec<u16>,
+    /// Host loopback ports the VMM dials itself on the guest's behalf, the only network its
+    /// Seatbelt profile allows (macOS: the bundle's published ports; no relay).
+    #[serde(default)]
+    pub direct_ports: Vec<u16>,
     /// Explicit `libkrunfw` to load before creating the context (`KRBOTTLE_LIBKRUNFW`).
     pub libkrunfw: Option<PathBuf>,
     pub mode: ChildMode,
@@ -380,6 +388,27 @@ pub struct VmConfig {
     /// then makes every libkrun call but `krun_start_enter`, and ends.
     #[serde(default)]
     pub stop_before_enter: Option<String>,
+}
+
+/// The host loopback ports the guest dials itself for `endpoints`, where there is no relay
+/// (macOS): each must be `PORT=127.0.0.1:PORT` (or `localhost`), the guest seeing the host's
+/// loopback through TSI.
+pub fn direct_ports(endpoints: &[Endpoint]) -> Result<Vec<u16>, ConfigError> {
+    endpoints
+        .iter()
+        .map(|e| {
+            let loopback = matches!(e.host.as_str(), "127.0.0.1" | "localhost");
+            if loopback && e.guest_port == e.port {
+                Ok(e.port)
+            } else {
+                Err(ConfigError::NotDirect(format!(
+                    "{}={}",
+                    e.guest_port,
+                    e.upstream()
+                )))
+            }
+        })
+        .collect()
 }
 
 /// Rejects a guest port given twice.
@@ -434,6 +463,27 @@ mod tests {
             Endpoint::parse("80=[::1]:8080").unwrap().upstream(),
             "[::1]:8080"
         );
+    }
+
+    #[test]
+    fn direct_endpoints_are_loopback_ports_given_as_themselves() {
+        let parse = |s: &str| Endpoint::parse(s).unwrap();
+        assert_eq!(
+            direct_ports(&[parse("3128=127.0.0.1:3128"), parse("9=localhost:9")]),
+            Ok(vec![3128, 9])
+        );
+        for bad in [
+            "8888=127.0.0.1:3128",
+            "80=10.0.0.1:80",
+            "80=[::1]:80",
+            "80=example.com:80",
+        ] {
+            assert_eq!(
+                direct_ports(&[parse(bad)]),
+                Err(ConfigError::NotDirect(bad.to_string())),
+                "{bad}"
+            );
+        }
     }
 
     #[test]
@@ -625,6 +675,7 @@ mod tests {
             provision: Vec::new(),
             process: process(),
             guest_ports: vec![8888],
+            direct_ports: vec![52001],
             libkrunfw: None,
             mode: ChildMode::NetProbe {
                 targets: vec!["127.0.0.1:2".parse().unwrap()],

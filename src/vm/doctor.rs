@@ -5,12 +5,18 @@
 //! `/dev/kvm` opens, its API version, and which KVM vendor module backs it. `kvm_pvm` (a
 //! paravirtual nested KVM) opens fine but cannot boot libkrunfw's stock kernel, so it is
 //! detected by name and reported plainly.
+//!
+//! The observations are Linux's; the verdict type and the Docker check are shared with macOS's
+//! doctor (`vm::doctor_macos`).
 
+#[cfg(target_os = "linux")]
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
+#[cfg(target_os = "linux")]
 use crate::env_vars;
+#[cfg(target_os = "linux")]
 use crate::vm::krun::{LIBKRUNFW_SONAME, Libkrunfw};
 
 /// The KVM API version every usable kernel reports.
@@ -99,6 +105,7 @@ pub fn hypervisor_verdict(kvm: &Result<i32, String>, modules: &[String]) -> Boot
 pub const LIBKRUNFW_HINT: &str = "install libkrunfw 5 (package `libkrunfw5`, or `scripts/install-libkrunfw.sh`) or point KRBOTTLE_LIBKRUNFW at libkrunfw.so.5";
 
 /// Observes the KVM facts.
+#[cfg(target_os = "linux")]
 pub fn kvm_facts() -> (Result<i32, String>, Vec<String>) {
     let kvm = crate::sys::kvm::api_version(Path::new(crate::sys::kvm::DEV_KVM))
         .map_err(|e| e.to_string());
@@ -112,11 +119,13 @@ pub fn kvm_facts() -> (Result<i32, String>, Vec<String>) {
 }
 
 /// The explicit libkrunfw path from the environment, if any.
+#[cfg(target_os = "linux")]
 pub fn libkrunfw_override() -> Option<PathBuf> {
     std::env::var_os(env_vars::KRBOTTLE_LIBKRUNFW).map(PathBuf::from)
 }
 
 /// Loads libkrunfw the way the VMM child will and reports its version.
+#[cfg(target_os = "linux")]
 pub fn libkrunfw_fact() -> (Result<u32, String>, String) {
     let path = libkrunfw_override();
     let source = match &path {
@@ -129,6 +138,7 @@ pub fn libkrunfw_fact() -> (Result<u32, String>, String) {
     (fact, source)
 }
 
+#[cfg(target_os = "linux")]
 fn user_namespaces_fact() -> Result<(), String> {
     let read = |p: &str| std::fs::read_to_string(p).ok().map(|s| s.trim().to_owned());
     if read("/proc/sys/user/max_user_namespaces").as_deref() == Some("0") {
@@ -141,6 +151,7 @@ fn user_namespaces_fact() -> Result<(), String> {
     Ok(())
 }
 
+#[cfg(target_os = "linux")]
 fn id_mapping_fact() -> Result<String, String> {
     let m = crate::sys::userns::IdMapping::for_current_user().map_err(|e| e.to_string())?;
     if !m.via_helpers {
@@ -159,7 +170,8 @@ fn id_mapping_fact() -> Result<String, String> {
     ))
 }
 
-async fn docker_fact() -> Result<(), String> {
+/// Whether the Docker engine answers (Docker Desktop on macOS).
+pub async fn docker_fact() -> Result<(), String> {
     let connect = crate::docker::Engine::connect();
     match tokio::time::timeout(std::time::Duration::from_secs(5), connect).await {
         Ok(Ok(_)) => Ok(()),
@@ -169,6 +181,7 @@ async fn docker_fact() -> Result<(), String> {
 }
 
 /// Observes everything doctor reports.
+#[cfg(target_os = "linux")]
 pub async fn gather() -> Facts {
     let (kvm, kvm_modules) = kvm_facts();
     let (libkrunfw, libkrunfw_source) = libkrunfw_fact();

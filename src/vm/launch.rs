@@ -1,9 +1,10 @@
 //! Parent side of a VM run: spawn the confined `__vmm` child, feed it, relay, wait, report.
 //!
 //! `krun_start_enter` never returns (libkrun `_exit`s with the guest's code), so the parent does
-//! everything around it: it re-executes this binary as `__vmm` in new namespaces, sends the
-//! config on the control socket (`vm::control`), relays the endpoint listeners the child hands
-//! back (`vm::relay`), keeps the terminal raw while the guest runs and restores it whatever
+//! everything around it: it re-executes this binary as `__vmm`, confined (`vm::confine`: new
+//! namespaces on Linux, Seatbelt on macOS), sends the config on the control socket
+//! (`vm::control`), relays the endpoint listeners the child hands back (`vm::relay`; Linux, as
+//! macOS guests dial the bundle's published ports directly), keeps the terminal raw while the guest runs and restores it whatever
 //! happens, and turns the child's end into an [`Outcome`]. [`run_attached`] also forwards the
 //! termination signals (`sys::signals`, their one owner) to the child while it runs, so the
 //! parent always lives to wait for it, restore the terminal and report.
@@ -17,8 +18,9 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use crate::env_vars;
-use crate::sys::{fdpass, signals, tty, userns};
+use crate::sys::{signals, tty};
 use crate::vm::config::{ChildMode, VmConfig};
+use crate::vm::confine::{self, ConfineError, Mapping};
 use crate::vm::{control, relay};
 
 #[derive(Debug, thiserror::Error)]
@@ -28,7 +30,7 @@ pub enum LaunchError {
     #[error("Could not create the control socket for the VMM child")]
     Socket(#[source] std::io::Error),
     #[error(transparent)]
-    Namespaces(#[from] userns::UsernsError),
+    Confine(#[from] ConfineError),
     #[error("Could not send the VM config to the VMM child")]
     SendConfig(#[source] std::io::Error),
     #[error("Could not receive the endpoint listeners from the VMM child")]
@@ -81,12 +83,12 @@ pub struct Phases {
     pub entered: Option<Duration>,
 }
 
-/// Runs `config` in a confined child mapped with `mapping` and waits for it; each guest port
-/// is relayed to its upstream (in the order of `config.guest_ports`). Termination signals sent
+/// Runs `config` in a confined child (mapped with `mapping` on Linux) and waits for it; each
+/// guest port is relayed to its upstream (in the order of `config.guest_ports`). Termination signals sent
 /// to krbottle meanwhile are forwarded to the child.
 pub async fn run_attached(
     config: VmConfig,
-    mapping: userns::IdMapping,
+    mapping: Mapping,
     upstreams: Vec<SocketAddr>,
 ) -> Result<Outcome, LaunchError> {
     let mut signals = signals::Termination::listen().map_err(LaunchError::Signals)?;
@@ -119,7 +121,7 @@ pub async fn run_attached(
 /// thread.
 pub fn launch_timed(
     config: &VmConfig,
-    mapping: &userns::IdMapping,
+    mapping: &Mapping,
     upstreams: impl FnOnce() -> Result<Vec<SocketAddr>, LaunchError>,
     on_spawn: impl FnOnce(signals::ChildSignaller),
 ) -> Result<(Outcome, Phases), LaunchError> {
@@ -129,16 +131,12 @@ pub fn launch_timed(
     let (mut ours, theirs) = UnixStream::pair().map_err(LaunchError::Socket)?;
     let theirs: std::os::fd::OwnedFd = theirs.into();
     let mut cmd = Command::new(exe);
-    let fd = userns::inherit_fd(&mut cmd, &theirs);
+    let fd = crate::sys::inherit::inherit_fd(&mut cmd, &theirs);
     cmd.arg(crate::hidden::VMM_CHILD)
         .env(env_vars::KRBOTTLE_VMM_FD, fd.to_string());
-    let ns = userns::Namespaces {
-        net: true,
-        mount: true,
-    };
     let streams = StdStreams::detect();
     streams.configure(&mut cmd);
-    let mut child = userns::spawn(&mut cmd, ns, mapping)?;
+    let mut child = confine::spawn(&mut cmd, config, mapping)?;
     let relays = streams.relay(&mut child);
     let spawned = started.elapsed();
     drop(theirs);
@@ -155,7 +153,7 @@ pub fn launch_timed(
     let setup = (|| {
         let json = serde_json::to_vec(config).map_err(LaunchError::EncodeConfig)?;
         control::write_frame(&mut ours, &json).map_err(LaunchError::SendConfig)?;
-        let fds = match fdpass::recv_fds(&ours).map_err(LaunchError::ReceiveListeners)? {
+        let fds = match confine::receive_listeners(&ours).map_err(LaunchError::ReceiveListeners)? {
             Some((control::LISTENERS, fds)) => fds,
             Some((control::FAILED, _)) => {
                 return Err(LaunchError::ChildSetup(read_rest(&mut ours)));

@@ -7,23 +7,23 @@
 //! - `launch` (parent) and `child` (`__vmm`), talking over `control`;
 //! - `relay`: the endpoint relays, run by the parent in the host's network namespace;
 //! - `probe`: `krbottle debug net-probe`, run by the child instead of booting;
-//! - `doctor`: can this machine boot a guest, and why not;
+//! - `doctor`: can this machine boot a guest, and why not (`doctor_macos`: the Mac's facts);
+//! - `confine`: the child's confinement, each Linux/macOS difference one function;
 //! - `guest_command`: finding the command in the rootfs before booting;
 //! - `seatbelt`: the macOS confinement profile (generated and tested everywhere, applied on macOS).
 
-#[cfg(target_os = "linux")]
 pub mod child;
 pub mod config;
+pub mod confine;
 pub mod control;
-#[cfg(target_os = "linux")]
 pub mod doctor;
+#[cfg_attr(not(target_os = "macos"), allow(dead_code))]
+pub mod doctor_macos;
 pub mod guest_command;
 pub mod krun;
-#[cfg(target_os = "linux")]
 pub mod launch;
-#[cfg(target_os = "linux")]
 pub mod prepare;
-#[cfg(target_os = "linux")]
 pub mod probe;
 pub mod relay;
+#[cfg_attr(not(target_os = "macos"), allow(dead_code))]
 pub mod seatbelt;

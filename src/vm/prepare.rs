@@ -9,12 +9,11 @@ use std::path::{Path, PathBuf};
 
 use crate::output::Reporter;
 use crate::provision::ProvisionFile;
-use crate::sys::userns::{IdMapping, UsernsError};
 use crate::vm::config::{
     self, ChildMode, ConfigError, Endpoint, EnvVar, GuestProcess, GuestUser, Overlay, Share,
     VmConfig,
 };
-use crate::vm::doctor::{self, BootVerdict};
+use crate::vm::confine::{self, ConfineError, GUEST_DIALS_PUBLISHED_PORTS, Mapping};
 use crate::vm::guest_command::{self, GuestCommandError};
 use crate::vm::relay::{self, RelayError};
 
@@ -66,15 +65,31 @@ pub enum PrepareError {
     },
     #[error(transparent)]
     Endpoint(#[from] RelayError),
-    #[error("libkrunfw not found at {source_path} ({why}); {hint}", hint = doctor::LIBKRUNFW_HINT)]
+    #[error("libkrunfw not found at {source_path} ({why}); {hint}", hint = LIBKRUNFW_HINT)]
     Libkrunfw { source_path: String, why: String },
     #[error(
         "Cannot use /dev/kvm ({0}); enable KVM, or add yourself to the `kvm` group and log in again"
     )]
     Kvm(String),
     #[error(transparent)]
-    IdMapping(#[from] UsernsError),
+    Confine(#[from] ConfineError),
+    #[error(
+        "An overlay root needs the VMM's own mount namespace, which only Linux has; on macOS give the bottle's own copy of the root (`krbottle start` clones it)"
+    )]
+    OverlayNotHere,
+    #[error(
+        "Sharing {} at the same path needs a bind mount in the VMM's own mount namespace, which only Linux has; use --copy-cwd on macOS", path.display()
+    )]
+    BindNotHere { path: PathBuf },
+    #[error("Published ports are dialled directly only on macOS; this is a krbottle bug")]
+    PublishedNotHere,
 }
+
+/// How to get libkrunfw on this OS.
+#[cfg(target_os = "linux")]
+const LIBKRUNFW_HINT: &str = crate::vm::doctor::LIBKRUNFW_HINT;
+#[cfg(target_os = "macos")]
+const LIBKRUNFW_HINT: &str = crate::vm::doctor_macos::LIBKRUNFW_HINT;
 
 /// The guest's root: a directory booted as is, or an overlay of a read-only lower (the cached
 /// image) under the bottle's writable upper state, mounted on `mount_point` by the child.
@@ -111,21 +126,26 @@ pub struct VmRequest {
     pub only_if_bootable: bool,
 }
 
-/// The guest-facing endpoints: listeners on `127.0.0.1:GUESTPORT` in the VMM's network.
+/// The guest-facing endpoints: listeners on `127.0.0.1:GUESTPORT` in the VMM's network (Linux),
+/// or host loopback ports the guest dials itself (macOS).
 #[derive(Clone, Debug)]
 pub enum Endpoints {
-    /// Each relayed to its upstream, resolved and checked now (`run`).
+    /// Each relayed to its upstream, resolved and checked now (`run`); on macOS each must be a
+    /// loopback port given as its own guest port, dialled directly.
     Now(Vec<Endpoint>),
-    /// Guest ports whose upstreams come later, when the bundle is up (`start`).
+    /// Guest ports whose upstreams come later, when the bundle is up (`start` on Linux).
     Later(Vec<u16>),
+    /// The bundle's host ports, chosen before it starts, that the guest dials directly (`start`
+    /// on macOS); nothing is relayed.
+    Published(Vec<u16>),
 }
 
 /// A request checked and turned into what the VMM child gets.
 #[derive(Debug)]
 pub struct PreparedVm {
     pub config: VmConfig,
-    pub mapping: IdMapping,
-    /// Each guest port's upstream, for [`Endpoints::Now`]; empty for [`Endpoints::Later`].
+    pub mapping: Mapping,
+    /// Each guest port's upstream, for [`Endpoints::Now`] relayed; empty otherwise.
     pub upstreams: Vec<std::net::SocketAddr>,
 }
 
@@ -133,11 +153,20 @@ pub struct PreparedVm {
 /// child's config. A hypervisor known not to boot the kernel is a warning (on `reporter`), since
 /// everything up to the boot still runs.
 pub fn prepare(request: VmRequest, reporter: &Reporter) -> Result<PreparedVm, PrepareError> {
-    let guest_ports: Vec<u16> = match &request.endpoints {
-        Endpoints::Now(e) => e.iter().map(|e| e.guest_port).collect(),
-        Endpoints::Later(ports) => ports.clone(),
+    let (guest_ports, direct_ports): (Vec<u16>, Vec<u16>) = match &request.endpoints {
+        Endpoints::Now(e) if GUEST_DIALS_PUBLISHED_PORTS => (Vec::new(), config::direct_ports(e)?),
+        Endpoints::Now(e) => (e.iter().map(|e| e.guest_port).collect(), Vec::new()),
+        Endpoints::Later(ports) => (ports.clone(), Vec::new()),
+        Endpoints::Published(_) if !GUEST_DIALS_PUBLISHED_PORTS => {
+            return Err(PrepareError::PublishedNotHere);
+        }
+        Endpoints::Published(ports) => (Vec::new(), ports.clone()),
     };
     config::check_unique_guest_ports(&guest_ports)?;
+    config::check_unique_guest_ports(&direct_ports)?;
+    if GUEST_DIALS_PUBLISHED_PORTS && let Some(path) = request.binds.first() {
+        return Err(PrepareError::BindNotHere { path: path.clone() });
+    }
     let mut env = Vec::new();
     for path in &request.env_files {
         let text = std::fs::read_to_string(path).map_err(|source| PrepareError::ReadEnvFile {
@@ -177,6 +206,9 @@ pub fn prepare(request: VmRequest, reporter: &Reporter) -> Result<PreparedVm, Pr
         .collect::<Result<Vec<_>, PrepareError>>()?;
     let (mount_point, overlay) = match request.root {
         Root::Dir(dir) => (dir, None),
+        Root::Overlay { .. } if GUEST_DIALS_PUBLISHED_PORTS => {
+            return Err(PrepareError::OverlayNotHere);
+        }
         Root::Overlay {
             mount_point,
             overlay,
@@ -194,16 +226,21 @@ pub fn prepare(request: VmRequest, reporter: &Reporter) -> Result<PreparedVm, Pr
         })?;
     utf8(&root)?;
     let upstreams = match &request.endpoints {
-        Endpoints::Now(e) => relay::resolve_endpoints(e)?
-            .into_iter()
-            .map(|r| r.upstream)
-            .collect(),
-        Endpoints::Later(_) => Vec::new(),
+        Endpoints::Now(e) => {
+            let resolved = relay::resolve_endpoints(e)?;
+            if guest_ports.is_empty() {
+                // Dialled directly: checked to answer, nothing to relay.
+                Vec::new()
+            } else {
+                resolved.into_iter().map(|r| r.upstream).collect()
+            }
+        }
+        Endpoints::Later(_) | Endpoints::Published(_) => Vec::new(),
     };
     for bind in &request.binds {
         utf8(bind)?;
     }
-    let cannot_boot = preflight(reporter, request.only_if_bootable)?;
+    let (cannot_boot, libkrunfw) = preflight(reporter, request.only_if_bootable)?;
     Ok(PreparedVm {
         config: VmConfig {
             cpus: request.cpus,
@@ -215,11 +252,12 @@ pub fn prepare(request: VmRequest, reporter: &Reporter) -> Result<PreparedVm, Pr
             provision: request.provision,
             process,
             guest_ports,
-            libkrunfw: doctor::libkrunfw_override(),
+            direct_ports,
+            libkrunfw,
             mode: ChildMode::Boot,
             stop_before_enter: cannot_boot,
         },
-        mapping: IdMapping::for_current_user()?,
+        mapping: confine::mapping_for_current_user()?,
         upstreams,
     })
 }
@@ -286,31 +324,70 @@ fn prepare_overlay(o: Overlay, mount_point: &Path) -> Result<Overlay, PrepareErr
     Ok(o)
 }
 
-/// The checks doctor makes that a boot cannot do without: a missing libkrunfw or an unusable
-/// `/dev/kvm` stop here. A hypervisor known not to boot the kernel is a warning, or, with
+/// The checks doctor makes that a boot cannot do without, and the libkrunfw the child is to
+/// load (`None`: the loader's own search). What stops a boot here: on Linux a missing libkrunfw
+/// or an unusable `/dev/kvm`, on macOS a missing libkrunfw, or a Mac or signature that cannot
+/// run Hypervisor.framework. A hypervisor known not to boot the kernel is a warning, or, with
 /// `only_if_bootable`, the reason returned (the boot is then not attempted).
-fn preflight(reporter: &Reporter, only_if_bootable: bool) -> Result<Option<String>, PrepareError> {
-    let (libkrunfw, source) = doctor::libkrunfw_fact();
-    if let Err(why) = libkrunfw {
-        return Err(PrepareError::Libkrunfw {
-            source_path: source,
+fn preflight(
+    reporter: &Reporter,
+    only_if_bootable: bool,
+) -> Result<(Option<String>, Option<PathBuf>), PrepareError> {
+    #[cfg(target_os = "linux")]
+    {
+        use crate::vm::doctor::{self, BootVerdict};
+        let (libkrunfw, source) = doctor::libkrunfw_fact();
+        if let Err(why) = libkrunfw {
+            return Err(PrepareError::Libkrunfw {
+                source_path: source,
+                why,
+            });
+        }
+        let path = doctor::libkrunfw_override();
+        let (kvm, modules) = doctor::kvm_facts();
+        if let Err(e) = &kvm {
+            // The VMM opens /dev/kvm only in krun_start_enter: everything before it can still
+            // run.
+            if only_if_bootable {
+                return Ok((Some(PrepareError::Kvm(e.clone()).to_string()), path));
+            }
+            return Err(PrepareError::Kvm(e.clone()));
+        }
+        match doctor::hypervisor_verdict(&kvm, &modules) {
+            BootVerdict::CannotBoot(why) if only_if_bootable => Ok((Some(why), path)),
+            BootVerdict::CannotBoot(why) => {
+                reporter.status(format!("warning: the guest will probably not boot: {why}"));
+                Ok((None, path))
+            }
+            BootVerdict::CanBoot => Ok((None, path)),
+        }
+    }
+    #[cfg(target_os = "macos")]
+    {
+        use crate::vm::doctor_macos as doctor;
+        // The Seatbelt profile names libkrunfw by its real path: it must be found now.
+        let path = doctor::find_libkrunfw().map_err(|why| PrepareError::Libkrunfw {
+            source_path: doctor::LIBKRUNFW_DYLIB.to_string(),
             why,
-        });
-    }
-    let (kvm, modules) = doctor::kvm_facts();
-    if let Err(e) = &kvm {
-        // The VMM opens /dev/kvm only in krun_start_enter: everything before it can still run.
-        if only_if_bootable {
-            return Ok(Some(PrepareError::Kvm(e.clone()).to_string()));
+        })?;
+        let machine = rustix::system::uname()
+            .machine()
+            .to_string_lossy()
+            .into_owned();
+        let why = if machine != "arm64" {
+            Some(format!(
+                "this Mac is {machine}, not Apple Silicon; libkrun needs Hypervisor.framework on arm64"
+            ))
+        } else {
+            None
+        };
+        match why {
+            Some(why) if only_if_bootable => Ok((Some(why), Some(path))),
+            Some(why) => {
+                reporter.status(format!("warning: the guest will probably not boot: {why}"));
+                Ok((None, Some(path)))
+            }
+            None => Ok((None, Some(path))),
         }
-        return Err(PrepareError::Kvm(e.clone()));
-    }
-    match doctor::hypervisor_verdict(&kvm, &modules) {
-        BootVerdict::CannotBoot(why) if only_if_bootable => Ok(Some(why)),
-        BootVerdict::CannotBoot(why) => {
-            reporter.status(format!("warning: the guest will probably not boot: {why}"));
-            Ok(None)
-        }
-        BootVerdict::CanBoot => Ok(None),
     }
 }

@@ -1,8 +1,9 @@
 //! `krbottle debug net-probe`: what the VMM could reach on the guest's behalf.
 //!
 //! Run inside the confined child (same code path as a boot, up to libkrun): each target is
-//! dialled as TSI would dial it for the guest, and the namespace's interfaces and routes are
-//! listed. One JSON line per fact on stdout.
+//! dialled as TSI would dial it for the guest, and (Linux) the namespace's interfaces and routes
+//! are listed. One JSON line per fact on stdout. On macOS the child is under its Seatbelt
+//! profile instead, and the endpoints are dialled directly (`vm::confine`).
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
@@ -52,11 +53,13 @@ pub fn attempt(target: SocketAddr) -> Attempt {
     }
 }
 
+#[cfg(target_os = "linux")]
 #[derive(Debug, Serialize)]
 struct Interfaces {
     interfaces: Vec<String>,
 }
 
+#[cfg(target_os = "linux")]
 #[derive(Debug, Serialize)]
 struct Routes {
     routes: Vec<crate::sys::netif::Route>,
@@ -69,12 +72,15 @@ pub fn run(targets: &[SocketAddr]) -> std::io::Result<()> {
         writeln!(out, "{}", v.json())?;
         out.flush()
     };
-    line(&Interfaces {
-        interfaces: crate::sys::netif::interfaces()?,
-    })?;
-    line(&Routes {
-        routes: crate::sys::netif::routes()?,
-    })?;
+    #[cfg(target_os = "linux")]
+    {
+        line(&Interfaces {
+            interfaces: crate::sys::netif::interfaces()?,
+        })?;
+        line(&Routes {
+            routes: crate::sys::netif::routes()?,
+        })?;
+    }
     for t in targets {
         line(&attempt(*t))?;
     }
@@ -101,10 +107,26 @@ pub async fn probe(
 ) -> Result<i32, ProbeError> {
     use crate::vm::config::{ChildMode, GuestProcess, VmConfig};
     let resolved = crate::vm::relay::resolve_endpoints(endpoints)?;
+    let (guest_ports, direct_ports, upstreams) = if crate::vm::confine::GUEST_DIALS_PUBLISHED_PORTS
+    {
+        let direct = crate::vm::config::direct_ports(endpoints)?;
+        (Vec::new(), direct, Vec::new())
+    } else {
+        let ports = resolved.iter().map(|r| r.guest_port).collect();
+        (
+            ports,
+            Vec::new(),
+            resolved.iter().map(|r| r.upstream).collect(),
+        )
+    };
+    // The root is never booted, only opened: an empty dir, so the macOS profile made from the
+    // config grants no file beyond it.
+    let root = tempfile::tempdir().map_err(ProbeError::Root)?;
+    let root_path = root.path().canonicalize().map_err(ProbeError::Root)?;
     let config = VmConfig {
         cpus: 1,
         memory_mib: crate::resources::MIN_MEMORY_MIB,
-        root: "/".into(),
+        root: root_path,
         overlay: None,
         shares: Vec::new(),
         binds: Vec::new(),
@@ -116,13 +138,13 @@ pub async fn probe(
             uid: 0,
             gid: 0,
         },
-        guest_ports: resolved.iter().map(|r| r.guest_port).collect(),
+        guest_ports,
+        direct_ports,
         libkrunfw: None,
         mode: ChildMode::NetProbe { targets },
         stop_before_enter: None,
     };
-    let mapping = crate::sys::userns::IdMapping::for_current_user()?;
-    let upstreams = resolved.iter().map(|r| r.upstream).collect();
+    let mapping = crate::vm::confine::mapping_for_current_user()?;
     match crate::vm::launch::run_attached(config, mapping, upstreams).await? {
         crate::vm::launch::Outcome::Exited(code) => Ok(code),
         crate::vm::launch::Outcome::VmmFailed(why) | crate::vm::launch::Outcome::NotBooted(why) => {
@@ -136,9 +158,13 @@ pub enum ProbeError {
     #[error(transparent)]
     Endpoint(#[from] crate::vm::relay::RelayError),
     #[error(transparent)]
-    IdMapping(#[from] crate::sys::userns::UsernsError),
+    Confine(#[from] crate::vm::confine::ConfineError),
+    #[error(transparent)]
+    Endpoints(#[from] crate::vm::config::ConfigError),
     #[error(transparent)]
     Launch(#[from] crate::vm::launch::LaunchError),
     #[error("The probe child failed: {0}")]
     ChildFailed(String),
+    #[error("Cannot create the probe's empty root dir in the temp dir; check TMPDIR")]
+    Root(#[source] std::io::Error),
 }
