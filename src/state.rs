@@ -23,7 +23,7 @@ use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::io;
 use std::net::SocketAddr;
-use std::os::unix::fs::DirBuilderExt;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use indicatif::ProgressBar;
@@ -279,7 +279,23 @@ impl BottleDirs {
     ) -> Result<WritableRoot, StateError> {
         if cfg!(target_os = "linux") {
             let upper = self.overlay_upper();
-            mkdir(&upper.join("diff"))?;
+            let diff = upper.join("diff");
+            if !diff.exists() {
+                // The overlay's root directory takes its mode from the upper layer's: the
+                // image's own (0700 would lock every user but root out of `/`).
+                let mode = fs::metadata(image_rootfs)
+                    .map(|m| m.permissions().mode() & 0o7777)
+                    .unwrap_or(0o755);
+                mkdir(&upper)?;
+                fs::DirBuilder::new()
+                    .mode(0o700)
+                    .create(&diff)
+                    .and_then(|()| fs::set_permissions(&diff, fs::Permissions::from_mode(mode)))
+                    .map_err(|source| StateError::Create {
+                        path: diff.clone(),
+                        source,
+                    })?;
+            }
             mkdir(&upper.join("work"))?;
             return Ok(WritableRoot::Overlay {
                 lower: image_rootfs.to_path_buf(),
@@ -364,6 +380,26 @@ fn mkdir(path: &Path) -> Result<(), StateError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn the_overlay_upper_layer_has_the_image_roots_mode_so_every_user_can_enter_the_root() {
+        let dir = tempfile::tempdir().unwrap();
+        let image = dir.path().join("image");
+        fs::create_dir(&image).unwrap();
+        fs::set_permissions(&image, fs::Permissions::from_mode(0o755)).unwrap();
+        let dirs = StateRoot::at(dir.path().join("state")).bottle("b").unwrap();
+        let bar = indicatif::ProgressBar::hidden();
+        let WritableRoot::Overlay { upper, .. } = dirs.writable_root(&image, &bar).unwrap() else {
+            panic!("an overlay on Linux");
+        };
+        let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(mode(&upper.join("diff")), 0o755);
+        // Kept as it is on a resume, whatever the guest made of it.
+        fs::set_permissions(upper.join("diff"), fs::Permissions::from_mode(0o750)).unwrap();
+        dirs.writable_root(&image, &bar).unwrap();
+        assert_eq!(mode(&upper.join("diff")), 0o750);
+    }
 
     #[test]
     fn names_are_checked_before_they_become_paths() {
