@@ -128,31 +128,9 @@ pub fn copy_file(from: &File, _from_path: &Path, to: &Path, len: u64) -> io::Res
 /// `clonefile` on macOS; a copy otherwise. Returns whether blocks were shared.
 #[cfg(target_os = "macos")]
 pub fn copy_file(from: &File, from_path: &Path, to: &Path, _len: u64) -> io::Result<bool> {
-    use std::os::unix::ffi::OsStrExt;
     use std::os::unix::fs::OpenOptionsExt;
-    /// From `<sys/clonefile.h>`: do not follow a symlink at `src`; do not copy the owner.
-    const CLONE_NOFOLLOW: u32 = 0x0001;
-    const CLONE_NOOWNERCOPY: u32 = 0x0002;
-    let c = |p: &Path| {
-        std::ffi::CString::new(p.as_os_str().as_bytes())
-            .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))
-    };
-    let (src, dst) = (c(from_path)?, c(to)?);
-    // SAFETY: both paths are NUL-terminated strings that outlive the call.
-    let rc = unsafe {
-        libc::clonefile(
-            src.as_ptr(),
-            dst.as_ptr(),
-            CLONE_NOFOLLOW | CLONE_NOOWNERCOPY,
-        )
-    };
-    if rc == 0 {
+    if clonefile(from_path, to)? {
         return Ok(true);
-    }
-    let err = io::Error::last_os_error();
-    // Another volume, or a file system without clones: copy instead.
-    if !matches!(err.raw_os_error(), Some(libc::EXDEV | libc::ENOTSUP)) {
-        return Err(err);
     }
     let mut dest = File::options()
         .write(true)
@@ -175,31 +153,36 @@ pub fn clone_tree(from: &Path, to: &Path) -> io::Result<bool> {
         Ok(false)
     }
     #[cfg(target_os = "macos")]
-    {
-        use std::os::unix::ffi::OsStrExt;
-        /// From `<sys/clonefile.h>`: do not follow a symlink at `src`; do not copy the owner.
-        const CLONE_NOFOLLOW: u32 = 0x0001;
-        const CLONE_NOOWNERCOPY: u32 = 0x0002;
-        let c = |p: &Path| {
-            std::ffi::CString::new(p.as_os_str().as_bytes())
-                .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))
-        };
-        let (src, dst) = (c(from)?, c(to)?);
-        // SAFETY: both paths are NUL-terminated strings that outlive the call.
-        let rc = unsafe {
-            libc::clonefile(
-                src.as_ptr(),
-                dst.as_ptr(),
-                CLONE_NOFOLLOW | CLONE_NOOWNERCOPY,
-            )
-        };
-        if rc == 0 {
-            return Ok(true);
-        }
-        let err = io::Error::last_os_error();
-        if matches!(err.raw_os_error(), Some(libc::EXDEV | libc::ENOTSUP)) {
-            return Ok(false);
-        }
-        Err(err)
+    clonefile(from, to)
+}
+
+/// `clonefile(2)` of `from` (a file, or a whole directory tree) to `to`, which must not exist:
+/// `Ok(false)`, nothing created, on another volume or a file system without clones.
+#[cfg(target_os = "macos")]
+fn clonefile(from: &Path, to: &Path) -> io::Result<bool> {
+    use std::os::unix::ffi::OsStrExt;
+    /// From `<sys/clonefile.h>`: do not follow a symlink at `src`; do not copy the owner.
+    const CLONE_NOFOLLOW: u32 = 0x0001;
+    const CLONE_NOOWNERCOPY: u32 = 0x0002;
+    let c = |p: &Path| {
+        std::ffi::CString::new(p.as_os_str().as_bytes())
+            .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))
+    };
+    let (src, dst) = (c(from)?, c(to)?);
+    // SAFETY: both paths are NUL-terminated strings that outlive the call.
+    let rc = unsafe {
+        libc::clonefile(
+            src.as_ptr(),
+            dst.as_ptr(),
+            CLONE_NOFOLLOW | CLONE_NOOWNERCOPY,
+        )
+    };
+    if rc == 0 {
+        return Ok(true);
     }
+    let err = io::Error::last_os_error();
+    if matches!(err.raw_os_error(), Some(libc::EXDEV | libc::ENOTSUP)) {
+        return Ok(false);
+    }
+    Err(err)
 }
