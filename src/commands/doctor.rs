@@ -43,8 +43,11 @@ fn code(boot: &BootVerdict) -> u8 {
 }
 
 #[cfg(target_os = "linux")]
+use crate::vm::doctor;
+#[cfg(target_os = "macos")]
+use crate::vm::doctor_macos as doctor;
+
 pub async fn run(args: DoctorArgs) -> anyhow::Result<u8> {
-    use crate::vm::doctor;
     let facts = doctor::gather().await;
     let boot = doctor::verdict(&facts);
     if args.json {
@@ -52,6 +55,12 @@ pub async fn run(args: DoctorArgs) -> anyhow::Result<u8> {
         crate::output::print_json(&Report { facts, boot })?;
         return Ok(code);
     }
+    print_facts(&facts);
+    Ok(finish(&boot))
+}
+
+#[cfg(target_os = "linux")]
+fn print_facts(facts: &doctor::Facts) {
     line(
         "/dev/kvm",
         facts.kvm.clone().map(|v| format!("KVM API version {v}")),
@@ -83,19 +92,10 @@ pub async fn run(args: DoctorArgs) -> anyhow::Result<u8> {
         "docker",
         facts.docker.clone().map(|()| "reachable".to_owned()),
     );
-    Ok(finish(&boot))
 }
 
 #[cfg(target_os = "macos")]
-pub async fn run(args: DoctorArgs) -> anyhow::Result<u8> {
-    use crate::vm::doctor_macos as doctor;
-    let facts = doctor::gather().await;
-    let boot = doctor::verdict(&facts);
-    if args.json {
-        let code = code(&boot);
-        crate::output::print_json(&Report { facts, boot })?;
-        return Ok(code);
-    }
+fn print_facts(facts: &doctor::Facts) {
     line("macOS", facts.macos.clone());
     line(
         "Apple Silicon",
@@ -129,5 +129,4 @@ pub async fn run(args: DoctorArgs) -> anyhow::Result<u8> {
             .map(|()| "reachable".to_owned())
             .map_err(|e| format!("{e}; start Docker Desktop (`start` needs it for the bundle)")),
     );
-    Ok(finish(&boot))
 }

@@ -118,16 +118,20 @@ pub fn healthz<E>(daemon: &str, req: &Request<Incoming>) -> Option<Response<BoxB
     })
 }
 
-/// A plain-text answer, `krbottle DAEMON: MSG`.
-pub fn text<E>(daemon: &str, status: StatusCode, msg: &str) -> Response<BoxBody<Bytes, E>> {
-    let body = Full::new(Bytes::from(format!("krbottle {daemon}: {msg}\n")))
-        .map_err(|never| match never {})
-        .boxed();
-    let mut resp = Response::new(body);
+/// A plain-text answer, `krbottle DAEMON: MSG`, with the body a server boxes as it needs.
+pub fn plain(daemon: &str, status: StatusCode, msg: &str) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(Bytes::from(format!(
+        "krbottle {daemon}: {msg}\n"
+    ))));
     *resp.status_mut() = status;
     resp.headers_mut().insert(
         header::CONTENT_TYPE,
         http::HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     resp
+}
+
+/// [`plain`], boxed.
+pub fn text<E>(daemon: &str, status: StatusCode, msg: &str) -> Response<BoxBody<Bytes, E>> {
+    plain(daemon, status, msg).map(|body| body.map_err(|never| match never {}).boxed())
 }

@@ -49,7 +49,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::header::{self, HeaderName, HeaderValue};
+use http::header::{HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
@@ -357,16 +357,8 @@ fn uri_authority<B>(req: &Request<B>) -> String {
 
 /// A short plain-text response from the gateway itself.
 fn text(status: StatusCode, msg: &str) -> Response<ProxyBody> {
-    let body = Full::new(Bytes::from(format!("krbottle gateway: {msg}\n")))
-        .map_err(|never| match never {})
-        .boxed_unsync();
-    let mut resp = Response::new(body);
-    *resp.status_mut() = status;
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    resp
+    crate::daemon::server::plain(NAME, status, msg)
+        .map(|body| body.map_err(|never| match never {}).boxed_unsync())
 }
 
 fn empty() -> ProxyBody {
