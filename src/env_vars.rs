@@ -8,6 +8,10 @@ pub const KRBOTTLE_CACHE_DIR: &str = "KRBOTTLE_CACHE_DIR";
 /// directories and take the portable route, the save stream (for tests and benchmarks).
 pub const KRBOTTLE_NO_ENGINE_LAYER_DIRS: &str = "KRBOTTLE_NO_ENGINE_LAYER_DIRS";
 
+/// When set (to anything), entries of the engine's layer directories are copied into the layer
+/// cache instead of hard-linked to the engine's inodes (for tests and benchmarks).
+pub const KRBOTTLE_NO_ENGINE_LINKS: &str = "KRBOTTLE_NO_ENGINE_LINKS";
+
 /// Directory for per-bottle state (writable roots, metadata, locks).
 /// Default: the user data dir (`$XDG_DATA_HOME/krbottle`, `~/Library/Application Support/krbottle`).
 pub const KRBOTTLE_STATE_DIR: &str = "KRBOTTLE_STATE_DIR";

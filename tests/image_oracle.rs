@@ -421,19 +421,50 @@ fn layer_features_match_docker_through_the_layer_cache() {
         &layers_dockerfile(),
         &[("caps.tar", &caps_tar())],
     );
-    let work = tempfile::tempdir().unwrap();
-    let prepared = prepare_root(work.path(), &tag);
-    let layers = prepared["meta"]["summary"]["layer_entries"].as_array();
-    assert!(
-        layers.is_some_and(|l| !l.is_empty()),
-        "the layer cache was not used: {prepared}"
-    );
-    let root = compare_prepared(&prepared, &tag);
-    assert!(!root.join("opt/a/x").exists() && root.join("opt/a/new").exists());
-    let mut buf = [0u8; 64];
-    let n = rustix::fs::lgetxattr(root.join("opt/cap-bin"), "security.capability", &mut buf)
-        .expect("security.capability kept");
-    assert_eq!(n, 20);
+    // Linked: a cache beside the engine's storage (same mount), every entry a hard link to the
+    // engine's own file. Copied: the same with links turned off.
+    let docker_root = common::run(std::process::Command::new("docker").args([
+        "info",
+        "-f",
+        "{{.DockerRootDir}}",
+    ]))
+    .1;
+    let beside = tempfile::Builder::new()
+        .prefix("krbottle-test-cache-")
+        .tempdir_in(docker_root.trim())
+        .unwrap();
+    let copied = tempfile::tempdir().unwrap();
+    for (cache, copy) in [(beside.path(), false), (copied.path(), true)] {
+        let mut cmd = common::krbottle();
+        cmd.args(["image", "prepare", &tag, "--ownership", "root", "--json"])
+            .env("KRBOTTLE_CACHE_DIR", cache);
+        if copy {
+            cmd.env("KRBOTTLE_NO_ENGINE_LINKS", "1");
+        }
+        let (out, stdout, stderr) = common::run(&mut cmd);
+        assert!(out.status.success(), "prepare {tag} failed:\n{stderr}");
+        let prepared: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+        let summary = &prepared["meta"]["summary"];
+        assert!(
+            summary["layer_entries"]
+                .as_array()
+                .is_some_and(|l| !l.is_empty()),
+            "the layer cache was not used: {prepared}"
+        );
+        let links = summary["engine_links"].as_u64().unwrap();
+        assert_eq!(links == 0, copy, "engine links with copy={copy}: {summary}");
+        let root = compare_prepared(&prepared, &tag);
+        assert!(!root.join("opt/a/x").exists() && root.join("opt/a/new").exists());
+        let mut buf = [0u8; 64];
+        let n = rustix::fs::lgetxattr(root.join("opt/cap-bin"), "security.capability", &mut buf)
+            .expect("security.capability kept");
+        assert_eq!(n, 20);
+        // A linked file is the engine's inode (names: the engine's, the snapshot's, the root's);
+        // a copy is only ours (the snapshot's and the root's).
+        use std::os::unix::fs::MetadataExt;
+        let nlink = std::fs::metadata(root.join("opt/a/new")).unwrap().nlink();
+        assert_eq!(nlink > 2, !copy, "link count {nlink} with copy={copy}");
+    }
 }
 
 /// The agent-shaped fixture of `bench prepare`, small, built with the docker CLI.
@@ -473,12 +504,11 @@ fn rebuilt_image_reuses_cached_layers_and_matches_docker() {
             .map(|l| l.as_str().unwrap().to_string())
             .collect()
     };
-    // Each root names the snapshot of its stack without the top layer (the same one: only the
-    // top layer differs) and the snapshot of its whole stack.
+    // Each root names the snapshot of its stack without the top layer: the same one, only the
+    // top layer differs. (The whole stack is the image's root itself.)
     let (la, lb) = (layers(&a), layers(&b));
-    assert_eq!((la.len(), lb.len()), (2, 2), "{la:?} {lb:?}");
+    assert_eq!((la.len(), lb.len()), (1, 1), "{la:?} {lb:?}");
     assert_eq!(la[0], lb[0], "the unchanged layers are shared");
-    assert_ne!(la[1], lb[1]);
     let ra = compare_prepared(&a, &first);
     let rb = compare_prepared(&b, &rebuilt);
     assert_eq!(
@@ -504,8 +534,8 @@ fn rebuilt_image_reuses_cached_layers_and_matches_docker() {
     assert!(!ra.join("opt/agent/node_modules/pkg1").exists());
     assert!(!ra.join("opt/agent/cache/old").exists());
 
-    // An image built on the first: its whole stack is linked from the first's snapshot, the
-    // two layers above it copied, deletions in them applied to the linked files.
+    // An image built on the first: its whole stack is linked from the first's root, the two
+    // layers above it imported, deletions in them applied to the linked files.
     let derived = docker_build(
         "krbottle-test/agent-fixture:derived",
         &format!(
@@ -523,9 +553,9 @@ fn rebuilt_image_reuses_cached_layers_and_matches_docker() {
     assert_eq!(code, 0, "{stderr}");
     let pruned: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(pruned["removed"].as_array().unwrap().len(), 3, "{pruned}");
-    // The stack below the top (shared), the first's, the rebuilt's, the derived's below its
-    // top and its whole stack.
-    assert_eq!(pruned["layers"], 5, "{pruned}");
+    // The stack below the top (shared by the first and the rebuilt) and the derived's below
+    // its top (linked from the first's root).
+    assert_eq!(pruned["layers"], 2, "{pruned}");
     let left: Vec<_> = std::fs::read_dir(work.path().join("layers"))
         .unwrap()
         .collect();

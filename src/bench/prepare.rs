@@ -4,14 +4,17 @@
 //! finished tree on disk; the engine's time to hand out the bytes counts for everyone. Each is a
 //! separate process timed by wall clock, the way a user would run it:
 //! - `krbottle image prepare` into an empty cache (cold), and of a rebuilt image (the last layer
-//!   changed) into the cache the cold run left (rebuild);
+//!   changed) into the cache the cold run left (rebuild); cold again with every entry copied
+//!   (`KRBOTTLE_NO_ENGINE_LINKS`), what a cache on another mount than the engine's storage pays;
 //! - `docker create` + `docker export | tar -x` (the export path);
 //! - `docker save | tar -x`, then GNU `tar -x` of each layer in stack order (whiteouts left as
 //!   files: less work than a real unpack);
 //! - `cp -a` of krbottle's result: the cost of writing the final tree once.
 //!
-//! Contenders alternate within each run, so page-cache and load conditions are shared; the
-//! median of `--runs` is reported. krbottle's peak RSS is the largest any cold run reported.
+//! Contenders alternate within each run, so page-cache and load conditions are shared, and none
+//! follows a deletion (trees are removed at the end of a run, then the filesystem settles); the
+//! median of `--runs` is reported. The scratch dir decides whether the cold run can link to the
+//! engine's files: on the engine's mount it can (`--scratch`), elsewhere it copies. krbottle's peak RSS is the largest any cold run reported.
 //! Without IMAGE the bench builds its agent-shaped fixture ([`FIXTURE_DOCKERFILE`]), sized by
 //! `--files` and `--kb` (building is not timed).
 
@@ -65,10 +68,15 @@ pub struct PrepareReport {
     layers: usize,
     entries: u64,
     bytes: u64,
+    /// Entries the cold prepare hard-linked to the engine's own files (0 when the cache and the
+    /// engine's storage are on different mounts: then every entry was copied).
+    engine_links: u64,
     runs: usize,
     timings: Vec<Timing>,
     /// Cold `image prepare` ÷ the export path (target ≤ 0.5).
     cold_vs_export: f64,
+    /// Cold `image prepare` with every entry copied ÷ the export path.
+    cold_copy_vs_export: f64,
     /// Cold `image prepare` ÷ save + GNU tar of the layers.
     cold_vs_save_tar: f64,
     /// Cold `image prepare` ÷ `cp -a` of the result (1.0 = as fast as writing the tree once).
@@ -84,6 +92,7 @@ pub struct PrepareReport {
 #[derive(Default)]
 struct RunTimes {
     cold: Vec<Duration>,
+    cold_copy: Vec<Duration>,
     rebuild: Vec<Duration>,
     export: Vec<Duration>,
     save_tar: Vec<Duration>,
@@ -139,8 +148,9 @@ pub async fn run(opts: &PrepareBench, reporter: &Reporter) -> anyhow::Result<Pre
     .await??;
     let m = |v: &[Duration]| median(v.to_vec()).as_secs_f64();
     let t = &measured.times;
-    let (cold, rebuild, export, save_tar, cp) = (
+    let (cold, cold_copy, rebuild, export, save_tar, cp) = (
         m(&t.cold),
+        m(&t.cold_copy),
         m(&t.rebuild),
         m(&t.export),
         m(&t.save_tar),
@@ -152,11 +162,16 @@ pub async fn run(opts: &PrepareBench, reporter: &Reporter) -> anyhow::Result<Pre
         layers: info.diff_ids.len(),
         entries: measured.entries,
         bytes: measured.bytes,
+        engine_links: measured.engine_links,
         runs: opts.runs,
         timings: vec![
             Timing {
                 name: "krbottle image prepare (cold)",
                 seconds: cold,
+            },
+            Timing {
+                name: "krbottle image prepare (cold, every entry copied)",
+                seconds: cold_copy,
             },
             Timing {
                 name: "krbottle image prepare (rebuilt, last layer changed)",
@@ -176,6 +191,7 @@ pub async fn run(opts: &PrepareBench, reporter: &Reporter) -> anyhow::Result<Pre
             },
         ],
         cold_vs_export: cold / export,
+        cold_copy_vs_export: cold_copy / export,
         cold_vs_save_tar: cold / save_tar,
         cold_vs_cp: cold / cp,
         rebuild_vs_cold: rebuild / cold,
@@ -190,9 +206,13 @@ struct Measured {
     hit: Duration,
     entries: u64,
     bytes: u64,
+    engine_links: u64,
 }
 
 /// The timed part, on a blocking thread: every contender once per run, in turn.
+///
+/// No contender is timed right after a tree was deleted: each run's trees stay until the run
+/// ends, then go together, and the next run waits for the filesystem to settle ([`settle`]).
 fn measure(
     work: &Path,
     image: &str,
@@ -203,30 +223,28 @@ fn measure(
 ) -> anyhow::Result<Measured> {
     let mut times = RunTimes::default();
     let mut peak_rss = 0;
-    let (mut entries, mut bytes) = (0, 0);
+    let (mut entries, mut bytes, mut engine_links) = (0, 0, 0);
     let mut hit = Duration::ZERO;
+    settle(work, reporter)?;
     for run in 0..runs {
+        let status = |what: &str| reporter.status(format!("run {}/{runs}: {what}", run + 1));
         let cache = work.join(format!("cache-{run}"));
-        reporter.status(format!(
-            "run {}/{runs}: krbottle image prepare (cold)",
-            run + 1
-        ));
-        let (took, cold) = time(|| prepare(&cache, image))?;
+        status("krbottle image prepare (cold)");
+        let (took, cold) = time(|| prepare(&cache, image, false))?;
         times.cold.push(took);
         peak_rss = peak_rss.max(cold["peak_rss_bytes"].as_u64().unwrap_or(0));
-        entries = cold["meta"]["summary"]["entries"].as_u64().unwrap_or(0);
-        bytes = cold["meta"]["summary"]["bytes"].as_u64().unwrap_or(0);
+        let summary = &cold["meta"]["summary"];
+        entries = summary["entries"].as_u64().unwrap_or(0);
+        bytes = summary["bytes"].as_u64().unwrap_or(0);
+        engine_links = summary["engine_links"].as_u64().unwrap_or(0);
         let rootfs = PathBuf::from(
             cold["rootfs"]
                 .as_str()
                 .context("image prepare printed no rootfs")?,
         );
 
-        reporter.status(format!(
-            "run {}/{runs}: krbottle image prepare (rebuilt)",
-            run + 1
-        ));
-        let (took, _) = time(|| prepare(&cache, rebuilt))?;
+        status("krbottle image prepare (rebuilt)");
+        let (took, _) = time(|| prepare(&cache, rebuilt, false))?;
         times.rebuild.push(took);
 
         if run == 0 {
@@ -245,8 +263,13 @@ fn measure(
             hit = median(hits);
         }
 
-        reporter.status(format!("run {}/{runs}: cp -a of the result", run + 1));
-        let dest = work.join("cp");
+        status("krbottle image prepare (cold, copying)");
+        let copy_cache = work.join(format!("cache-copy-{run}"));
+        let (took, _) = time(|| prepare(&copy_cache, image, true))?;
+        times.cold_copy.push(took);
+
+        status("cp -a of the result");
+        let dest = work.join(format!("cp-{run}"));
         let (took, _) = time(|| {
             command(
                 Command::new("cp").arg("-a").arg(&rootfs).arg(&dest),
@@ -254,27 +277,29 @@ fn measure(
             )
         })?;
         times.cp.push(took);
-        remove_tree(&dest)?;
-        crate::image::remove_tree_any_owner(&cache)?;
 
-        reporter.status(format!(
-            "run {}/{runs}: docker create + export | tar -x",
-            run + 1
-        ));
-        let dest = work.join("export");
-        let (took, _) = time(|| export_and_untar(image, &dest))?;
+        status("docker create + export | tar -x");
+        let (took, _) = time(|| export_and_untar(image, &work.join(format!("export-{run}"))))?;
         times.export.push(took);
-        remove_tree(&dest)?;
 
-        reporter.status(format!(
-            "run {}/{runs}: docker save + tar -x of the layers",
-            run + 1
-        ));
-        let dest = work.join("save-tar");
-        let (took, _) = time(|| save_and_untar(image, &work.join("save"), &dest))?;
+        status("docker save + tar -x of the layers");
+        let (save, dest) = (
+            work.join(format!("save-{run}")),
+            work.join(format!("save-tar-{run}")),
+        );
+        let (took, _) = time(|| save_and_untar(image, &save, &dest))?;
         times.save_tar.push(took);
-        remove_tree(&dest)?;
-        remove_tree(&work.join("save"))?;
+
+        status("removing this run's trees (not timed)");
+        for name in [&cache, &copy_cache] {
+            crate::image::remove_tree_any_owner(name)?;
+        }
+        for name in ["cp", "export", "save", "save-tar"] {
+            remove_tree(&work.join(format!("{name}-{run}")))?;
+        }
+        if run + 1 < runs {
+            settle(work, reporter)?;
+        }
     }
     Ok(Measured {
         times,
@@ -282,6 +307,74 @@ fn measure(
         hit,
         entries,
         bytes,
+        engine_links,
+    })
+}
+
+/// How long ext4 without a journal keeps a freed inode from being reused (the kernel's
+/// `RECENTCY_MIN`, 60 s once its inode table block is written back), and a margin.
+const EXT4_RECENTLY_DELETED: Duration = Duration::from_secs(62);
+
+/// Lets the filesystem under `dir` forget the trees just deleted, so that no contender pays
+/// for another's deletions: written back (`syncfs`), and on ext4 without a journal, where the
+/// inode allocator skips every inode freed in the last minute by checking each one in turn
+/// (many thousands after a tree of small files went), a wait until that window has passed.
+fn settle(dir: &Path, reporter: &Reporter) -> anyhow::Result<()> {
+    #[cfg(target_os = "linux")]
+    {
+        let fd = rustix::fs::open(
+            dir,
+            rustix::fs::OFlags::RDONLY
+                | rustix::fs::OFlags::DIRECTORY
+                | rustix::fs::OFlags::CLOEXEC,
+            rustix::fs::Mode::empty(),
+        )
+        .with_context(|| format!("cannot open {}", dir.display()))?;
+        rustix::fs::syncfs(&fd).context("cannot write the scratch filesystem back")?;
+    }
+    #[cfg(not(target_os = "linux"))]
+    rustix::fs::sync();
+    if ext4_without_journal(dir) {
+        reporter.status(format!(
+            "waiting {} s: {} is ext4 without a journal, which does not reuse inodes freed in the last minute (not timed)",
+            EXT4_RECENTLY_DELETED.as_secs(),
+            dir.display()
+        ));
+        std::thread::sleep(EXT4_RECENTLY_DELETED);
+    }
+    Ok(())
+}
+
+/// ext4 is Linux's.
+#[cfg(not(target_os = "linux"))]
+fn ext4_without_journal(_dir: &Path) -> bool {
+    false
+}
+
+/// Whether `dir` is on an ext4 filesystem that has no journal (no `/proc/fs/jbd2/<dev>-*`).
+#[cfg(target_os = "linux")]
+fn ext4_without_journal(dir: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(meta) = std::fs::metadata(dir) else {
+        return false;
+    };
+    let dev = meta.dev();
+    let (major, minor) = (rustix::fs::major(dev), rustix::fs::minor(dev));
+    let Ok(uevent) = std::fs::read_to_string(format!("/sys/dev/block/{major}:{minor}/uevent"))
+    else {
+        return false;
+    };
+    let Some(name) = uevent.lines().find_map(|l| l.strip_prefix("DEVNAME=")) else {
+        return false;
+    };
+    if !Path::new("/proc/fs/ext4").join(name).exists() {
+        return false;
+    }
+    let journal = format!("{name}-");
+    !std::fs::read_dir("/proc/fs/jbd2").is_ok_and(|entries| {
+        entries
+            .flatten()
+            .any(|e| e.file_name().to_string_lossy().starts_with(&journal))
     })
 }
 
@@ -291,10 +384,15 @@ fn time<T>(f: impl FnOnce() -> anyhow::Result<T>) -> anyhow::Result<(Duration, T
     Ok((t.elapsed(), out))
 }
 
-/// `krbottle image prepare IMAGE --json` with its own cache dir; its JSON.
-fn prepare(cache: &Path, image: &str) -> anyhow::Result<serde_json::Value> {
+/// `krbottle image prepare IMAGE --json` with its own cache dir; its JSON. `copying`: with
+/// `KRBOTTLE_NO_ENGINE_LINKS`, every entry taken from the engine's storage is copied.
+fn prepare(cache: &Path, image: &str, copying: bool) -> anyhow::Result<serde_json::Value> {
     let exe = std::env::current_exe().context("cannot find krbottle's own binary")?;
-    let out = Command::new(exe)
+    let mut cmd = Command::new(exe);
+    if copying {
+        cmd.env(crate::env_vars::KRBOTTLE_NO_ENGINE_LINKS, "1");
+    }
+    let out = cmd
         .args([
             "-q",
             "image",
@@ -472,9 +570,18 @@ impl crate::bench::Report for PrepareReport {
         for t in &self.timings {
             println!("  {:<54} {:>8.3} s", t.name, t.seconds);
         }
+        let linked = match self.engine_links {
+            0 => "none: the cache is not on the engine's mount".to_string(),
+            n => format!("{n}"),
+        };
+        println!("  entries linked to the engine's files: {linked}");
         println!(
             "  cold vs export + tar -x:        {:.2}x (target <= 0.5)",
             self.cold_vs_export
+        );
+        println!(
+            "  cold, copying, vs export:       {:.2}x",
+            self.cold_copy_vs_export
         );
         println!(
             "  cold vs save + tar -x layers:   {:.2}x",

@@ -169,39 +169,20 @@ fn measure(engine: &Engine, args: &RunBench, reporter: &Reporter) -> anyhow::Res
         docker.push(docker_once()?);
     }
 
-    let phase = |f: fn(&RunPhases) -> Duration| ms(median(ours.iter().map(f).collect()));
+    let phase = |f: PhaseOf| ms(median(ours.iter().map(f).collect()));
     let krbottle_total = median(ours.iter().map(RunPhases::total).collect());
     let docker_run = median(docker);
     Ok(RunReport {
         image: args.image.clone(),
         runs: args.runs,
-        phases: vec![
-            PhaseReport {
-                name: "process_start",
-                what: "a fresh krbottle process (krbottle --version)",
-                median_ms: phase(|p| p.process_start),
-            },
-            PhaseReport {
-                name: "prepare",
-                what: "the writable root (overlay dirs, or a clone on macOS), then run's checks: rootfs, command, endpoint upstream, the hypervisor, libkrunfw",
-                median_ms: phase(|p| p.prepare),
-            },
-            PhaseReport {
-                name: "namespaces",
-                what: "VMM child spawned in its user, network and mount namespaces",
-                median_ms: phase(|p| p.namespaces),
-            },
-            PhaseReport {
-                name: "config_and_relays",
-                what: "config sent, overlay mounted, lo up, endpoint relayed",
-                median_ms: phase(|p| p.config_and_relays),
-            },
-            PhaseReport {
-                name: "libkrun_config",
-                what: "libkrun configured, krun_start_enter called",
-                median_ms: phase(|p| p.libkrun_config),
-            },
-        ],
+        phases: PHASES
+            .iter()
+            .map(|&(name, what, of)| PhaseReport {
+                name,
+                what,
+                median_ms: phase(of),
+            })
+            .collect(),
         krbottle_total_ms: ms(krbottle_total),
         docker_run_ms: ms(docker_run),
         ratio: krbottle_total.as_secs_f64() / docker_run.as_secs_f64(),
@@ -210,6 +191,38 @@ fn measure(engine: &Engine, args: &RunBench, reporter: &Reporter) -> anyhow::Res
         vmm_outcome: outcome,
     })
 }
+
+/// One phase's time in a run.
+type PhaseOf = fn(&RunPhases) -> Duration;
+
+/// The phases of a run, as reported: name, what it covers, its time in a run.
+const PHASES: [(&str, &str, PhaseOf); 5] = [
+    (
+        "process_start",
+        "a fresh krbottle process (krbottle --version)",
+        |p: &RunPhases| p.process_start,
+    ),
+    (
+        "prepare",
+        "the writable root (overlay dirs, or a clone on macOS), then run's checks: rootfs, command, endpoint upstream, the hypervisor, libkrunfw",
+        |p: &RunPhases| p.prepare,
+    ),
+    (
+        "namespaces",
+        "VMM child spawned in its user, network and mount namespaces",
+        |p: &RunPhases| p.namespaces,
+    ),
+    (
+        "config_and_relays",
+        "config sent, overlay mounted, lo up, endpoint relayed",
+        |p: &RunPhases| p.config_and_relays,
+    ),
+    (
+        "libkrun_config",
+        "libkrun configured, krun_start_enter called",
+        |p: &RunPhases| p.libkrun_config,
+    ),
+];
 
 /// One krbottle run of `true` in a bottle's writable root over `lower`, the bottle's state
 /// under `dir`.

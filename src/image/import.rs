@@ -1,6 +1,7 @@
 //! Entries of the engine's own storage: the layer directories of an overlay-style graph driver
-//! (`overlay2`, `fuse-overlayfs`: `GraphDriver` in `docker image inspect`), copied into a tree
-//! of the [`layers`](super::layers) cache by its top-down assembly.
+//! (`overlay2`, `fuse-overlayfs`: `GraphDriver` in `docker image inspect`), taken into a tree of
+//! the [`layers`](super::layers) cache by its top-down assembly: hard-linked where the engine's
+//! storage and the cache share a filesystem, copied otherwise.
 //!
 //! The engine keeps each layer as a plain directory of that layer's changes, the same content
 //! its save stream would serialise as that layer's tar, without the engine having to produce (and
@@ -9,10 +10,21 @@
 //! xattr ([`is_opaque`]) or a `.wh..wh..opq` file for an opaque directory. The driver's own xattrs
 //! are not copied.
 //!
+//! A committed layer directory is immutable: the engine never writes into it again (a container's
+//! changes go to its own upper directory, `docker commit` makes a new layer), and removing the
+//! image only unlinks the engine's names. The cache never writes into its trees either (a
+//! bottle's writes go to its own overlay upper layer). So a non-directory is taken by a hard link
+//! to the engine's inode, which writes no data and allocates no inode: the same content, ids,
+//! mode, mtime and xattrs a copy would have, and once the engine drops the image our names keep
+//! the data. An entry is copied instead when it carries the driver's own xattrs (they are the
+//! driver's bookkeeping, and a copy leaves them out), when the link is refused (the cache on
+//! another filesystem, `EXDEV`, or a link count at its limit), or with
+//! `KRBOTTLE_NO_ENGINE_LINKS=1`.
+//!
 //! The source is read descriptor-relative and never followed (its names and links are the
-//! image's); files are created `O_EXCL | O_NOFOLLOW` in a fresh tree. Hard links within the
-//! layer stay hard links. Only the `root` ownership mode uses this route: the ids are copied as
-//! they are.
+//! image's): `linkat` without `AT_SYMLINK_FOLLOW` links a symlink itself, and copies are created
+//! `O_EXCL | O_NOFOLLOW` in a fresh tree. Hard links within the layer stay hard links. Only the
+//! `root` ownership mode uses this route: the ids are taken as they are.
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
@@ -53,32 +65,43 @@ pub enum ImportError {
 #[derive(Debug, Default, Clone, Copy)]
 pub struct ImportStats {
     pub entries: u64,
+    /// Bytes of file content taken from the engine, linked or copied.
     pub bytes: u64,
+    /// Of those, bytes copied (the rest are hard links to the engine's inodes).
+    pub copied_bytes: u64,
+    /// Non-directories taken by a hard link to the engine's inode.
+    pub linked: u64,
     pub skipped: Skipped,
 }
 
-/// Copies entries of engine layer directories into one destination tree, keeping hard links
-/// within the source as hard links.
+/// Takes entries of engine layer directories into one destination tree, by hard links to the
+/// engine's inodes where it can, by copies otherwise, keeping hard links within the source as
+/// hard links.
 pub struct Import<'a> {
     dst_root: BorrowedFd<'a>,
     /// Source inodes with more than one link → where their first copy went.
     links: HashMap<(u64, u64), RelPath>,
+    /// Whether entries are still hard-linked to the engine's (off after the first refusal that
+    /// would refuse every other entry too, e.g. `EXDEV`).
+    link_engine: bool,
     pub stats: ImportStats,
 }
 
 impl<'a> Import<'a> {
-    /// Copies into the tree at `dst_root`.
+    /// Takes entries into the tree at `dst_root`.
     pub fn new(dst_root: BorrowedFd<'a>) -> Self {
         Import {
             dst_root,
             links: HashMap::new(),
+            link_engine: std::env::var_os(crate::env_vars::KRBOTTLE_NO_ENGINE_LINKS).is_none(),
             stats: ImportStats::default(),
         }
     }
 
-    /// Copies the non-directory `name` of source directory `src` into `dst` (`path` in the
-    /// tree): content, ids, mode, mtime and xattrs; a second name of an inode already copied
-    /// becomes a hard link to the copy. Sockets are skipped (the tar format has none).
+    /// Takes the non-directory `name` of source directory `src` into `dst` (`path` in the
+    /// tree): a hard link to the engine's inode, or a copy of its content, ids, mode, mtime and
+    /// xattrs; a second name of an inode already taken becomes a hard link to the first. Sockets
+    /// are skipped (the tar format has none).
     pub fn copy_leaf(
         &mut self,
         src: BorrowedFd<'_>,
@@ -108,6 +131,17 @@ impl<'a> Import<'a> {
             source,
         };
         let kind = FileType::from_raw_mode(st.st_mode);
+        if matches!(
+            kind,
+            FileType::Socket | FileType::Directory | FileType::Unknown
+        ) {
+            // Sockets are not part of an image (the tar format has none); directories are the
+            // caller's.
+            return Ok(());
+        }
+        if self.link_engine && self.link(src, dst, name, st).map_err(read_err)? {
+            return Ok(());
+        }
         match kind {
             FileType::RegularFile => {
                 if st.st_nlink > 1 {
@@ -138,45 +172,96 @@ impl<'a> Import<'a> {
                 let mut to = File::from(create(dst, name).map_err(write_err)?);
                 // std copies file to file with copy_file_range where the kernel offers it.
                 let mut from_ref = &from;
-                self.stats.bytes += io::copy(&mut from_ref, &mut to).map_err(write_err)?;
+                let n = io::copy(&mut from_ref, &mut to).map_err(write_err)?;
+                self.stats.bytes += n;
+                self.stats.copied_bytes += n;
                 ownership::finish_file(to.as_fd(), &meta, Ownership::Root, &mut self.stats.skipped)
                     .map_err(|e| write_err(e.into()))
             }
-            FileType::Symlink => {
-                let target = rustix::fs::readlinkat(src, name, Vec::new())
-                    .map_err(|e| read_err(e.into()))?;
-                rustix::fs::symlinkat(target.as_bytes(), dst, name)
-                    .map_err(|e| write_err(e.into()))?;
+            FileType::Symlink
+            | FileType::Fifo
+            | FileType::CharacterDevice
+            | FileType::BlockDevice => {
+                let symlink = kind == FileType::Symlink;
+                if symlink {
+                    let target = rustix::fs::readlinkat(src, name, Vec::new())
+                        .map_err(|e| read_err(e.into()))?;
+                    rustix::fs::symlinkat(target.as_bytes(), dst, name)
+                } else {
+                    crate::sys::fs::mknod(dst, name, kind, Mode::from_raw_mode(0o600), st.st_rdev)
+                }
+                .map_err(|e| write_err(e.into()))?;
                 let meta = read_meta(src, Some(name)).map_err(read_err)?;
                 ownership::finish_special(
                     dst,
                     name,
                     &meta,
-                    true,
+                    symlink,
                     Ownership::Root,
                     &mut self.stats.skipped,
                 )
                 .map_err(|e| write_err(e.into()))
             }
-            FileType::Fifo | FileType::CharacterDevice | FileType::BlockDevice => {
-                crate::sys::fs::mknod(dst, name, kind, Mode::from_raw_mode(0o600), st.st_rdev)
-                    .map_err(|e| write_err(e.into()))?;
-                let meta = read_meta(src, Some(name)).map_err(read_err)?;
-                ownership::finish_special(
-                    dst,
-                    name,
-                    &meta,
-                    false,
-                    Ownership::Root,
-                    &mut self.stats.skipped,
-                )
-                .map_err(|e| write_err(e.into()))
-            }
-            // Sockets are not part of an image (the tar format has none); directories are the
-            // caller's.
             _ => Ok(()),
         }
     }
+
+    /// Hard-links `name` of `src` to `dst` when it carries none of the driver's xattrs: whether
+    /// it did. A refusal that would meet every entry turns linking off for the rest.
+    fn link(
+        &mut self,
+        src: BorrowedFd<'_>,
+        dst: BorrowedFd<'_>,
+        name: &OsStr,
+        st: &rustix::fs::Stat,
+    ) -> io::Result<bool> {
+        if has_driver_xattrs(src, name)? {
+            return Ok(false);
+        }
+        match rustix::fs::linkat(src, name, dst, name, AtFlags::empty()) {
+            Ok(()) => {
+                self.stats.linked += 1;
+                if FileType::from_raw_mode(st.st_mode) == FileType::RegularFile {
+                    self.stats.bytes += st.st_size as u64;
+                }
+                Ok(true)
+            }
+            // This inode's link count is at the filesystem's limit: copy it.
+            Err(rustix::io::Errno::MLINK) => Ok(false),
+            // Another filesystem, or links refused (`fs.protected_hardlinks`, a filesystem
+            // without them): no entry will link.
+            Err(
+                rustix::io::Errno::XDEV
+                | rustix::io::Errno::PERM
+                | rustix::io::Errno::ACCESS
+                | rustix::io::Errno::NOTSUP,
+            ) => {
+                self.link_engine = false;
+                Ok(false)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+/// Whether `name` in `dir` (not followed) carries xattrs of the overlay driver or an SELinux
+/// label: both stay out of a copy, so such an entry is copied rather than linked.
+fn has_driver_xattrs(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<bool> {
+    let path = tree::proc_path(dir, name);
+    let mut names = vec![0u8; 1024];
+    let n = match rustix::fs::llistxattr(&path, names.as_mut_slice()) {
+        Ok(n) => n,
+        Err(rustix::io::Errno::RANGE) => {
+            names = vec![0u8; 1 << 16];
+            rustix::fs::llistxattr(&path, names.as_mut_slice())?
+        }
+        Err(rustix::io::Errno::NOTSUP) => 0,
+        Err(e) => return Err(e.into()),
+    };
+    Ok(names[..n]
+        .split(|b| *b == 0)
+        .filter_map(|raw| std::str::from_utf8(raw).ok())
+        .any(|key| is_driver_xattr(key) || key == "security.selinux"))
 }
 
 fn create(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<OwnedFd> {
@@ -217,48 +302,137 @@ pub fn read_meta(fd: BorrowedFd<'_>, name: Option<&OsStr>) -> io::Result<EntryMe
         None => rustix::fs::fstat(fd)?,
         Some(name) => rustix::fs::statat(fd, name, AtFlags::SYMLINK_NOFOLLOW)?,
     };
-    let mut meta = EntryMeta {
-        uid: st.st_uid,
-        gid: st.st_gid,
-        mode: st.st_mode as u32 & 0o7777,
-        mtime: st.st_mtime as i64,
-        xattrs: Vec::new(),
-    };
     let proc = name.map(|n| tree::proc_path(fd, n));
-    let list = |buf: &mut Vec<u8>| match &proc {
-        None => rustix::fs::flistxattr(fd, buf.as_mut_slice()),
-        Some(p) => rustix::fs::llistxattr(p, buf.as_mut_slice()),
-    };
-    let mut names = vec![0u8; 4096];
-    let n = match list(&mut names) {
-        Ok(n) => n,
-        Err(rustix::io::Errno::RANGE) => {
-            names = vec![0u8; 1 << 16];
-            list(&mut names)?
+    EntryMeta::read(
+        &st,
+        |buf| match &proc {
+            None => rustix::fs::flistxattr(fd, buf),
+            Some(p) => rustix::fs::llistxattr(p, buf),
+        },
+        |key, buf| match &proc {
+            None => rustix::fs::fgetxattr(fd, key, buf),
+            Some(p) => rustix::fs::lgetxattr(p, key, buf),
+        },
+        |key| !is_driver_xattr(key) && key != "security.selinux",
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+
+    fn dir_fd(path: &std::path::Path) -> OwnedFd {
+        rustix::fs::open(
+            path,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .unwrap()
+    }
+
+    /// Takes every entry of `src` into a fresh tree; (the tree's dir, the stats).
+    fn take_all(src: &std::path::Path, link: bool) -> (tempfile::TempDir, ImportStats) {
+        let out = tempfile::tempdir().unwrap();
+        let (s, d) = (dir_fd(src), dir_fd(out.path()));
+        let mut import = Import::new(d.as_fd());
+        import.link_engine = link;
+        let mut names = tree::list_dir(s.as_fd()).unwrap();
+        names.sort();
+        for name in names {
+            let st = rustix::fs::statat(&s, &name, AtFlags::SYMLINK_NOFOLLOW).unwrap();
+            let path = RelPath::root().join(&name);
+            import
+                .copy_leaf(s.as_fd(), d.as_fd(), &name, &path, &st)
+                .unwrap();
         }
-        Err(rustix::io::Errno::NOTSUP) => 0,
-        Err(e) => return Err(e.into()),
-    };
-    for raw in names[..n].split(|b| *b == 0).filter(|s| !s.is_empty()) {
-        let Ok(key) = std::str::from_utf8(raw) else {
-            continue;
-        };
-        if is_driver_xattr(key) || key == "security.selinux" {
-            continue;
-        }
-        let mut value = vec![0u8; 1 << 16];
-        let len = match &proc {
-            None => rustix::fs::fgetxattr(fd, key, &mut value),
-            Some(p) => rustix::fs::lgetxattr(p, key, &mut value),
-        };
-        match len {
-            Ok(len) => {
-                value.truncate(len);
-                meta.xattrs.push((key.to_string(), value));
-            }
-            Err(rustix::io::Errno::NODATA) => {}
-            Err(e) => return Err(e.into()),
+        let stats = import.stats;
+        (out, stats)
+    }
+
+    /// A layer directory as an engine leaves it: a plain file, a second name of it, a symlink
+    /// and a file the driver marked with its own xattr.
+    fn engine_layer() -> Option<tempfile::TempDir> {
+        let src = tempfile::tempdir().unwrap();
+        let p = src.path();
+        std::fs::write(p.join("plain"), b"data").unwrap();
+        std::fs::hard_link(p.join("plain"), p.join("second")).unwrap();
+        std::os::unix::fs::symlink("../../etc/passwd", p.join("link")).unwrap();
+        std::fs::write(p.join("marked"), b"marked").unwrap();
+        match rustix::fs::setxattr(
+            p.join("marked"),
+            "user.fuseoverlayfs.origin",
+            b"x",
+            rustix::fs::XattrFlags::empty(),
+        ) {
+            Ok(()) => Some(src),
+            // A temp dir without user xattrs cannot hold the driver's mark.
+            Err(rustix::io::Errno::NOTSUP) => None,
+            Err(e) => panic!("setxattr: {e}"),
         }
     }
-    Ok(meta)
+
+    #[test]
+    fn engine_entries_are_linked_unless_the_driver_marked_them() {
+        let Some(src) = engine_layer() else {
+            eprintln!("skipped: the temp dir's filesystem has no user xattrs");
+            return;
+        };
+        let (out, stats) = take_all(src.path(), true);
+        let ino = |p: &std::path::Path| std::fs::symlink_metadata(p).unwrap().ino();
+        for name in ["plain", "second", "link"] {
+            assert_eq!(
+                ino(&src.path().join(name)),
+                ino(&out.path().join(name)),
+                "{name} is a link to the engine's inode"
+            );
+        }
+        assert_eq!(
+            std::fs::read_link(out.path().join("link")).unwrap(),
+            std::path::Path::new("../../etc/passwd"),
+            "the symlink itself was linked, not what it points at"
+        );
+        assert_ne!(
+            ino(&src.path().join("marked")),
+            ino(&out.path().join("marked")),
+            "a file with the driver's xattr is copied"
+        );
+        assert_eq!(std::fs::read(out.path().join("marked")).unwrap(), b"marked");
+        let mut buf = [0u8; 8];
+        assert!(
+            rustix::fs::getxattr(
+                out.path().join("marked"),
+                "user.fuseoverlayfs.origin",
+                &mut buf
+            )
+            .is_err(),
+            "the driver's xattr stays out of the copy"
+        );
+        assert_eq!(stats.linked, 3);
+        assert_eq!((stats.bytes, stats.copied_bytes), (4 + 4 + 6, 6));
+    }
+
+    #[test]
+    fn with_links_off_every_entry_is_a_copy_and_hard_links_stay_hard_links() {
+        let Some(src) = engine_layer() else {
+            eprintln!("skipped: the temp dir's filesystem has no user xattrs");
+            return;
+        };
+        let (out, stats) = take_all(src.path(), false);
+        let meta = |p: &std::path::Path| std::fs::symlink_metadata(p).unwrap();
+        for name in ["plain", "second", "link", "marked"] {
+            assert_ne!(
+                meta(&src.path().join(name)).ino(),
+                meta(&out.path().join(name)).ino(),
+                "{name} is a copy"
+            );
+        }
+        assert_eq!(
+            meta(&out.path().join("plain")).ino(),
+            meta(&out.path().join("second")).ino(),
+            "the two names of one inode are one inode in the copy"
+        );
+        assert_eq!(stats.linked, 0);
+        assert_eq!(stats.copied_bytes, stats.bytes);
+    }
 }

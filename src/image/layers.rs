@@ -10,7 +10,8 @@
 //! [`assemble`] works top-down: the topmost source first, each lower one then adding only what
 //! no upper source replaced, whited out or hid under an opaque directory, so nothing is written
 //! twice. A cache tree is linked (every non-directory a hard link to its inode); an engine layer
-//! directory is copied ([`import`](super::import)). Directories are made fresh with the metadata
+//! directory is imported ([`import`](super::import): linked to the engine's inodes where it can,
+//! copied otherwise). Directories are made fresh with the metadata
 //! of the topmost source that has them. Sharing inodes is sound because nothing ever writes into
 //! a cache tree: a bottle's writes go to its own overlay upper layer (or its own copy). Roots
 //! built on the same snapshot share its files on disk.
@@ -338,8 +339,11 @@ fn open_dir_path(path: &Path) -> io::Result<OwnedFd> {
 pub struct Assembled {
     /// Entries of the result (directories included).
     pub entries: u64,
-    /// Bytes of file content copied (linked files cost none).
+    /// Bytes of file content taken from engine layer directories (linked or copied; files
+    /// linked from the cache's own trees are not counted).
     pub bytes: u64,
+    /// Entries hard-linked to the engine's own layer files.
+    pub engine_links: u64,
     pub skipped: Skipped,
 }
 
@@ -348,9 +352,9 @@ pub struct Assembled {
 pub enum Source {
     /// A tree of the cache (a snapshot, or a layer tree with `.wh.` markers): linked.
     Linked(PathBuf),
-    /// An engine layer directory (the driver's deletion forms): copied.
+    /// An engine layer directory (the driver's deletion forms): imported.
     #[cfg(target_os = "linux")]
-    Copied(PathBuf),
+    Engine(PathBuf),
 }
 
 /// Builds the tree `dest` (an empty directory) from a stack of sources given bottom first.
@@ -378,17 +382,19 @@ pub fn assemble(
         move |source: io::Error| LayersError::Assemble { path, source }
     };
     for source in sources.iter().rev() {
-        let (tree, copied) = match source {
+        let (tree, engine) = match source {
             Source::Linked(tree) => (tree, false),
             #[cfg(target_os = "linux")]
-            Source::Copied(dir) => (dir, true),
+            Source::Engine(dir) => (dir, true),
         };
         let layer = open_dir_path(tree).map_err(err(&root))?;
-        if asm.dirs.is_empty() {
-            asm.take_dir(layer.as_fd(), dest, &root, copied)
+        // The topmost source fills an empty tree: nothing of an upper one is in its way.
+        let fresh = asm.dirs.is_empty();
+        if fresh {
+            asm.take_dir(layer.as_fd(), dest, &root, engine)
                 .map_err(err(&root))?;
         }
-        asm.merge_dir(layer.as_fd(), dest, &root, copied)?;
+        asm.merge_dir(layer.as_fd(), dest, &root, engine, fresh)?;
         // A layer's deletions apply to the layers below it only.
         asm.whiteouts.extend(asm.new_whiteouts.drain(..));
         asm.opaques.extend(asm.new_opaques.drain(..));
@@ -404,6 +410,7 @@ pub fn assemble(
     #[cfg(target_os = "linux")]
     {
         asm.out.bytes = asm.import.stats.bytes;
+        asm.out.engine_links = asm.import.stats.linked;
         asm.out.skipped.xattrs += asm.import.stats.skipped.xattrs;
     }
     Ok(asm.out)
@@ -428,27 +435,29 @@ struct Assembler<'a> {
 
 impl Assembler<'_> {
     /// Adds what layer directory `layer` (at `path`) contributes to result directory `dest`;
-    /// `copied`: `layer` is an engine layer directory, whose entries are copied.
+    /// `engine`: `layer` is an engine layer directory, whose entries are imported. `fresh`:
+    /// `dest` was made by this layer, so no upper layer put anything in it (nothing to look up).
     fn merge_dir(
         &mut self,
         layer: BorrowedFd<'_>,
         dest: BorrowedFd<'_>,
         path: &RelPath,
-        copied: bool,
+        engine: bool,
+        fresh: bool,
     ) -> Result<(), LayersError> {
         let err = |path: &RelPath| {
             let path = path.clone();
             move |source: io::Error| LayersError::Assemble { path, source }
         };
         #[cfg(target_os = "linux")]
-        if copied && super::import::is_opaque(layer).map_err(err(path))? {
+        if engine && super::import::is_opaque(layer).map_err(err(path))? {
             self.new_opaques.push(path.clone());
         }
-        let mut names = tree::list_dir(layer).map_err(err(path))?;
-        // Sorted: which name of a hard-linked inode is copied first is the same every time.
-        names.sort();
+        let mut names = tree::list_dir_typed(layer).map_err(err(path))?;
+        // Sorted: which name of a hard-linked inode is taken first is the same every time.
+        names.sort_by(|a, b| a.0.cmp(&b.0));
         let mut markers = Vec::new();
-        for name in names {
+        for (name, listed) in names {
             let bytes = name.as_bytes();
             if let Some(rest) = bytes.strip_prefix(WHITEOUT_PREFIX) {
                 markers.push(rest.to_vec());
@@ -458,25 +467,39 @@ impl Assembler<'_> {
             if self.whiteouts.contains(&child) {
                 continue;
             }
-            let st = rustix::fs::statat(layer, &name, AtFlags::SYMLINK_NOFOLLOW)
-                .map_err(|e| err(&child)(e.into()))?;
-            let ltype = Some(FileType::from_raw_mode(st.st_mode));
-            if copied && ltype == Some(FileType::CharacterDevice) && st.st_rdev == 0 {
+            let stat = || {
+                rustix::fs::statat(layer, &name, AtFlags::SYMLINK_NOFOLLOW)
+                    .map_err(|e| err(&child)(e.into()))
+            };
+            // An engine entry's whole stat is needed (device numbers, link count); a cache
+            // tree's type comes with its directory listing.
+            let st = match engine || listed == FileType::Unknown {
+                true => Some(stat()?),
+                false => None,
+            };
+            let ltype = Some(st.map_or(listed, |st| FileType::from_raw_mode(st.st_mode)));
+            if engine
+                && ltype == Some(FileType::CharacterDevice)
+                && st.is_some_and(|st| st.st_rdev == 0)
+            {
                 // overlay2's whiteout.
                 self.new_whiteouts.push(child);
                 continue;
             }
-            let dtype = tree::file_type_at(dest, &name).map_err(err(&child))?;
+            let dtype = match fresh {
+                true => None,
+                false => tree::file_type_at(dest, &name).map_err(err(&child))?,
+            };
             match (ltype, dtype) {
                 (Some(FileType::Directory), None) => {
                     rustix::fs::mkdirat(dest, &name, Mode::from_raw_mode(0o700))
                         .map_err(|e| err(&child)(e.into()))?;
                     let l = tree::open_dir_at(layer, &name).map_err(err(&child))?;
                     let d = tree::open_dir_at(dest, &name).map_err(err(&child))?;
-                    self.take_dir(l.as_fd(), d.as_fd(), &child, copied)
+                    self.take_dir(l.as_fd(), d.as_fd(), &child, engine)
                         .map_err(err(&child))?;
                     self.out.entries += 1;
-                    self.merge_dir(l.as_fd(), d.as_fd(), &child, copied)?;
+                    self.merge_dir(l.as_fd(), d.as_fd(), &child, engine, true)?;
                 }
                 (Some(FileType::Directory), Some(FileType::Directory)) => {
                     if self.opaques.contains(&child) {
@@ -484,12 +507,16 @@ impl Assembler<'_> {
                     }
                     let l = tree::open_dir_at(layer, &name).map_err(err(&child))?;
                     let d = tree::open_dir_at(dest, &name).map_err(err(&child))?;
-                    self.merge_dir(l.as_fd(), d.as_fd(), &child, copied)?;
+                    self.merge_dir(l.as_fd(), d.as_fd(), &child, engine, false)?;
                 }
                 // An upper layer put something else here: it wins.
                 (_, Some(_)) | (None, None) => {}
                 #[cfg(target_os = "linux")]
-                (Some(_), None) if copied => {
+                (Some(_), None) if engine => {
+                    let st = match st {
+                        Some(st) => st,
+                        None => stat()?,
+                    };
                     self.import
                         .copy_leaf(layer, dest, &name, &child, &st)
                         .map_err(|e| err(&child)(io::Error::other(e)))?;
@@ -522,16 +549,16 @@ impl Assembler<'_> {
         layer: BorrowedFd<'_>,
         dest: BorrowedFd<'_>,
         path: &RelPath,
-        copied: bool,
+        engine: bool,
     ) -> io::Result<()> {
         #[cfg(target_os = "linux")]
-        let meta = match copied {
+        let meta = match engine {
             true => super::import::read_meta(layer, None)?,
             false => dir_meta(layer)?,
         };
         #[cfg(not(target_os = "linux"))]
         let meta = {
-            let _ = copied;
+            let _ = engine;
             dir_meta(layer)?
         };
         ownership::finish_dir_early(dest, &meta, self.ownership, &mut self.out.skipped)?;
@@ -542,33 +569,10 @@ impl Assembler<'_> {
 
 /// A layer tree directory's metadata, to give the result's directory.
 fn dir_meta(fd: BorrowedFd<'_>) -> io::Result<EntryMeta> {
-    let st = rustix::fs::fstat(fd)?;
-    let mut meta = EntryMeta {
-        uid: st.st_uid,
-        gid: st.st_gid,
-        mode: st.st_mode as u32 & 0o7777,
-        mtime: st.st_mtime as i64,
-        xattrs: Vec::new(),
-    };
-    let mut names = vec![0u8; 1 << 16];
-    let n = match rustix::fs::flistxattr(fd, &mut names) {
-        Ok(n) => n,
-        Err(rustix::io::Errno::NOTSUP) => 0,
-        Err(e) => return Err(e.into()),
-    };
-    for raw in names[..n].split(|b| *b == 0).filter(|s| !s.is_empty()) {
-        let Ok(key) = std::str::from_utf8(raw) else {
-            continue;
-        };
-        let mut value = vec![0u8; 1 << 16];
-        match rustix::fs::fgetxattr(fd, key, &mut value) {
-            Ok(len) => {
-                value.truncate(len);
-                meta.xattrs.push((key.to_string(), value));
-            }
-            Err(rustix::io::Errno::NODATA) => {}
-            Err(e) => return Err(e.into()),
-        }
-    }
-    Ok(meta)
+    EntryMeta::read(
+        &rustix::fs::fstat(fd)?,
+        |buf| rustix::fs::flistxattr(fd, buf),
+        |key, buf| rustix::fs::fgetxattr(fd, key, buf),
+        |_| true,
+    )
 }

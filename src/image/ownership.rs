@@ -94,6 +94,58 @@ pub struct EntryMeta {
     pub xattrs: Vec<(String, Vec<u8>)>,
 }
 
+impl EntryMeta {
+    /// What a tree's entry holds: ids, permission bits and mtime from `st`, and the xattrs that
+    /// `list` (into a buffer: the names' length) and `get` (of a name into a buffer: the value's
+    /// length) read, those `keep` accepts. A filesystem without xattrs gives none.
+    pub fn read(
+        st: &rustix::fs::Stat,
+        list: impl Fn(&mut [u8]) -> rustix::io::Result<usize>,
+        get: impl Fn(&str, &mut [u8]) -> rustix::io::Result<usize>,
+        keep: impl Fn(&str) -> bool,
+    ) -> std::io::Result<EntryMeta> {
+        let mut names = vec![0u8; 4096];
+        let n = match list(&mut names) {
+            Ok(n) => n,
+            Err(Errno::RANGE) => {
+                names = vec![0u8; 1 << 16];
+                list(&mut names)?
+            }
+            Err(Errno::NOTSUP) => 0,
+            Err(e) => return Err(e.into()),
+        };
+        let mut xattrs = Vec::new();
+        for raw in names[..n].split(|b| *b == 0).filter(|s| !s.is_empty()) {
+            let Ok(key) = std::str::from_utf8(raw) else {
+                continue;
+            };
+            if !keep(key) {
+                continue;
+            }
+            let mut value = vec![0u8; 1 << 16];
+            match get(key, &mut value) {
+                Ok(len) => {
+                    value.truncate(len);
+                    xattrs.push((key.to_string(), value));
+                }
+                Err(Errno::NODATA) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        #[allow(
+            clippy::unnecessary_cast,
+            reason = "mode_t and time_t are other types on other systems"
+        )]
+        Ok(EntryMeta {
+            uid: st.st_uid,
+            gid: st.st_gid,
+            mode: st.st_mode as u32 & 0o7777,
+            mtime: st.st_mtime as i64,
+            xattrs,
+        })
+    }
+}
+
 /// The value of [`OVERRIDE_STAT_XATTR`]: decimal ids, octal mode with a leading 0; `type_bits`
 /// is 0 for regular files (libkrun then keeps the real type) and `S_IF*` for everything else.
 pub fn override_stat_value(uid: u32, gid: u32, type_bits: u32, mode: u32) -> String {

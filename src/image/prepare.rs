@@ -293,11 +293,13 @@ impl LayerRoute {
     }
 
     /// Assembles `dest` from the layer cache and the engine's layer directories: the longest
-    /// stack prefix the cache has a snapshot of is linked, the layers above it are copied
-    /// top-down from the engine (each final file written once, nothing an upper layer replaced
-    /// or deleted). The stack without its top layer (what a rebuild that changes the last layer
-    /// starts from) and the whole stack are kept as snapshots; a rebuild then copies only its
-    /// new top layer and links the rest.
+    /// stack prefix the cache holds is linked (a snapshot, or the root of an image whose whole
+    /// stack it is), the layers above it are imported top-down from the engine (each final entry
+    /// taken once, by a hard link to the engine's inode where the filesystems allow, nothing an
+    /// upper layer replaced or deleted). The stack without its top layer (what a rebuild that
+    /// changes the last layer starts from) is kept as a snapshot; a rebuild then links it and
+    /// imports only its new top layer. The whole stack needs no snapshot of its own: it is this
+    /// image's root, which an image built on this one links from.
     #[cfg(target_os = "linux")]
     fn fill(
         &self,
@@ -312,28 +314,33 @@ impl LayerRoute {
         let started = std::time::Instant::now();
         let ownership = Ownership::Root;
         let store = LayerStore::at(cache_root);
+        // Held while other images' roots and snapshots are linked from: removing either takes it.
         let _gc = store.gc_lock()?;
         let chains = layers::chain_ids(&image.diff_ids)?;
         let n = chains.len();
         let spinner = reporter.spinner("layers from the engine's storage");
+        let roots = image_roots(cache_root, ownership)?;
         let mut used = Vec::new();
-        // The longest prefix with a snapshot: `have` layers.
+        // The longest prefix the cache holds: `have` layers, linked from `base`.
         let mut have = 0;
-        let mut base = None;
+        let mut base: Option<PathBuf> = None;
         for k in (1..=n).rev() {
             if let Some(snapshot) = store.lookup(&chains[k - 1], ownership)? {
-                have = k;
-                base = Some(snapshot);
+                used.push(LayerStore::entry_name(&chains[k - 1], ownership));
+                (have, base) = (k, Some(snapshot.tree));
+                break;
+            }
+            if let Some(root) = roots.get(&chains[k - 1]) {
+                (have, base) = (k, Some(root.clone()));
                 break;
             }
         }
-        let mut bytes = 0;
+        let (mut bytes, mut engine_links) = (0, 0);
         // The stack without its top layer, as a snapshot.
         if n > 1 && have < n - 1 {
-            spinner.set_message(format!("copying layers {}..{} of {n}", have + 1, n - 1));
-            let mut levels: Vec<Level> =
-                base.iter().map(|b| Level::Linked(b.tree.clone())).collect();
-            levels.extend(self.dirs[have..n - 1].iter().cloned().map(Level::Copied));
+            spinner.set_message(format!("importing layers {}..{} of {n}", have + 1, n - 1));
+            let mut levels: Vec<Level> = base.iter().cloned().map(Level::Linked).collect();
+            levels.extend(self.dirs[have..n - 1].iter().cloned().map(Level::Engine));
             let (snapshot, _) = store.get_or_fill(
                 &chains[n - 2],
                 &image.diff_ids[n - 2],
@@ -341,18 +348,17 @@ impl LayerRoute {
                 "snapshot",
                 |tree| {
                     let a = layers::assemble(&levels, tree, ownership)?;
+                    engine_links += a.engine_links;
                     Ok::<_, layers::LayersError>((a.entries, a.bytes))
                 },
             )?;
             bytes += snapshot.record.bytes;
+            used = vec![LayerStore::entry_name(&chains[n - 2], ownership)];
             have = n - 1;
-            base = Some(snapshot);
+            base = Some(snapshot.tree);
         }
-        if base.is_some() {
-            used.push(LayerStore::entry_name(&chains[have - 1], ownership));
-        }
-        let mut levels: Vec<Level> = base.iter().map(|b| Level::Linked(b.tree.clone())).collect();
-        levels.extend(self.dirs[have..].iter().cloned().map(Level::Copied));
+        let mut levels: Vec<Level> = base.into_iter().map(Level::Linked).collect();
+        levels.extend(self.dirs[have..].iter().cloned().map(Level::Engine));
         spinner.set_message("assembling the root filesystem");
         let create_err = |source| PrepareError::CreateRoot {
             path: dest.to_path_buf(),
@@ -369,22 +375,7 @@ impl LayerRoute {
         .map_err(|e| create_err(e.into()))?;
         let assembled = layers::assemble(&levels, root.as_fd(), ownership)?;
         bytes += assembled.bytes;
-        // The whole stack, for images built on this one.
-        if have < n {
-            store.get_or_fill(
-                &chains[n - 1],
-                &image.diff_ids[n - 1],
-                ownership,
-                "snapshot",
-                |tree| {
-                    let a =
-                        layers::assemble(&[Level::Linked(dest.to_path_buf())], tree, ownership)?;
-                    Ok::<_, layers::LayersError>((a.entries, assembled.bytes))
-                },
-            )?;
-        }
-        used.push(LayerStore::entry_name(&chains[n - 1], ownership));
-        used.dedup();
+        engine_links += assembled.engine_links;
         spinner.finish_and_clear();
         Ok(UnpackSummary {
             layers: n,
@@ -392,6 +383,7 @@ impl LayerRoute {
             bytes,
             skipped_devices: 0,
             skipped_xattrs: assembled.skipped.xattrs,
+            engine_links,
             seconds: started.elapsed().as_secs_f64(),
             image_id: Some(image.image_id.clone()),
             diff_ids: image.diff_ids.clone(),
@@ -399,6 +391,28 @@ impl LayerRoute {
             layer_entries: used,
         })
     }
+}
+
+/// The root filesystems of the cached images in `ownership` mode, by the chain ID of their
+/// whole stack: an image built on one of them starts from its root.
+#[cfg(target_os = "linux")]
+fn image_roots(
+    cache_root: &Path,
+    ownership: Ownership,
+) -> Result<std::collections::HashMap<String, PathBuf>, PrepareError> {
+    let mut roots = std::collections::HashMap::new();
+    for entry in Cache::at(cache_root).list()? {
+        if entry.meta.ownership != ownership || entry.meta.summary.diff_ids.is_empty() {
+            continue;
+        }
+        // A record whose layer digests do not make a chain is not a base for anything.
+        if let Ok(chains) = crate::image::layers::chain_ids(&entry.meta.summary.diff_ids)
+            && let Some(top) = chains.last()
+        {
+            roots.insert(top.clone(), entry.rootfs);
+        }
+    }
+    Ok(roots)
 }
 
 fn check_ownership(ownership: Ownership) -> Result<(), PrepareError> {
@@ -634,18 +648,28 @@ pub async fn prune(engine: Option<&Engine>) -> Result<Pruned, PrepareError> {
         {
             continue;
         }
-        if let Some(key) = cache.key_of(&entry) {
-            let c = cache.clone();
-            tokio::task::spawn_blocking(move || c.remove(&key))
-                .await
-                .map_err(PrepareError::Join)??;
-            pruned.removed.push(entry.meta.image_id.clone());
-        }
+        pruned.removed.extend(remove_entry(&cache, &entry).await?);
     }
     pruned.layers = tokio::task::spawn_blocking(move || remove_unused_layers(&cache))
         .await
         .map_err(PrepareError::Join)??;
     Ok(pruned)
+}
+
+/// Removes one cached root filesystem (off the runtime's threads); its image ID, if it was one.
+/// Under the layer cache's lock: a fill may be linking from this root (an image built on it).
+async fn remove_entry(cache: &Cache, entry: &Entry) -> Result<Option<String>, PrepareError> {
+    let Some(key) = cache.key_of(entry) else {
+        return Ok(None);
+    };
+    let c = cache.clone();
+    tokio::task::spawn_blocking(move || {
+        let _gc = crate::image::layers::LayerStore::at(c.root()).gc_lock()?;
+        c.remove(&key).map_err(PrepareError::from)
+    })
+    .await
+    .map_err(PrepareError::Join)??;
+    Ok(Some(entry.meta.image_id.clone()))
 }
 
 /// Removes the cached root filesystems that none of `used` (image ID, ownership) names; returns
@@ -660,13 +684,7 @@ pub async fn prune_unused(used: &[(String, Ownership)]) -> Result<Vec<String>, P
         if in_use {
             continue;
         }
-        if let Some(key) = cache.key_of(&entry) {
-            let c = cache.clone();
-            tokio::task::spawn_blocking(move || c.remove(&key))
-                .await
-                .map_err(PrepareError::Join)??;
-            removed.push(entry.meta.image_id.clone());
-        }
+        removed.extend(remove_entry(&cache, &entry).await?);
     }
     tokio::task::spawn_blocking(move || remove_unused_layers(&cache))
         .await

@@ -237,6 +237,15 @@ pub fn clear_dir(dirfd: BorrowedFd<'_>) -> io::Result<()> {
 
 /// Names in a directory, without `.` and `..`.
 pub fn list_dir(dirfd: BorrowedFd<'_>) -> io::Result<Vec<OsString>> {
+    Ok(list_dir_typed(dirfd)?
+        .into_iter()
+        .map(|(name, _)| name)
+        .collect())
+}
+
+/// The names in a directory with the type its listing gives (`FileType::Unknown` where the
+/// filesystem does not say), without `.` and `..`.
+pub fn list_dir_typed(dirfd: BorrowedFd<'_>) -> io::Result<Vec<(OsString, FileType)>> {
     let mut out = Vec::new();
     for entry in Dir::read_from(dirfd)? {
         let entry = entry?;
@@ -244,7 +253,7 @@ pub fn list_dir(dirfd: BorrowedFd<'_>) -> io::Result<Vec<OsString>> {
         if name == b"." || name == b".." {
             continue;
         }
-        out.push(OsString::from_vec(name.to_vec()));
+        out.push((OsString::from_vec(name.to_vec()), entry.file_type()));
     }
     Ok(out)
 }

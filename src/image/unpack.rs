@@ -127,6 +127,10 @@ pub struct UnpackSummary {
     /// Xattrs not set because not permitted here (e.g. `trusted.*` unprivileged, `user.*` on
     /// symlinks in xattr mode).
     pub skipped_xattrs: u64,
+    /// Entries hard-linked to the engine's own layer files instead of written (the layer route
+    /// where the cache and the engine's storage share a mount; see `image::import`).
+    #[serde(default)]
+    pub engine_links: u64,
     pub seconds: f64,
     pub image_id: Option<String>,
     pub diff_ids: Vec<String>,
@@ -301,6 +305,7 @@ pub fn unpack_save<R: Read + Send>(
         bytes: 0,
         skipped_devices: 0,
         skipped_xattrs: 0,
+        engine_links: 0,
         seconds: 0.0,
         image_id: Some(image.image_id.clone()),
         diff_ids: image.layers.iter().map(|l| l.diff_id.clone()).collect(),

@@ -327,14 +327,20 @@ fn the_record_format_is_stable_json() {
     assert_eq!(v["decision"]["comment"], "ok");
 }
 
-#[test]
-fn waiting_lists_pending_requests_and_notices_of_all_bottles_oldest_first() {
+/// A state root with the queues of bottles `a` and `b`, created.
+fn two_bottles() -> (tempfile::TempDir, StateRoot, Queue, Queue) {
     let dir = tempfile::tempdir().unwrap();
     let state = StateRoot::at(dir.path());
     let qa = Queue::of(&state.bottle("a").unwrap());
     let qb = Queue::of(&state.bottle("b").unwrap());
     qa.create().unwrap();
     qb.create().unwrap();
+    (dir, state, qa, qb)
+}
+
+#[test]
+fn waiting_lists_pending_requests_and_notices_of_all_bottles_oldest_first() {
+    let (_dir, state, qa, qb) = two_bottles();
     let b1 = qb.submit(req("b1"), LIMITS, t0()).unwrap();
     let a1 = qa
         .submit(req("a1"), LIMITS, t0() + Duration::seconds(1))
@@ -362,12 +368,7 @@ fn waiting_lists_pending_requests_and_notices_of_all_bottles_oldest_first() {
 
 #[test]
 fn answer_finds_the_bottle_or_asks_which() {
-    let dir = tempfile::tempdir().unwrap();
-    let state = StateRoot::at(dir.path());
-    let qa = Queue::of(&state.bottle("a").unwrap());
-    let qb = Queue::of(&state.bottle("b").unwrap());
-    qa.create().unwrap();
-    qb.create().unwrap();
+    let (_dir, state, qa, qb) = two_bottles();
     let r = qa.submit(req("x"), LIMITS, t0()).unwrap();
     // The same id in another bottle (ids are drawn per bottle).
     let mut twin = r.clone();

@@ -53,6 +53,30 @@ pub enum BootVerdict {
     CannotBoot(String),
 }
 
+/// A verdict case: how a capable machine's facts change, and the words the refusal contains
+/// (`None`: it still boots).
+#[cfg(test)]
+pub(crate) type VerdictCase<F> = (fn(&mut F), Option<&'static str>);
+
+/// Checks a table of verdicts: each case changes a capable machine's facts (`capable`), and the
+/// verdict is then a boot (`None`) or a refusal whose reason contains the given words.
+#[cfg(test)]
+pub(crate) fn check_verdicts<F: std::fmt::Debug>(
+    capable: fn() -> F,
+    verdict: fn(&F) -> BootVerdict,
+    table: Vec<VerdictCase<F>>,
+) {
+    for (mutate, want) in table {
+        let mut f = capable();
+        mutate(&mut f);
+        match (verdict(&f), want) {
+            (BootVerdict::CanBoot, None) => {}
+            (BootVerdict::CannotBoot(r), Some(w)) => assert!(r.contains(w), "{r}"),
+            (v, w) => panic!("{f:?}: got {v:?}, want {w:?}"),
+        }
+    }
+}
+
 /// The verdict from the facts: every requirement of a boot, first failure wins.
 pub fn verdict(f: &Facts) -> BootVerdict {
     let no = |s: String| BootVerdict::CannotBoot(s);
@@ -242,14 +266,6 @@ mod tests {
                 Some("no subuid"),
             ),
         ];
-        for (mutate, want) in table {
-            let mut f = capable();
-            mutate(&mut f);
-            match (verdict(&f), want) {
-                (BootVerdict::CanBoot, None) => {}
-                (BootVerdict::CannotBoot(r), Some(w)) => assert!(r.contains(w), "{r}"),
-                (v, w) => panic!("{f:?}: got {v:?}, want {w:?}"),
-            }
-        }
+        check_verdicts(capable, verdict, table);
     }
 }

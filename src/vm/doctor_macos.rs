@@ -238,15 +238,7 @@ mod tests {
                 Some("brew install libkrunfw"),
             ),
         ];
-        for (mutate, want) in table {
-            let mut f = capable();
-            mutate(&mut f);
-            match (verdict(&f), want) {
-                (BootVerdict::CanBoot, None) => {}
-                (BootVerdict::CannotBoot(r), Some(w)) => assert!(r.contains(w), "{r}"),
-                (v, w) => panic!("{f:?}: got {v:?}, want {w:?}"),
-            }
-        }
+        crate::vm::doctor::check_verdicts(capable, verdict, table);
     }
 
     #[test]
