@@ -14,7 +14,8 @@
 //! Contenders alternate within each run, so page-cache and load conditions are shared, and none
 //! follows a deletion (trees are removed at the end of a run, then the filesystem settles); the
 //! median of `--runs` is reported. The scratch dir decides whether the cold run can link to the
-//! engine's files: on the engine's mount it can (`--scratch`), elsewhere it copies. krbottle's peak RSS is the largest any cold run reported.
+//! engine's files: on the engine's mount it can (`--scratch`), elsewhere it copies. krbottle's
+//! peak RSS is the largest any cold run reported.
 //! Without IMAGE the bench builds its agent-shaped fixture ([`FIXTURE_DOCKERFILE`]), sized by
 //! `--files` and `--kb` (building is not timed).
 
@@ -322,14 +323,8 @@ const EXT4_RECENTLY_DELETED: Duration = Duration::from_secs(62);
 fn settle(dir: &Path, reporter: &Reporter) -> anyhow::Result<()> {
     #[cfg(target_os = "linux")]
     {
-        let fd = rustix::fs::open(
-            dir,
-            rustix::fs::OFlags::RDONLY
-                | rustix::fs::OFlags::DIRECTORY
-                | rustix::fs::OFlags::CLOEXEC,
-            rustix::fs::Mode::empty(),
-        )
-        .with_context(|| format!("cannot open {}", dir.display()))?;
+        let fd = crate::image::tree::open_dir_path(dir)
+            .with_context(|| format!("cannot open {}", dir.display()))?;
         rustix::fs::syncfs(&fd).context("cannot write the scratch filesystem back")?;
     }
     #[cfg(not(target_os = "linux"))]

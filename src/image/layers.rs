@@ -20,12 +20,12 @@ use std::collections::{HashMap, HashSet};
 use std::ffi::{OsStr, OsString};
 use std::fs;
 use std::io;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
-use rustix::fs::{AtFlags, FileType, Mode, OFlags};
+use rustix::fs::{AtFlags, FileType, Mode};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -195,7 +195,7 @@ impl LayerStore {
             .map_err(write_err(&layers))?;
         let tree_path = tmp.path().join(TREE_DIR);
         fs::create_dir(&tree_path).map_err(write_err(&tree_path))?;
-        let tree_fd = open_dir_path(&tree_path).map_err(write_err(&tree_path))?;
+        let tree_fd = tree::open_dir_path(&tree_path).map_err(write_err(&tree_path))?;
         let (entries, bytes) = fill(tree_fd.as_fd()).map_err(|e| LayersError::Fill {
             chain_id: format!("sha256:{chain_hex}"),
             source: Box::new(e),
@@ -326,14 +326,6 @@ fn read_layer(dir: &Path) -> Result<Option<Layer>, LayersError> {
     }))
 }
 
-fn open_dir_path(path: &Path) -> io::Result<OwnedFd> {
-    Ok(rustix::fs::open(
-        path,
-        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
-        Mode::empty(),
-    )?)
-}
-
 /// What [`assemble`] made.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Assembled {
@@ -387,7 +379,7 @@ pub fn assemble(
             #[cfg(target_os = "linux")]
             Source::Engine(dir) => (dir, true),
         };
-        let layer = open_dir_path(tree).map_err(err(&root))?;
+        let layer = tree::open_dir_path(tree).map_err(err(&root))?;
         // The topmost source fills an empty tree: nothing of an upper one is in its way.
         let fresh = asm.dirs.is_empty();
         if fresh {

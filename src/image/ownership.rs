@@ -94,6 +94,29 @@ pub struct EntryMeta {
     pub xattrs: Vec<(String, Vec<u8>)>,
 }
 
+/// The xattr names `list` reads (into a buffer: the names' length), UTF-8 ones only; a
+/// filesystem without xattrs has none.
+pub fn xattr_names(
+    list: impl Fn(&mut [u8]) -> rustix::io::Result<usize>,
+) -> std::io::Result<Vec<String>> {
+    let mut names = vec![0u8; 4096];
+    let n = match list(&mut names) {
+        Ok(n) => n,
+        Err(Errno::RANGE) => {
+            names = vec![0u8; 1 << 16];
+            list(&mut names)?
+        }
+        Err(Errno::NOTSUP) => 0,
+        Err(e) => return Err(e.into()),
+    };
+    Ok(names[..n]
+        .split(|b| *b == 0)
+        .filter(|s| !s.is_empty())
+        .filter_map(|raw| std::str::from_utf8(raw).ok())
+        .map(str::to_string)
+        .collect())
+}
+
 impl EntryMeta {
     /// What a tree's entry holds: ids, permission bits and mtime from `st`, and the xattrs that
     /// `list` (into a buffer: the names' length) and `get` (of a name into a buffer: the value's
@@ -104,29 +127,16 @@ impl EntryMeta {
         get: impl Fn(&str, &mut [u8]) -> rustix::io::Result<usize>,
         keep: impl Fn(&str) -> bool,
     ) -> std::io::Result<EntryMeta> {
-        let mut names = vec![0u8; 4096];
-        let n = match list(&mut names) {
-            Ok(n) => n,
-            Err(Errno::RANGE) => {
-                names = vec![0u8; 1 << 16];
-                list(&mut names)?
-            }
-            Err(Errno::NOTSUP) => 0,
-            Err(e) => return Err(e.into()),
-        };
         let mut xattrs = Vec::new();
-        for raw in names[..n].split(|b| *b == 0).filter(|s| !s.is_empty()) {
-            let Ok(key) = std::str::from_utf8(raw) else {
-                continue;
-            };
-            if !keep(key) {
+        for key in xattr_names(list)? {
+            if !keep(&key) {
                 continue;
             }
             let mut value = vec![0u8; 1 << 16];
-            match get(key, &mut value) {
+            match get(&key, &mut value) {
                 Ok(len) => {
                     value.truncate(len);
-                    xattrs.push((key.to_string(), value));
+                    xattrs.push((key, value));
                 }
                 Err(Errno::NODATA) => {}
                 Err(e) => return Err(e.into()),

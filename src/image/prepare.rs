@@ -365,14 +365,7 @@ impl LayerRoute {
             source,
         };
         std::fs::create_dir(dest).map_err(create_err)?;
-        let root = rustix::fs::open(
-            dest,
-            rustix::fs::OFlags::RDONLY
-                | rustix::fs::OFlags::DIRECTORY
-                | rustix::fs::OFlags::CLOEXEC,
-            rustix::fs::Mode::empty(),
-        )
-        .map_err(|e| create_err(e.into()))?;
+        let root = crate::image::tree::open_dir_path(dest).map_err(create_err)?;
         let assembled = layers::assemble(&levels, root.as_fd(), ownership)?;
         bytes += assembled.bytes;
         engine_links += assembled.engine_links;

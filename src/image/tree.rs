@@ -243,6 +243,16 @@ pub fn list_dir(dirfd: BorrowedFd<'_>) -> io::Result<Vec<OsString>> {
         .collect())
 }
 
+/// Opens a directory of krbottle's own (a cache or scratch dir, not a path inside an image) by
+/// its path.
+pub fn open_dir_path(path: &Path) -> io::Result<OwnedFd> {
+    Ok(rustix::fs::open(
+        path,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?)
+}
+
 /// The names in a directory with the type its listing gives (`FileType::Unknown` where the
 /// filesystem does not say), without `.` and `..`.
 pub fn list_dir_typed(dirfd: BorrowedFd<'_>) -> io::Result<Vec<(OsString, FileType)>> {

@@ -20,7 +20,7 @@ use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use rustix::fs::{Mode, OFlags, RenameFlags};
+use rustix::fs::{Mode, RenameFlags};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
@@ -189,14 +189,7 @@ pub fn unpack_save<R: Read + Send>(
     let rootfs_path = tmp.join("rootfs");
     std::fs::create_dir(&layers_path).map_err(temp_err)?;
     std::fs::create_dir(&rootfs_path).map_err(temp_err)?;
-    let open = |p: &Path| {
-        rustix::fs::open(
-            p,
-            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
-            Mode::empty(),
-        )
-        .map_err(|e| temp_err(e.into()))
-    };
+    let open = |p: &Path| super::tree::open_dir_path(p).map_err(temp_err);
     let layers_fd = open(&layers_path)?;
     let rootfs_fd = open(&rootfs_path)?;
 
