@@ -215,13 +215,15 @@ fn bench_prepare_times_every_contender_end_to_end() {
             t["name"].as_str().unwrap()
         })
         .collect();
-    assert_eq!(names.len(), 5, "{r}");
+    assert_eq!(names.len(), 6, "{r}");
     assert!(names.iter().any(|n| n.contains("export")), "{names:?}");
+    assert!(names.iter().any(|n| n.contains("every entry copied")), "{names:?}");
     assert!(names.iter().any(|n| n.contains("save")), "{names:?}");
     assert!(names.iter().any(|n| n.contains("cp -a")), "{names:?}");
     assert!(names.iter().any(|n| n.contains("rebuilt")), "{names:?}");
     for key in [
         "cold_vs_export",
+        "cold_copy_vs_export",
         "cold_vs_save_tar",
         "cold_vs_cp",
         "rebuild_vs_cold",
