@@ -217,7 +217,10 @@ fn bench_prepare_times_every_contender_end_to_end() {
         .collect();
     assert_eq!(names.len(), 6, "{r}");
     assert!(names.iter().any(|n| n.contains("export")), "{names:?}");
-    assert!(names.iter().any(|n| n.contains("every entry copied")), "{names:?}");
+    assert!(
+        names.iter().any(|n| n.contains("every entry copied")),
+        "{names:?}"
+    );
     assert!(names.iter().any(|n| n.contains("save")), "{names:?}");
     assert!(names.iter().any(|n| n.contains("cp -a")), "{names:?}");
     assert!(names.iter().any(|n| n.contains("rebuilt")), "{names:?}");

@@ -111,17 +111,6 @@ impl<'a> Import<'a> {
         st: &rustix::fs::Stat,
     ) -> Result<(), ImportError> {
         self.stats.entries += 1;
-        self.leaf(src, dst, name, path, st)
-    }
-
-    fn leaf(
-        &mut self,
-        src: BorrowedFd<'_>,
-        dst: BorrowedFd<'_>,
-        name: &OsStr,
-        path: &RelPath,
-        st: &rustix::fs::Stat,
-    ) -> Result<(), ImportError> {
         let read_err = |source: io::Error| ImportError::Read {
             path: path.clone(),
             source,

@@ -11,8 +11,10 @@
 //! no upper source replaced, whited out or hid under an opaque directory, so nothing is written
 //! twice. A cache tree is linked (every non-directory a hard link to its inode); an engine layer
 //! directory is imported ([`import`](super::import): linked to the engine's inodes where it can,
-//! copied otherwise). Directories are made fresh with the metadata
-//! of the topmost source that has them. Sharing inodes is sound because nothing ever writes into
+//! copied otherwise). Directories are made fresh with the metadata of the topmost source that
+//! has them; a directory's mode and mtime are set once no source below adds to it. A cache tree
+//! at the bottom of the stack (the unchanged stack under a rebuilt image's new layer) is linked
+//! on every core, a directory per job. Sharing inodes is sound because nothing ever writes into
 //! a cache tree: a bottle's writes go to its own overlay upper layer (or its own copy). Roots
 //! built on the same snapshot share its files on disk.
 
@@ -20,10 +22,12 @@ use std::collections::{HashMap, HashSet};
 use std::ffi::{OsStr, OsString};
 use std::fs;
 use std::io;
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
 
 use rustix::fs::{AtFlags, FileType, Mode};
 use serde::{Deserialize, Serialize};
@@ -366,6 +370,7 @@ pub fn assemble(
         new_whiteouts: Vec::new(),
         new_opaques: Vec::new(),
         dirs: HashMap::new(),
+        last: false,
         out: Assembled::default(),
     };
     let root = RelPath::root();
@@ -373,7 +378,8 @@ pub fn assemble(
         let path = path.clone();
         move |source: io::Error| LayersError::Assemble { path, source }
     };
-    for source in sources.iter().rev() {
+    for (i, source) in sources.iter().enumerate().rev() {
+        asm.last = i == 0;
         let (tree, engine) = match source {
             Source::Linked(tree) => (tree, false),
             #[cfg(target_os = "linux")]
@@ -382,6 +388,11 @@ pub fn assemble(
         let layer = tree::open_dir_path(tree).map_err(err(&root))?;
         // The topmost source fills an empty tree: nothing of an upper one is in its way.
         let fresh = asm.dirs.is_empty();
+        if asm.last && !engine {
+            // A cache tree at the bottom (a rebuild's unchanged stack): linked on every core.
+            asm.link_bottom(layer, dest, fresh)?;
+            continue;
+        }
         if fresh {
             asm.take_dir(layer.as_fd(), dest, &root, engine)
                 .map_err(err(&root))?;
@@ -391,7 +402,8 @@ pub fn assemble(
         asm.whiteouts.extend(asm.new_whiteouts.drain(..));
         asm.opaques.extend(asm.new_opaques.drain(..));
     }
-    // Directory modes and mtimes last, deepest first: nothing is created in them any more.
+    // The modes and mtimes of the directories the bottom source did not visit, deepest first:
+    // nothing is created in them any more.
     let mut dirs: Vec<_> = asm.dirs.into_iter().collect();
     dirs.sort_by_key(|(p, _)| std::cmp::Reverse(p.depth()));
     for (path, meta) in dirs {
@@ -420,8 +432,11 @@ struct Assembler<'a> {
     opaques: HashSet<RelPath>,
     new_whiteouts: Vec<RelPath>,
     new_opaques: Vec<RelPath>,
-    /// Directories of the result and the metadata of the topmost layer that has them.
+    /// Directories of the result not finished yet, and the metadata of the topmost layer that
+    /// has them.
     dirs: HashMap<RelPath, EntryMeta>,
+    /// The source being merged is the bottom one: a directory it has visited is complete.
+    last: bool,
     out: Assembled,
 }
 
@@ -531,6 +546,14 @@ impl Assembler<'_> {
                     .push(path.join(&OsString::from(OsStr::from_bytes(&rest))));
             }
         }
+        // No source below this one adds anything to `dest`: its mode and mtime are final now,
+        // set through the descriptor at hand (no walk from the root later).
+        if self.last
+            && let Some(meta) = self.dirs.remove(path)
+        {
+            ownership::finish_dir_late(dest, &meta, self.ownership)
+                .map_err(|e| err(path)(e.into()))?;
+        }
         Ok(())
     }
 
@@ -559,6 +582,209 @@ impl Assembler<'_> {
     }
 }
 
+/// One directory of [`Assembler::link_bottom`]'s walk: `name` in the `(layer, result)`
+/// directories `parents` (`None`: those directories themselves, the roots).
+struct LinkJob {
+    parents: (Arc<OwnedFd>, Arc<OwnedFd>),
+    name: Option<OsString>,
+    path: RelPath,
+    /// Made by the pass itself (it takes this layer's metadata; nothing is in it yet).
+    made: bool,
+}
+
+/// The shared state of [`Assembler::link_bottom`]'s workers.
+struct LinkWalk<'s> {
+    queue: Mutex<(Vec<LinkJob>, usize)>,
+    more: Condvar,
+    failed: Mutex<Option<LayersError>>,
+    stop: AtomicBool,
+    /// The result's directories made by upper sources, not finished yet.
+    dirs: Mutex<HashMap<RelPath, EntryMeta>>,
+    whiteouts: &'s HashSet<RelPath>,
+    opaques: &'s HashSet<RelPath>,
+    ownership: Ownership,
+}
+
+/// What one worker of [`Assembler::link_bottom`] did.
+#[derive(Default)]
+struct LinkCounts {
+    entries: u64,
+    skipped: Skipped,
+}
+
+impl Assembler<'_> {
+    /// Adds the bottom source, a cache tree, to `dest`: every non-directory a hard link, on as
+    /// many threads as there are cores (at most four). Each directory is a job; its new
+    /// subdirectories are made by the job and filled by their own, and its mode and mtime are set
+    /// once its own entries are in (what happens inside a subdirectory does not change it).
+    /// Workers hold only the descriptors of the directories they are in and of the parents of
+    /// queued jobs.
+    fn link_bottom(
+        &mut self,
+        layer: OwnedFd,
+        dest: BorrowedFd<'_>,
+        fresh: bool,
+    ) -> Result<(), LayersError> {
+        let root = RelPath::root();
+        let dest = rustix::io::dup(dest).map_err(|e| LayersError::Assemble {
+            path: root.clone(),
+            source: e.into(),
+        })?;
+        let walk = LinkWalk {
+            queue: Mutex::new((vec![], 0)),
+            more: Condvar::new(),
+            failed: Mutex::new(None),
+            stop: AtomicBool::new(false),
+            dirs: Mutex::new(std::mem::take(&mut self.dirs)),
+            whiteouts: &self.whiteouts,
+            opaques: &self.opaques,
+            ownership: self.ownership,
+        };
+        walk.queue.lock().expect("not poisoned").0.push(LinkJob {
+            parents: (Arc::new(layer), Arc::new(dest)),
+            name: None,
+            path: root,
+            made: fresh,
+        });
+        let workers = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
+        let counts: Vec<LinkCounts> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..workers).map(|_| scope.spawn(|| walk.work())).collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+                .collect()
+        });
+        for c in counts {
+            self.out.entries += c.entries;
+            self.out.skipped.xattrs += c.skipped.xattrs;
+        }
+        if let Some(e) = walk.failed.into_inner().expect("not poisoned") {
+            return Err(e);
+        }
+        // What the pass did not visit (under opaque directories) is finished by the late pass.
+        self.dirs = walk.dirs.into_inner().expect("not poisoned");
+        Ok(())
+    }
+}
+
+impl LinkWalk<'_> {
+    /// One worker: jobs until none is queued and none is running, or one failed.
+    fn work(&self) -> LinkCounts {
+        let mut counts = LinkCounts::default();
+        loop {
+            let job = {
+                let mut q = self.queue.lock().expect("not poisoned");
+                loop {
+                    if self.stop.load(Ordering::Relaxed) {
+                        return counts;
+                    }
+                    if let Some(job) = q.0.pop() {
+                        q.1 += 1;
+                        break job;
+                    }
+                    if q.1 == 0 {
+                        return counts;
+                    }
+                    q = self.more.wait(q).expect("not poisoned");
+                }
+            };
+            let path = job.path.clone();
+            let result = self.dir(job, &mut counts);
+            let mut q = self.queue.lock().expect("not poisoned");
+            q.1 -= 1;
+            match result {
+                Ok(children) => q.0.extend(children),
+                Err(source) => {
+                    let mut failed = self.failed.lock().expect("not poisoned");
+                    failed.get_or_insert(LayersError::Assemble { path, source });
+                    self.stop.store(true, Ordering::Relaxed);
+                }
+            }
+            self.more.notify_all();
+        }
+    }
+
+    /// Links the entries of one directory, makes its new subdirectories and returns them (and
+    /// the existing ones to merge) as jobs.
+    fn dir(&self, job: LinkJob, counts: &mut LinkCounts) -> io::Result<Vec<LinkJob>> {
+        let (layer, dest) = match &job.name {
+            None => job.parents,
+            Some(name) => (
+                Arc::new(tree::open_dir_at(job.parents.0.as_fd(), name)?),
+                Arc::new(tree::open_dir_at(job.parents.1.as_fd(), name)?),
+            ),
+        };
+        let meta = if job.made {
+            let meta = dir_meta(layer.as_fd())?;
+            ownership::finish_dir_early(dest.as_fd(), &meta, self.ownership, &mut counts.skipped)?;
+            Some(meta)
+        } else {
+            self.dirs.lock().expect("not poisoned").remove(&job.path)
+        };
+        let mut children = Vec::new();
+        for (name, listed) in tree::list_dir_typed(layer.as_fd())? {
+            // Deletion markers apply to the sources below, and this one is the bottom.
+            if name.as_bytes().starts_with(WHITEOUT_PREFIX) {
+                continue;
+            }
+            let child = job.path.join(&name);
+            if self.whiteouts.contains(&child) {
+                continue;
+            }
+            let ltype = match listed {
+                FileType::Unknown => FileType::from_raw_mode(
+                    rustix::fs::statat(layer.as_fd(), &name, AtFlags::SYMLINK_NOFOLLOW)?.st_mode,
+                ),
+                t => t,
+            };
+            let dtype = match job.made {
+                true => None,
+                false => tree::file_type_at(dest.as_fd(), &name)?,
+            };
+            let parents = || (layer.clone(), dest.clone());
+            match (ltype, dtype) {
+                (FileType::Directory, None) => {
+                    rustix::fs::mkdirat(dest.as_fd(), &name, Mode::from_raw_mode(0o700))?;
+                    counts.entries += 1;
+                    children.push(LinkJob {
+                        parents: parents(),
+                        name: Some(name),
+                        path: child,
+                        made: true,
+                    });
+                }
+                (FileType::Directory, Some(FileType::Directory)) => {
+                    if !self.opaques.contains(&child) {
+                        children.push(LinkJob {
+                            parents: parents(),
+                            name: Some(name),
+                            path: child,
+                            made: false,
+                        });
+                    }
+                }
+                // An upper layer put something here: it wins.
+                (_, Some(_)) => {}
+                (_, None) => {
+                    rustix::fs::linkat(
+                        layer.as_fd(),
+                        &name,
+                        dest.as_fd(),
+                        &name,
+                        AtFlags::empty(),
+                    )?;
+                    counts.entries += 1;
+                }
+            }
+        }
+        // Every entry of this directory is in: its mode and mtime are final.
+        if let Some(meta) = meta {
+            ownership::finish_dir_late(dest.as_fd(), &meta, self.ownership)?;
+        }
+        Ok(children)
+    }
+}
+
 /// A layer tree directory's metadata, to give the result's directory.
 fn dir_meta(fd: BorrowedFd<'_>) -> io::Result<EntryMeta> {
     EntryMeta::read(
@@ -567,4 +793,140 @@ fn dir_meta(fd: BorrowedFd<'_>) -> io::Result<EntryMeta> {
         |key, buf| rustix::fs::fgetxattr(fd, key, buf),
         |_| true,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    use std::time::{Duration, SystemTime};
+
+    fn mkdirs(root: &Path, dirs: &[&str]) {
+        for d in dirs {
+            fs::create_dir_all(root.join(d)).unwrap();
+        }
+    }
+
+    fn put(root: &Path, files: &[&str]) {
+        for f in files {
+            let p = root.join(f);
+            fs::create_dir_all(p.parent().unwrap()).unwrap();
+            fs::write(&p, f).unwrap();
+        }
+    }
+
+    /// Mode and mtime of a directory, set last (after its entries are in).
+    fn stamp(root: &Path, dir: &str, mode: u32, secs: u64) {
+        let p = root.join(dir);
+        let when = SystemTime::UNIX_EPOCH + Duration::from_secs(secs);
+        fs::File::open(&p).unwrap().set_modified(when).unwrap();
+        fs::set_permissions(&p, fs::Permissions::from_mode(mode)).unwrap();
+    }
+
+    /// Directories only the lower tree has (deepest first), with their modes and mtimes.
+    const LOWER_DIRS: [(&str, u32, u64); 6] = [
+        ("mods/p7/lib/deep", 0o751, 1_000_000),
+        ("mods/p7/lib", 0o711, 1_000_001),
+        ("mods/p7", 0o751, 1_000_002),
+        ("mods", 0o711, 1_000_003),
+        ("keep", 0o751, 1_000_004),
+        ("emptydir", 0o711, 1_000_005),
+    ];
+
+    fn ino(p: &Path) -> u64 {
+        fs::symlink_metadata(p).unwrap().ino()
+    }
+
+    /// Two cache trees, the upper with deletion markers and an opaque directory, the lower a
+    /// wide and deep tree (so that both of the bottom pass's workers have directories): the
+    /// result holds what the stack shows, files are the sources' inodes, and every directory has
+    /// the mode and mtime of the topmost source that has it.
+    #[test]
+    fn a_stack_of_cache_trees_is_linked_with_the_upper_trees_winning() {
+        let t = tempfile::tempdir().unwrap();
+        let (lower, upper, out) = (
+            t.path().join("lower"),
+            t.path().join("upper"),
+            t.path().join("out"),
+        );
+        let mut wide = Vec::new();
+        for i in 0..60 {
+            wide.push(format!("mods/p{i}/lib/deep/index.js"));
+            wide.push(format!("mods/p{i}/package.json"));
+        }
+        put(&lower, &wide.iter().map(String::as_str).collect::<Vec<_>>());
+        put(
+            &lower,
+            &[
+                "etc/shared",
+                "etc/gone",
+                "old/sub/f",
+                "opq/hidden",
+                "keep/lower-only",
+            ],
+        );
+        mkdirs(&lower, &["emptydir"]);
+        put(&upper, &["etc/shared", "opq/visible", "new/only-upper"]);
+        put(&upper, &["etc/.wh.gone", ".wh.old", "opq/.wh..wh..opq"]);
+        for (d, mode, mtime) in LOWER_DIRS {
+            stamp(&lower, d, mode, mtime);
+        }
+        stamp(&lower, "etc", 0o700, 5);
+        stamp(&upper, "etc", 0o755, 777);
+        stamp(&upper, "new", 0o705, 888);
+
+        fs::create_dir(&out).unwrap();
+        let dest = tree::open_dir_path(&out).unwrap();
+        let sources = [Source::Linked(lower.clone()), Source::Linked(upper.clone())];
+        let a = assemble(&sources, dest.as_fd(), Ownership::Xattr).unwrap();
+
+        for f in &wide {
+            assert_eq!(
+                ino(&out.join(f)),
+                ino(&lower.join(f)),
+                "{f} is the lower's inode"
+            );
+        }
+        assert_eq!(ino(&out.join("etc/shared")), ino(&upper.join("etc/shared")));
+        assert_eq!(
+            ino(&out.join("keep/lower-only")),
+            ino(&lower.join("keep/lower-only"))
+        );
+        assert_eq!(
+            ino(&out.join("opq/visible")),
+            ino(&upper.join("opq/visible"))
+        );
+        for gone in [
+            "etc/gone",
+            "old",
+            "opq/hidden",
+            "etc/.wh.gone",
+            ".wh.old",
+            "opq/.wh..wh..opq",
+        ] {
+            assert!(
+                fs::symlink_metadata(out.join(gone)).is_err(),
+                "{gone} is not in the result"
+            );
+        }
+        assert!(out.join("emptydir").is_dir() && out.join("new/only-upper").is_file());
+        let dir = |d: &str| fs::metadata(out.join(d)).unwrap();
+        for (d, mode, mtime) in LOWER_DIRS {
+            assert_eq!(dir(d).mtime(), mtime as i64, "{d}'s mtime");
+            // Xattr mode keeps the owner's rwx.
+            assert_eq!(dir(d).mode() & 0o777, mode | 0o700, "{d}'s mode");
+        }
+        assert_eq!(
+            (dir("etc").mtime(), dir("etc").mode() & 0o777),
+            (777, 0o755),
+            "upper's etc"
+        );
+        assert_eq!(
+            (dir("new").mtime(), dir("new").mode() & 0o777),
+            (888, 0o705)
+        );
+        // 60 × (p, lib, deep, index.js, package.json) + mods, and etc/shared, keep,
+        // keep/lower-only, opq, opq/visible, new, new/only-upper, emptydir, etc.
+        assert_eq!(a.entries, 60 * 5 + 1 + 9, "{a:?}");
+    }
 }
