@@ -83,6 +83,27 @@ pub enum PrepareError {
     BindNotHere { path: PathBuf },
     #[error("Published ports are dialled directly only on macOS; this is a krbottle bug")]
     PublishedNotHere,
+    #[error(
+        "{} is inside krbottle's image cache ({}), whose files are shared with other images and with Docker's own layers: a guest booted on it would write into them. Boot it under an overlay (--overlay {}:STATE_DIR MOUNT_POINT) or on a copy (cp -a)",
+        path.display(), cache.display(), path.display()
+    )]
+    CacheTree { path: PathBuf, cache: PathBuf },
+}
+
+/// Refuses a root directory inside the image cache: its trees share inodes with one another
+/// and, where prepare linked them, with the engine's layer files, so nothing may write in them.
+/// A cache that cannot be located or does not exist holds nothing to protect.
+fn refuse_cache_tree(dir: &Path, cache: Option<&Path>) -> Result<(), PrepareError> {
+    let Some(cache) = cache.and_then(|c| c.canonicalize().ok()) else {
+        return Ok(());
+    };
+    match dir.canonicalize() {
+        Ok(real) if real.starts_with(&cache) => Err(PrepareError::CacheTree {
+            path: dir.to_path_buf(),
+            cache,
+        }),
+        _ => Ok(()),
+    }
 }
 
 /// How to get libkrunfw on this OS.
@@ -205,7 +226,11 @@ pub fn prepare(request: VmRequest, reporter: &Reporter) -> Result<PreparedVm, Pr
         })
         .collect::<Result<Vec<_>, PrepareError>>()?;
     let (mount_point, overlay) = match request.root {
-        Root::Dir(dir) => (dir, None),
+        Root::Dir(dir) => {
+            let cache = crate::image::cache::Cache::open_default().ok();
+            refuse_cache_tree(&dir, cache.as_ref().map(|c| c.root()))?;
+            (dir, None)
+        }
         Root::Overlay { .. } if GUEST_DIALS_PUBLISHED_PORTS => {
             return Err(PrepareError::OverlayNotHere);
         }
@@ -389,5 +414,38 @@ fn preflight(
             }
             None => Ok((None, Some(path))),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A root inside the image cache is refused (by any path that resolves there); one beside
+    /// it, or with no cache at all, is not.
+    #[test]
+    fn a_root_inside_the_image_cache_is_refused() {
+        let t = tempfile::tempdir().unwrap();
+        let cache = t.path().join("cache");
+        let root = cache.join("images/abc.root");
+        std::fs::create_dir_all(&root).unwrap();
+        let beside = t.path().join("cache-other/root");
+        std::fs::create_dir_all(&beside).unwrap();
+        let link = t.path().join("link");
+        std::os::unix::fs::symlink(&root, &link).unwrap();
+        let dotted = cache.join("images/../images/abc.root");
+        for refused in [&root, &link, &dotted, &cache] {
+            let e = refuse_cache_tree(refused, Some(&cache)).unwrap_err();
+            assert!(
+                matches!(e, PrepareError::CacheTree { .. }),
+                "{refused:?}: {e}"
+            );
+            assert!(e.to_string().contains("--overlay"), "{e}");
+        }
+        for allowed in [&beside, t.path()] {
+            refuse_cache_tree(allowed, Some(&cache)).unwrap();
+        }
+        refuse_cache_tree(&root, None).unwrap();
+        refuse_cache_tree(&root, Some(&t.path().join("no-such-cache"))).unwrap();
     }
 }
