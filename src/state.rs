@@ -115,25 +115,7 @@ impl StateRoot {
     /// inside the state dir: the guest could then write answers into an approval queue, or
     /// read a bottle's CA key. Paths are compared after resolving links.
     pub fn refuse_share(&self, dir: &Path) -> Result<(), StateError> {
-        let resolve = |p: &Path| {
-            // The state dir may not exist yet: resolve its longest existing ancestor.
-            let mut existing = p.to_path_buf();
-            let mut rest = Vec::new();
-            while !existing.exists() {
-                match (existing.file_name(), existing.parent()) {
-                    (Some(name), Some(parent)) => {
-                        rest.push(name.to_owned());
-                        existing = parent.to_path_buf();
-                    }
-                    _ => break,
-                }
-            }
-            let mut resolved = fs::canonicalize(&existing).unwrap_or(existing);
-            resolved.extend(rest.iter().rev());
-            resolved
-        };
-        let (shared, root) = (resolve(dir), resolve(&self.root));
-        if root.starts_with(&shared) || shared.starts_with(&root) {
+        if crate::sys::fs::nested(dir, &self.root) {
             return Err(StateError::SharedState {
                 dir: dir.to_path_buf(),
                 root: self.root.clone(),

@@ -27,6 +27,30 @@ pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> io::Result<()> {
     Ok(())
 }
 
+/// Whether one of `a` and `b` is inside the other (or they are the same), compared after
+/// resolving links; a path that does not exist yet is resolved through its longest existing
+/// ancestor.
+pub fn nested(a: &Path, b: &Path) -> bool {
+    let resolve = |p: &Path| {
+        let mut existing = p.to_path_buf();
+        let mut rest = Vec::new();
+        while !existing.exists() {
+            match (existing.file_name(), existing.parent()) {
+                (Some(name), Some(parent)) => {
+                    rest.push(name.to_owned());
+                    existing = parent.to_path_buf();
+                }
+                _ => break,
+            }
+        }
+        let mut resolved = std::fs::canonicalize(&existing).unwrap_or(existing);
+        resolved.extend(rest.iter().rev());
+        resolved
+    };
+    let (a, b) = (resolve(a), resolve(b));
+    a.starts_with(&b) || b.starts_with(&a)
+}
+
 /// Permission bits as rustix's [`Mode`], whose raw type is `u32` on Linux and `u16` on macOS.
 /// Bits above `0o7777` are dropped (they are the file type, never a permission).
 pub fn mode(bits: u32) -> Mode {

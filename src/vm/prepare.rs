@@ -84,24 +84,24 @@ pub enum PrepareError {
     #[error("Published ports are dialled directly only on macOS; this is a krbottle bug")]
     PublishedNotHere,
     #[error(
-        "{} is inside krbottle's image cache ({}), whose files are shared with other images and with Docker's own layers: a guest booted on it would write into them. Boot it under an overlay (--overlay {}:STATE_DIR MOUNT_POINT) or on a copy (cp -a)",
+        "{} is or holds krbottle's image cache ({}), whose files are shared with other images and with Docker's own layers: a guest booted on it would write into them. Boot it under an overlay (--overlay {}:STATE_DIR MOUNT_POINT) or on a copy (cp -a)",
         path.display(), cache.display(), path.display()
     )]
     CacheTree { path: PathBuf, cache: PathBuf },
 }
 
-/// Refuses a root directory inside the image cache: its trees share inodes with one another
-/// and, where prepare linked them, with the engine's layer files, so nothing may write in them.
-/// A cache that cannot be located or does not exist holds nothing to protect.
+/// Refuses a root directory inside the image cache, or holding it: the cache's trees share
+/// inodes with one another and, where prepare linked them, with the engine's layer files, so
+/// nothing may write in them. A cache that cannot be located or does not exist holds nothing to
+/// protect.
 fn refuse_cache_tree(dir: &Path, cache: Option<&Path>) -> Result<(), PrepareError> {
-    let Some(cache) = cache.and_then(|c| c.canonicalize().ok()) else {
-        return Ok(());
-    };
-    match dir.canonicalize() {
-        Ok(real) if real.starts_with(&cache) => Err(PrepareError::CacheTree {
-            path: dir.to_path_buf(),
-            cache,
-        }),
+    match cache {
+        Some(cache) if cache.exists() && crate::sys::fs::nested(dir, cache) => {
+            Err(PrepareError::CacheTree {
+                path: dir.to_path_buf(),
+                cache: cache.to_path_buf(),
+            })
+        }
         _ => Ok(()),
     }
 }
@@ -421,8 +421,8 @@ fn preflight(
 mod tests {
     use super::*;
 
-    /// A root inside the image cache is refused (by any path that resolves there); one beside
-    /// it, or with no cache at all, is not.
+    /// A root inside the image cache, or holding it, is refused (by any path that resolves
+    /// there); one beside it, or with no cache at all, is not.
     #[test]
     fn a_root_inside_the_image_cache_is_refused() {
         let t = tempfile::tempdir().unwrap();
@@ -434,7 +434,8 @@ mod tests {
         let link = t.path().join("link");
         std::os::unix::fs::symlink(&root, &link).unwrap();
         let dotted = cache.join("images/../images/abc.root");
-        for refused in [&root, &link, &dotted, &cache] {
+        let holder = t.path().to_path_buf();
+        for refused in [&root, &link, &dotted, &cache, &holder] {
             let e = refuse_cache_tree(refused, Some(&cache)).unwrap_err();
             assert!(
                 matches!(e, PrepareError::CacheTree { .. }),
@@ -442,9 +443,7 @@ mod tests {
             );
             assert!(e.to_string().contains("--overlay"), "{e}");
         }
-        for allowed in [&beside, t.path()] {
-            refuse_cache_tree(allowed, Some(&cache)).unwrap();
-        }
+        refuse_cache_tree(&beside, Some(&cache)).unwrap();
         refuse_cache_tree(&root, None).unwrap();
         refuse_cache_tree(&root, Some(&t.path().join("no-such-cache"))).unwrap();
     }
