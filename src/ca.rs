@@ -18,19 +18,19 @@ use crate::sys::fs::write_atomic;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CaError {
-    #[error("cannot generate a certificate for {what}")]
+    #[error("Cannot generate a certificate for {what}")]
     Generate {
         what: String,
         #[source]
         source: rcgen::Error,
     },
-    #[error("cannot write {}", path.display())]
+    #[error("Cannot write {}", path.display())]
     Write {
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
-    #[error("cannot read {}", path.display())]
+    #[error("Cannot read {}", path.display())]
     Read {
         path: PathBuf,
         #[source]

@@ -6,7 +6,7 @@
 
 use std::fs::File;
 use std::io;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use rustix::fs::{FlockOperation, flock};
 
@@ -26,6 +26,12 @@ pub fn try_lock_exclusive(path: &Path) -> io::Result<Option<File>> {
         Err(rustix::io::Errno::WOULDBLOCK) => Ok(None),
         Err(e) => Err(e.into()),
     }
+}
+
+/// The path of the lock file `NAME.lock` in `dir`, made (private to the user) if needed.
+pub fn path_in(dir: &Path, name: &str) -> io::Result<PathBuf> {
+    crate::sys::fs::create_private_dir(dir)?;
+    Ok(dir.join(format!("{name}.lock")))
 }
 
 fn open(path: &Path) -> io::Result<File> {

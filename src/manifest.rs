@@ -22,7 +22,7 @@ pub const MANIFEST_FILE: &str = "krbottle.toml";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ManifestError {
-    #[error("cannot read manifest {}", path.display())]
+    #[error("Cannot read manifest {}", path.display())]
     Read {
         path: PathBuf,
         #[source]

@@ -678,6 +678,16 @@ token_env = "ANTHROPIC_API_KEY"
         .unwrap()
     }
 
+    /// A manifest in a temp dir that holds the `id` and `kh` files its git repos name.
+    fn with_key_files(text: &str) -> (tempfile::TempDir, Manifest) {
+        let dir = tempfile::tempdir().unwrap();
+        for f in ["id", "kh"] {
+            std::fs::write(dir.path().join(f), "x").unwrap();
+        }
+        let m = Manifest::parse(&dir.path().join("krbottle.toml"), text).unwrap();
+        (dir, m)
+    }
+
     fn config(user: &str) -> ImageConfig {
         ImageConfig {
             user: user.into(),
@@ -823,16 +833,10 @@ token_env = "ANTHROPIC_API_KEY"
 
     #[test]
     fn macos_guests_dial_the_published_ports_everywhere() {
-        let dir = tempfile::tempdir().unwrap();
-        for f in ["id", "kh"] {
-            std::fs::write(dir.path().join(f), "x").unwrap();
-        }
-        let m = Manifest::parse(
-            &dir.path().join("krbottle.toml"),
+        let (_dir, m) = with_key_files(
             "[agents.a]\nimage = \"img\"\nbottle = \"b\"\n[bottles.b]\nsupervise = true\n\
              [[bottles.b.git]]\nname = \"app\"\nupstream = \"git@host.example:org/app.git\"\nidentity_file = \"id\"\nknown_hosts = \"kh\"\n",
-        )
-        .unwrap();
+        );
         let bottle = &m.bottles["b"];
         let daemons = crate::daemon::enabled_for(bottle);
         let names: Vec<_> = daemons.iter().map(|d| d.name).collect();
@@ -939,16 +943,10 @@ token_env = "ANTHROPIC_API_KEY"
 
     #[test]
     fn every_form_of_an_upstream_url_goes_to_the_gate() {
-        let dir = tempfile::tempdir().unwrap();
-        for f in ["id", "kh"] {
-            std::fs::write(dir.path().join(f), "x").unwrap();
-        }
-        let m = Manifest::parse(
-            &dir.path().join("krbottle.toml"),
+        let (dir, m) = with_key_files(
             "[bottles.b]\n[[bottles.b.git]]\nname = \"app\"\nupstream = \"git@host.example:org/app.git\"\nidentity_file = \"id\"\nknown_hosts = \"kh\"\n\
              [[bottles.b.git]]\nname = \"lib\"\nupstream = \"ssh://git@host.example:2222/org/lib\"\nidentity_file = \"id\"\nknown_hosts = \"kh\"\n",
-        )
-        .unwrap();
+        );
         let text = git_gate_rules(&m.bottles["b"].git, crate::ports::GIT_GATE);
         let config = dir.path().join("gitconfig");
         std::fs::write(&config, &text).unwrap();

@@ -205,18 +205,11 @@ impl BottleDirs {
     /// The bottle's record; `None` when the bottle does not exist (yet).
     pub fn read_record(&self) -> Result<Option<BottleRecord>, StateError> {
         let path = self.record_path();
-        let err = |source| StateError::ReadRecord {
+        crate::sys::fs::read_json(&path).map_err(|source| StateError::ReadRecord {
             bottle: self.name.clone(),
-            path: path.clone(),
+            path,
             source,
-        };
-        match fs::read(&path) {
-            Ok(text) => serde_json::from_slice(&text)
-                .map(Some)
-                .map_err(|e| err(io::Error::new(io::ErrorKind::InvalidData, e))),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(err(e)),
-        }
+        })
     }
 
     /// Writes the bottle's record atomically.
@@ -349,14 +342,10 @@ pub fn now_secs() -> u64 {
 }
 
 fn mkdir(path: &Path) -> Result<(), StateError> {
-    fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(path)
-        .map_err(|source| StateError::Create {
-            path: path.to_path_buf(),
-            source,
-        })
+    crate::sys::fs::create_private_dir(path).map_err(|source| StateError::Create {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 #[cfg(test)]

@@ -98,7 +98,7 @@ fn bad_input_is_one_line_with_the_next_step() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(
-        first_error_line(&stderr).contains("libkrunfw not found at /nonexistent"),
+        first_error_line(&stderr).contains("No libkrunfw found at /nonexistent"),
         "{stderr}"
     );
     assert!(stderr.contains("install libkrunfw"), "{stderr}");
@@ -150,7 +150,7 @@ fn configuration_reaches_krun_start_enter_and_boots_where_possible() {
                 first_error_line(&stderr).starts_with("error: VMM failed:"),
                 "{stderr}"
             );
-            assert!(!stderr.contains("libkrun configuration failed"), "{stderr}");
+            assert!(!stderr.contains("Configuring libkrun failed"), "{stderr}");
         }
         None => {
             assert_eq!(out.status.code(), Some(7), "stderr: {stderr}");

@@ -155,17 +155,7 @@ async fn build_upstream(engine: &crate::docker::Engine) -> anyhow::Result<()> {
 
 /// A command's output, or its stderr as the error.
 fn check(cmd: &mut Command, what: &str) -> anyhow::Result<String> {
-    let out = cmd
-        .stdin(Stdio::null())
-        .output()
-        .with_context(|| format!("Could not run {what}"))?;
-    if !out.status.success() {
-        bail!(
-            "{what} failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    Ok(String::from_utf8_lossy(&super::output(cmd, what)?).into_owned())
 }
 
 /// The container, removed on drop.

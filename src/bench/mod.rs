@@ -47,22 +47,28 @@ fn percentile(mut v: Vec<Duration>, p: usize) -> Duration {
 /// run it: the peer several benches measure against.
 fn time_docker(args: &[&str]) -> anyhow::Result<Duration> {
     let t = Instant::now();
-    let out = Command::new("docker")
-        .args(args)
+    output(
+        Command::new("docker").args(args),
+        &format!("docker {}", args.join(" ")),
+    )?;
+    Ok(t.elapsed())
+}
+
+/// Runs a peer or helper command (`what` names it in errors) with no input and returns its
+/// standard output; a failure is an error carrying its standard error.
+fn output(cmd: &mut Command, what: &str) -> anyhow::Result<Vec<u8>> {
+    let out = cmd
         .stdin(Stdio::null())
-        .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .output()
-        .context("Could not run the docker CLI; install it")?;
-    let took = t.elapsed();
+        .with_context(|| format!("Could not run {what}; is it installed?"))?;
     if !out.status.success() {
         bail!(
-            "docker {} failed: {}",
-            args.join(" "),
+            "{what} failed: {}",
             String::from_utf8_lossy(&out.stderr).trim()
         );
     }
-    Ok(took)
+    Ok(out.stdout)
 }
 
 /// Milliseconds, for printing and JSON.

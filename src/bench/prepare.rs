@@ -387,44 +387,23 @@ fn prepare(cache: &Path, image: &str, copying: bool) -> anyhow::Result<serde_jso
     if copying {
         cmd.env(crate::env_vars::KRBOTTLE_NO_ENGINE_LINKS, "1");
     }
-    let out = cmd
-        .args([
-            "-q",
-            "image",
-            "prepare",
-            image,
-            "--ownership",
-            "root",
-            "--json",
-        ])
-        .env(crate::env_vars::KRBOTTLE_CACHE_DIR, cache)
-        .stdin(Stdio::null())
-        .stderr(Stdio::piped())
-        .output()
-        .context("cannot run krbottle image prepare")?;
-    if !out.status.success() {
-        bail!(
-            "krbottle image prepare {image} failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(serde_json::from_slice(&out.stdout)?)
+    cmd.args([
+        "-q",
+        "image",
+        "prepare",
+        image,
+        "--ownership",
+        "root",
+        "--json",
+    ])
+    .env(crate::env_vars::KRBOTTLE_CACHE_DIR, cache);
+    let out = super::output(&mut cmd, &format!("krbottle image prepare {image}"))?;
+    Ok(serde_json::from_slice(&out)?)
 }
 
+/// Runs a peer's step, its output discarded.
 fn command(cmd: &mut Command, what: &str) -> anyhow::Result<()> {
-    let out = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .output()
-        .with_context(|| format!("cannot run {what}"))?;
-    if !out.status.success() {
-        bail!(
-            "{what} failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(())
+    super::output(cmd.stdout(Stdio::null()), what).map(drop)
 }
 
 /// GNU tar reading `stdin` into `dest` (created), as root keeps ids and modes.
@@ -442,18 +421,11 @@ fn untar(dest: &Path, stdin: Stdio) -> anyhow::Result<std::process::Child> {
 
 /// `docker create` + `docker export | tar -x` + `docker rm`, with the docker CLI.
 fn export_and_untar(image: &str, dest: &Path) -> anyhow::Result<()> {
-    let out = Command::new("docker")
-        .args(["create", image, "true"])
-        .stderr(Stdio::piped())
-        .output()
-        .context("cannot run the docker CLI; install it")?;
-    if !out.status.success() {
-        bail!(
-            "docker create failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let out = super::output(
+        Command::new("docker").args(["create", image, "true"]),
+        "docker create",
+    )?;
+    let id = String::from_utf8_lossy(&out).trim().to_string();
     let result = (|| {
         let mut export = Command::new("docker")
             .args(["export", &id])

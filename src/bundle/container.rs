@@ -71,19 +71,19 @@ pub enum ContainerError {
         host: String,
         env: String,
     },
-    #[error("cannot create the bundle directory {}", path.display())]
+    #[error("Cannot create the bundle directory {}", path.display())]
     CreateDir {
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
-    #[error("cannot prepare the CA of bottle {bottle}")]
+    #[error("Cannot prepare the CA of bottle {bottle}")]
     Ca {
         bottle: String,
         #[source]
         source: CaError,
     },
-    #[error("cannot write {} for bottle {bottle}", path.display())]
+    #[error("Cannot write {} for bottle {bottle}", path.display())]
     WriteConfig {
         bottle: String,
         path: PathBuf,
@@ -94,31 +94,31 @@ pub enum ContainerError {
         "the bundle of bottle {bottle} is already up; run `krbottle bundle down {bottle}` first"
     )]
     AlreadyUp { bottle: String },
-    #[error("cannot create the network {name}")]
+    #[error("Cannot create the network {name}")]
     CreateNetwork {
         name: String,
         #[source]
         source: bollard::errors::Error,
     },
-    #[error("cannot create the bundle container {name}")]
+    #[error("Cannot create the bundle container {name}")]
     CreateContainer {
         name: String,
         #[source]
         source: bollard::errors::Error,
     },
-    #[error("cannot start the bundle container {name}")]
+    #[error("Cannot start the bundle container {name}")]
     StartContainer {
         name: String,
         #[source]
         source: bollard::errors::Error,
     },
-    #[error("cannot inspect the bundle container {name}")]
+    #[error("Cannot inspect the bundle container {name}")]
     InspectContainer {
         name: String,
         #[source]
         source: bollard::errors::Error,
     },
-    #[error("the bundle container {name} publishes no host port for {daemon}")]
+    #[error("The bundle container {name} publishes no host port for {daemon}")]
     FindPort { name: String, daemon: &'static str },
     #[error("Cannot find a free port on 127.0.0.1 for the {0} daemon")]
     FreePort(&'static str, #[source] std::io::Error),
@@ -151,31 +151,31 @@ pub enum ContainerError {
         "the bundle container of bottle {bottle} stopped while starting; see `krbottle bundle logs {bottle}`"
     )]
     Exited { bottle: String },
-    #[error("cannot list the Docker objects of bottle {bottle}")]
+    #[error("Cannot list the Docker objects of bottle {bottle}")]
     List {
         bottle: String,
         #[source]
         source: bollard::errors::Error,
     },
-    #[error("cannot remove {what}")]
+    #[error("Cannot remove {what}")]
     Remove {
         what: String,
         #[source]
         source: bollard::errors::Error,
     },
-    #[error("cannot write the up record {}", path.display())]
+    #[error("Cannot write the up record {}", path.display())]
     WriteRecord {
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
-    #[error("cannot encode the up record of bottle {bottle}")]
+    #[error("Cannot encode the up record of bottle {bottle}")]
     EncodeRecord {
         bottle: String,
         #[source]
         source: serde_json::Error,
     },
-    #[error("cannot read the logs of bottle {bottle}")]
+    #[error("Cannot read the logs of bottle {bottle}")]
     Logs {
         bottle: String,
         #[source]
@@ -467,15 +467,10 @@ pub fn ensure_ca(dir: &Path, bottle: &str) -> Result<String, ContainerError> {
 }
 
 fn create_private_dir(dir: &Path) -> Result<(), ContainerError> {
-    use std::os::unix::fs::DirBuilderExt;
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .map_err(|source| ContainerError::CreateDir {
-            path: dir.to_path_buf(),
-            source,
-        })
+    crate::sys::fs::create_private_dir(dir).map_err(|source| ContainerError::CreateDir {
+        path: dir.to_path_buf(),
+        source,
+    })
 }
 
 /// The container to create for one bundle.
@@ -810,6 +805,15 @@ async fn remove_network(docker: &Docker, id: &str) -> Result<(), ContainerError>
 }
 
 /// Whether the process that created an object is still running (an `up` in progress).
+/// The bottle an object of ours is labelled with (`""` for one without the label: no record
+/// matches it).
+fn bottle_label(labels: Option<&HashMap<String, String>>) -> String {
+    labels
+        .and_then(|l| l.get(LABEL_BOTTLE))
+        .cloned()
+        .unwrap_or_default()
+}
+
 fn owner_alive(labels: Option<&HashMap<String, String>>) -> bool {
     let pid = labels
         .and_then(|l| l.get(LABEL_OWNER_PID))
@@ -825,10 +829,13 @@ fn owner_alive(labels: Option<&HashMap<String, String>>) -> bool {
     }
 }
 
+/// The bundle record of `bottle`, for gc: one that cannot be read counts as none, so gc removes
+/// what no readable record keeps.
 fn read_record(state: &StateRoot, bottle: &str) -> Option<BundleRecord> {
     let dir = state.bottle(bottle).ok()?.bundle_dir();
-    let text = std::fs::read(dir.join(UP_RECORD_FILE)).ok()?;
-    serde_json::from_slice(&text).ok()
+    crate::sys::fs::read_json(&dir.join(UP_RECORD_FILE))
+        .ok()
+        .flatten()
 }
 
 /// Removes this state root's bundle objects that no up record accounts for and whose creator
@@ -851,12 +858,7 @@ pub async fn gc(engine: &Engine, state: &StateRoot) -> Result<Removed, Container
     let mut kept_bottles = Vec::new();
     for c in containers {
         let Some(id) = c.id else { continue };
-        let bottle = c
-            .labels
-            .as_ref()
-            .and_then(|l| l.get(LABEL_BOTTLE))
-            .cloned()
-            .unwrap_or_default();
+        let bottle = bottle_label(c.labels.as_ref());
         let recorded = read_record(state, &bottle).is_some_and(|r| r.container_id == id);
         if recorded || owner_alive(c.labels.as_ref()) {
             kept_bottles.push(bottle);
@@ -873,12 +875,7 @@ pub async fn gc(engine: &Engine, state: &StateRoot) -> Result<Removed, Container
         .map_err(list_err)?;
     for n in networks {
         let Some(id) = n.id else { continue };
-        let bottle = n
-            .labels
-            .as_ref()
-            .and_then(|l| l.get(LABEL_BOTTLE))
-            .cloned()
-            .unwrap_or_default();
+        let bottle = bottle_label(n.labels.as_ref());
         if kept_bottles.contains(&bottle) || owner_alive(n.labels.as_ref()) {
             continue;
         }
@@ -919,7 +916,7 @@ pub fn logs<'a>(
 mod tests {
     #[test]
     fn a_daemons_last_error_is_read_from_the_log() {
-        let log = "[gateway] error: The gateway daemon failed\n[gateway]   caused by: cannot use the route tokens\nkrbottle init: gateway exited (exit status: 1)\n[gateway] error: The gateway daemon failed\n[gateway]   caused by: bad CA\n[other] error: no\n";
+        let log = "[gateway] error: The gateway daemon failed\n[gateway]   caused by: Cannot use the route tokens\nkrbottle init: gateway exited (exit status: 1)\n[gateway] error: The gateway daemon failed\n[gateway]   caused by: bad CA\n[other] error: no\n";
         assert_eq!(
             super::last_error(log, "gateway").as_deref(),
             Some("The gateway daemon failed: bad CA")

@@ -43,19 +43,19 @@ pub enum Origin {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ImageError {
-    #[error("cannot read the krbottle binary {} to put in the bundle image", path.display())]
+    #[error("Cannot read the krbottle binary {} to put in the bundle image", path.display())]
     ReadBinary {
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
-    #[error("base image {image} is missing: run scripts/build-base-image.sh (no registry is used)")]
+    #[error("Base image {image} is missing: run scripts/build-base-image.sh (no registry is used)")]
     FindBase {
         image: String,
         #[source]
         source: bollard::errors::Error,
     },
-    #[error("cannot ask the Docker engine for its version and architecture")]
+    #[error("Cannot ask the Docker engine for its version and architecture")]
     EngineVersion(#[source] bollard::errors::Error),
     #[error(
         "{var}={value:?} is not a bundle binary origin: use `host` (copy this binary) or `source` (compile it in the image)",
@@ -73,13 +73,13 @@ pub enum ImageError {
         var = env_vars::KRBOTTLE_BUNDLE_BUILD_CA
     )]
     BuildCa { path: PathBuf, why: String },
-    #[error("cannot build the bundle image {tag}")]
+    #[error("Cannot build the bundle image {tag}")]
     Build {
         tag: String,
         #[source]
         source: DockerError,
     },
-    #[error("building the bundle image {tag} failed: {message}{hint}")]
+    #[error("Building the bundle image {tag} failed: {message}{hint}")]
     BuildStep {
         tag: String,
         message: String,
@@ -89,12 +89,12 @@ pub enum ImageError {
         "the krbottle binary in the bundle image {tag} does not run there ({output})\nIf this krbottle was linked against a newer glibc than Debian bookworm's, set KRBOTTLE_BUNDLE_FROM=source to compile it in the image."
     )]
     BinaryDoesNotRun { tag: String, output: String },
-    #[error("cannot remove stale bundle images")]
+    #[error("Cannot remove stale bundle images")]
     Prune {
         #[source]
         source: bollard::errors::Error,
     },
-    #[error("cannot pack the bundle image's build context")]
+    #[error("Cannot pack the bundle image's build context")]
     PackContext(#[source] std::io::Error),
 }
 

@@ -7,24 +7,19 @@
 //! images/.tmp-…                       entries being filled; renamed into place when complete
 //! locks/<id-hex>.<mode>.lock          flock held while an entry is filled or removed
 //! ```
-//! Invariants: an entry directory exists only when complete (filled under a temp name, then
-//! renamed), so a hit is a single `stat` + small read; two processes filling the same entry
-//! serialise on the lock, and the second one finds the first one's result.
+//! Entries are filled once, under their lock, and renamed into place when complete
+//! ([`super::store`]), so a hit is a single small read.
 
-use std::fs::{self, File};
-use std::io;
-use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
+use super::store::{Dir, Store, StoreError};
+use crate::env_vars;
 use crate::image::{Ownership, UnpackSummary};
-use crate::{env_vars, lockfile};
 
 const IMAGES_DIR: &str = "images";
-const LOCKS_DIR: &str = "locks";
-const TMP_PREFIX: &str = ".tmp-";
 const META_FILE: &str = "meta.json";
 const ROOTFS_DIR: &str = "rootfs";
 
@@ -32,42 +27,8 @@ const ROOTFS_DIR: &str = "rootfs";
 pub enum CacheError {
     #[error("No cache directory: set {var} or HOME", var = env_vars::KRBOTTLE_CACHE_DIR)]
     NoCacheDir,
-    #[error("Cannot create the cache directory {path}")]
-    CreateDir {
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
-    #[error("Cannot lock {path}")]
-    Lock {
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
-    #[error("Cannot read cache entry {path}; remove it with `krbottle image prune --all`")]
-    ReadMeta {
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
-    #[error("Cannot write cache entry {path}")]
-    WriteEntry {
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
-    #[error("Cannot remove cache entry {path}")]
-    Remove {
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
-    #[error("Filling cache entry {key} failed")]
-    Fill {
-        key: String,
-        #[source]
-        source: Box<dyn std::error::Error + Send + Sync>,
-    },
+    #[error(transparent)]
+    Store(#[from] StoreError),
 }
 
 /// Which entry: an image ID and the ownership mode its files were written with.
@@ -134,6 +95,7 @@ pub struct Entry {
 #[derive(Clone, Debug)]
 pub struct Cache {
     root: PathBuf,
+    store: Store,
 }
 
 impl Cache {
@@ -149,7 +111,9 @@ impl Cache {
     }
 
     pub fn at(root: impl Into<PathBuf>) -> Self {
-        Cache { root: root.into() }
+        let root = root.into();
+        let store = Store::new(&root, IMAGES_DIR, META_FILE, "");
+        Cache { root, store }
     }
 
     pub fn root(&self) -> &Path {
@@ -158,8 +122,8 @@ impl Cache {
 
     /// The entry for `key`, if complete. Costs one small file read.
     pub fn lookup(&self, key: &CacheKey) -> Result<Option<Entry>, CacheError> {
-        let dir = self.root.join(IMAGES_DIR).join(key.name());
-        read_entry(&dir)
+        let dir = self.store.path(&key.name());
+        Ok(self.store.read_at(&dir)?.map(|meta| entry(dir, meta)))
     }
 
     /// The entry for `key`, filling it first if needed. `fill` gets a path that does not exist
@@ -173,208 +137,66 @@ impl Cache {
     where
         E: std::error::Error + Send + Sync + 'static,
     {
-        if let Some(entry) = self.lookup(key)? {
-            return Ok((entry, true));
-        }
-        let images = self.ensure_dir(IMAGES_DIR)?;
-        let _lock = self.lock(key)?;
-        // Someone else may have filled it while we waited for the lock.
-        if let Some(entry) = self.lookup(key)? {
-            return Ok((entry, true));
-        }
-        let tmp = tempfile::Builder::new()
-            .prefix(&format!("{TMP_PREFIX}{}-", key.name()))
-            .tempdir_in(&images)
-            .map_err(|source| CacheError::WriteEntry {
-                path: images.clone(),
-                source,
-            })?;
-        let (tags, summary) = fill(&tmp.path().join(ROOTFS_DIR)).map_err(|e| CacheError::Fill {
-            key: key.to_string(),
-            source: Box::new(e),
+        let name = key.name();
+        let (meta, hit) = self.store.get_or_fill(&name, |tmp| {
+            let (tags, summary) = fill(&tmp.join(ROOTFS_DIR))?;
+            Ok::<_, E>(EntryRecord {
+                image_id: format!("sha256:{}", key.id_hex),
+                ownership: key.ownership,
+                tags,
+                created: SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map(|d| d.as_secs())
+                    .unwrap_or(0),
+                summary,
+            })
         })?;
-        let meta = EntryRecord {
-            image_id: format!("sha256:{}", key.id_hex),
-            ownership: key.ownership,
-            tags,
-            created: SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map(|d| d.as_secs())
-                .unwrap_or(0),
-            summary,
-        };
-        let meta_path = tmp.path().join(META_FILE);
-        let write_err = |source| CacheError::WriteEntry {
-            path: meta_path.clone(),
-            source,
-        };
-        let text = serde_json::to_vec_pretty(&meta).map_err(|e| write_err(io::Error::other(e)))?;
-        crate::sys::fs::write_atomic(&meta_path, &text, 0o644).map_err(write_err)?;
-        let final_dir = images.join(key.name());
-        let tmp_path = tmp.keep();
-        fs::rename(&tmp_path, &final_dir).map_err(|source| {
-            let _ = fs::remove_dir_all(&tmp_path);
-            CacheError::WriteEntry {
-                path: final_dir.clone(),
-                source,
-            }
-        })?;
-        Ok((
-            Entry {
-                rootfs: final_dir.join(ROOTFS_DIR),
-                dir: final_dir,
-                meta,
-            },
-            false,
-        ))
+        Ok((entry(self.store.path(&name), meta), hit))
     }
 
     /// Every complete entry, newest first.
     pub fn list(&self) -> Result<Vec<Entry>, CacheError> {
-        let images = self.root.join(IMAGES_DIR);
-        let rd = match fs::read_dir(&images) {
-            Ok(rd) => rd,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(source) => {
-                return Err(CacheError::ReadMeta {
-                    path: images,
-                    source,
-                });
-            }
-        };
         let mut entries = Vec::new();
-        for item in rd {
-            let item = item.map_err(|source| CacheError::ReadMeta {
-                path: images.clone(),
-                source,
-            })?;
-            if item.file_name().to_string_lossy().starts_with(TMP_PREFIX) {
-                continue;
-            }
-            if let Some(entry) = read_entry(&item.path())? {
-                entries.push(entry);
+        for dir in self.store.entries()? {
+            if let Some(meta) = self.store.read_at(&dir)? {
+                entries.push(entry(dir, meta));
             }
         }
         entries.sort_by_key(|e| std::cmp::Reverse(e.meta.created));
         Ok(entries)
     }
 
-    /// Removes an entry (under its lock, so a concurrent fill is not cut short). The directory is
-    /// first renamed out of the way, so it disappears at once even if deleting takes a while.
+    /// Removes an entry (under its lock, so a concurrent fill is not cut short); whether there
+    /// was one.
     pub fn remove(&self, key: &CacheKey) -> Result<bool, CacheError> {
-        let _lock = self.lock(key)?;
-        let dir = self.root.join(IMAGES_DIR).join(key.name());
-        if !dir.exists() {
-            return Ok(false);
-        }
-        let doomed = self
-            .root
-            .join(IMAGES_DIR)
-            .join(format!("{TMP_PREFIX}{}-removing", key.name()));
-        fs::rename(&dir, &doomed).map_err(|source| CacheError::Remove {
-            path: dir.clone(),
-            source,
-        })?;
-        delete(&doomed).map_err(|source| CacheError::Remove { path: dir, source })?;
-        Ok(true)
+        Ok(self.store.remove(&key.name())?)
     }
 
     /// Removes leftovers of interrupted fills (temp dirs whose lock nobody holds).
     pub fn remove_leftovers(&self) -> Result<usize, CacheError> {
-        let images = self.root.join(IMAGES_DIR);
-        let Ok(rd) = fs::read_dir(&images) else {
-            return Ok(0);
-        };
-        let mut removed = 0;
-        for item in rd.flatten() {
-            let name = item.file_name().to_string_lossy().into_owned();
-            let Some(rest) = name.strip_prefix(TMP_PREFIX) else {
-                continue;
-            };
-            let Some(key) = rest
-                .rsplit_once('-')
-                .and_then(|(name, _)| CacheKey::from_name(name))
-            else {
-                continue;
-            };
-            let Ok(Some(_lock)) = self.try_lock(&key) else {
-                continue;
-            };
-            delete(&item.path()).map_err(|source| CacheError::Remove {
-                path: item.path(),
-                source,
-            })?;
-            removed += 1;
-        }
-        Ok(removed)
+        Ok(self.store.remove_where(|dir| match dir {
+            Dir::Temp(name) => CacheKey::from_name(name).is_some() && self.store.leftover(name),
+            Dir::Entry(_) => false,
+        })?)
     }
 
     pub fn key_of(&self, entry: &Entry) -> Option<CacheKey> {
         CacheKey::new(&entry.meta.image_id, entry.meta.ownership)
     }
-
-    fn ensure_dir(&self, name: &str) -> Result<PathBuf, CacheError> {
-        let path = self.root.join(name);
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&path)
-            .map_err(|source| CacheError::CreateDir {
-                path: path.clone(),
-                source,
-            })?;
-        Ok(path)
-    }
-
-    fn lock(&self, key: &CacheKey) -> Result<File, CacheError> {
-        let path = self.lock_path(key)?;
-        lockfile::lock_exclusive(&path).map_err(|source| CacheError::Lock { path, source })
-    }
-
-    /// The entry's lock if nobody holds it.
-    fn try_lock(&self, key: &CacheKey) -> Result<Option<File>, CacheError> {
-        let path = self.lock_path(key)?;
-        lockfile::try_lock_exclusive(&path).map_err(|source| CacheError::Lock { path, source })
-    }
-
-    fn lock_path(&self, key: &CacheKey) -> Result<PathBuf, CacheError> {
-        Ok(self
-            .ensure_dir(LOCKS_DIR)?
-            .join(format!("{}.lock", key.name())))
-    }
 }
 
-fn read_entry(dir: &Path) -> Result<Option<Entry>, CacheError> {
-    let meta_path = dir.join(META_FILE);
-    let text = match fs::read(&meta_path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(source) => {
-            return Err(CacheError::ReadMeta {
-                path: meta_path,
-                source,
-            });
-        }
-    };
-    let meta: EntryRecord = serde_json::from_slice(&text).map_err(|e| CacheError::ReadMeta {
-        path: meta_path.clone(),
-        source: io::Error::new(io::ErrorKind::InvalidData, e),
-    })?;
-    Ok(Some(Entry {
-        dir: dir.to_path_buf(),
+fn entry(dir: PathBuf, meta: EntryRecord) -> Entry {
+    Entry {
         rootfs: dir.join(ROOTFS_DIR),
+        dir,
         meta,
-    }))
-}
-
-/// Deletes a tree of the cache (see [`crate::image::remove_tree_any_owner`]).
-fn delete(path: &Path) -> io::Result<()> {
-    crate::image::remove_tree_any_owner(path)
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::{fs, io};
     use std::sync::{Arc, Barrier};
 
     const ID: &str = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
@@ -410,11 +232,16 @@ mod tests {
         }
     }
 
-    #[test]
-    fn miss_fills_then_hit_returns_the_same_entry() {
+    /// An empty cache in a temp dir, and the key of [`ID`] with `ownership`.
+    fn fresh(ownership: Ownership) -> (tempfile::TempDir, Cache, CacheKey) {
         let dir = tempfile::tempdir().unwrap();
         let cache = Cache::at(dir.path());
-        let key = CacheKey::new(ID, Ownership::Root).unwrap();
+        (dir, cache, CacheKey::new(ID, ownership).unwrap())
+    }
+
+    #[test]
+    fn miss_fills_then_hit_returns_the_same_entry() {
+        let (_dir, cache, key) = fresh(Ownership::Root);
         assert!(cache.lookup(&key).unwrap().is_none());
         let (entry, hit) = cache.get_or_fill(&key, fill_ok).unwrap();
         assert!(!hit);
@@ -435,9 +262,7 @@ mod tests {
 
     #[test]
     fn a_failed_fill_leaves_nothing() {
-        let dir = tempfile::tempdir().unwrap();
-        let cache = Cache::at(dir.path());
-        let key = CacheKey::new(ID, Ownership::Root).unwrap();
+        let (dir, cache, key) = fresh(Ownership::Root);
         let err = cache
             .get_or_fill(&key, |dest| -> Result<_, io::Error> {
                 fs::create_dir(dest)?;
@@ -445,7 +270,10 @@ mod tests {
                 Err(io::Error::other("corrupt layer"))
             })
             .unwrap_err();
-        assert!(matches!(err, CacheError::Fill { .. }), "{err}");
+        assert!(
+            matches!(err, CacheError::Store(StoreError::Fill { .. })),
+            "{err}"
+        );
         assert!(cache.lookup(&key).unwrap().is_none());
         let left: Vec<_> = fs::read_dir(dir.path().join(IMAGES_DIR)).unwrap().collect();
         assert!(left.is_empty(), "left behind: {left:?}");
@@ -453,9 +281,7 @@ mod tests {
 
     #[test]
     fn concurrent_fills_of_one_key_fill_once() {
-        let dir = tempfile::tempdir().unwrap();
-        let cache = Cache::at(dir.path());
-        let key = CacheKey::new(ID, Ownership::Root).unwrap();
+        let (_dir, cache, key) = fresh(Ownership::Root);
         let fills = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let barrier = Arc::new(Barrier::new(4));
         let handles: Vec<_> = (0..4)
@@ -484,9 +310,7 @@ mod tests {
     #[test]
     fn remove_deletes_even_read_only_trees() {
         use std::os::unix::fs::PermissionsExt;
-        let dir = tempfile::tempdir().unwrap();
-        let cache = Cache::at(dir.path());
-        let key = CacheKey::new(ID, Ownership::Xattr).unwrap();
+        let (_dir, cache, key) = fresh(Ownership::Xattr);
         let (entry, _) = cache
             .get_or_fill(&key, |dest| {
                 fill_ok(dest)?;
@@ -504,13 +328,11 @@ mod tests {
 
     #[test]
     fn leftovers_of_interrupted_fills_are_removed() {
-        let dir = tempfile::tempdir().unwrap();
-        let cache = Cache::at(dir.path());
-        let key = CacheKey::new(ID, Ownership::Root).unwrap();
+        let (dir, cache, key) = fresh(Ownership::Root);
         let stale = dir
             .path()
             .join(IMAGES_DIR)
-            .join(format!("{TMP_PREFIX}{}-abc123", key.name()));
+            .join(format!(".tmp-{}-abc123", key.name()));
         fs::create_dir_all(stale.join("rootfs/etc")).unwrap();
         assert_eq!(cache.remove_leftovers().unwrap(), 1);
         assert!(!stale.exists());

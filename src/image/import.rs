@@ -30,7 +30,7 @@ use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd};
 
 use rustix::fs::{AtFlags, FileType, Mode, OFlags};
 
@@ -158,7 +158,7 @@ impl<'a> Import<'a> {
                     .map_err(|e| read_err(e.into()))?,
                 );
                 let meta = read_meta(from.as_fd(), None).map_err(read_err)?;
-                let mut to = File::from(create(dst, name).map_err(write_err)?);
+                let mut to = File::from(tree::create_file(dst, name).map_err(write_err)?);
                 // std copies file to file with copy_file_range where the kernel offers it.
                 let mut from_ref = &from;
                 let n = io::copy(&mut from_ref, &mut to).map_err(write_err)?;
@@ -240,15 +240,6 @@ fn has_driver_xattrs(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<bool> {
     let path = tree::proc_path(dir, name);
     let names = ownership::xattr_names(|buf| rustix::fs::llistxattr(&path, buf))?;
     Ok(names.iter().any(|key| !copied_xattr(key)))
-}
-
-fn create(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<OwnedFd> {
-    Ok(rustix::fs::openat(
-        dir,
-        name,
-        OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-        Mode::from_raw_mode(0o600),
-    )?)
 }
 
 pub fn is_opaque(dir: BorrowedFd<'_>) -> io::Result<bool> {

@@ -17,7 +17,7 @@ use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 
-use rustix::fs::{AtFlags, FileType, Mode, OFlags};
+use rustix::fs::{AtFlags, FileType, Mode};
 use rustix::io::Errno;
 
 use super::ownership::{self, EntryMeta, Ownership, S_IFBLK, S_IFCHR, S_IFIFO, Skipped};
@@ -725,7 +725,7 @@ impl LayerWriter {
 
         match kind {
             EntryKind::File => {
-                let fd = create_file(parent, &name).map_err(create_err(&path))?;
+                let fd = tree::create_file(parent, &name).map_err(create_err(&path))?;
                 cur.file = Some((File::from(fd), path, meta));
             }
             EntryKind::Dir => {
@@ -784,7 +784,7 @@ impl LayerWriter {
                     _ => unreachable!(),
                 };
                 if ownership == Ownership::Xattr {
-                    let fd = create_file(parent, &name).map_err(create_err(&path))?;
+                    let fd = tree::create_file(parent, &name).map_err(create_err(&path))?;
                     ownership::finish_node_as_file(fd.as_fd(), &meta, type_bits)
                         .map_err(meta_err(&path))?;
                     cur.parent_cache = Some((parent_path, parent_fd));
@@ -887,15 +887,6 @@ pub fn walk_error(e: WalkError, entry: &RelPath) -> LayerError {
             source,
         },
     }
-}
-
-fn create_file(parent: BorrowedFd<'_>, name: &OsStr) -> io::Result<OwnedFd> {
-    Ok(rustix::fs::openat(
-        parent,
-        name,
-        OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-        Mode::from_raw_mode(0o600),
-    )?)
 }
 
 /// The parent fd and type of `path` if it exists in the tree at `root` (reached without

@@ -24,7 +24,6 @@ use std::fs;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -34,8 +33,8 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::ownership::{self, EntryMeta, Ownership, Skipped};
+use super::store::{Dir, Store, StoreError};
 use super::tree::{self, RelPath};
-use crate::lockfile;
 
 /// Name of the marker that makes a directory of a layer tree opaque.
 pub const OPAQUE_MARKER: &str = ".wh..wh..opq";
@@ -43,54 +42,18 @@ pub const OPAQUE_MARKER: &str = ".wh..wh..opq";
 pub const WHITEOUT_PREFIX: &[u8] = b".wh.";
 
 const LAYERS_DIR: &str = "layers";
-const LOCKS_DIR: &str = "locks";
 const TREE_DIR: &str = "tree";
 const META_FILE: &str = "layer.json";
-const TMP_PREFIX: &str = ".tmp-";
 
 #[derive(Debug, thiserror::Error)]
 pub enum LayersError {
     #[error("Layer digest {0} is not a sha256 digest; the image's config is malformed")]
     BadDiffId(String),
-    #[error("Cannot create the layer cache directory {}", path.display())]
-    CreateDir {
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
-    #[error("Cannot lock {}", path.display())]
-    Lock {
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
-    #[error("Cannot write the layer cache entry {}", path.display())]
-    WriteEntry {
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
-    #[error("Cannot fill layer {chain_id}")]
-    Fill {
-        chain_id: String,
-        #[source]
-        source: Box<dyn std::error::Error + Send + Sync>,
-    },
-    #[error("Cannot read the layer cache entry {}; remove it with `krbottle image prune --all`", path.display())]
-    ReadEntry {
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
+    #[error(transparent)]
+    Store(#[from] StoreError),
     #[error("Cannot assemble {path} of the root filesystem from the layer cache")]
     Assemble {
         path: RelPath,
-        #[source]
-        source: io::Error,
-    },
-    #[error("Cannot remove the unused layer {}", path.display())]
-    Remove {
-        path: PathBuf,
         #[source]
         source: io::Error,
     },
@@ -137,14 +100,14 @@ pub struct Layer {
 /// The layer cache under one cache root.
 #[derive(Clone, Debug)]
 pub struct LayerStore {
-    root: PathBuf,
+    store: Store,
 }
 
 impl LayerStore {
     /// The layer cache of the image cache at `cache_root`.
     pub fn at(cache_root: &Path) -> Self {
         LayerStore {
-            root: cache_root.to_path_buf(),
+            store: Store::new(cache_root, LAYERS_DIR, META_FILE, "layer-"),
         }
     }
 
@@ -158,12 +121,8 @@ impl LayerStore {
         chain_hex: &str,
         ownership: Ownership,
     ) -> Result<Option<Layer>, LayersError> {
-        read_layer(
-            &self
-                .root
-                .join(LAYERS_DIR)
-                .join(Self::name(chain_hex, ownership)),
-        )
+        let dir = self.store.path(&Self::name(chain_hex, ownership));
+        Ok(self.store.read_at(&dir)?.map(|record| layer(dir, record)))
     }
 
     /// The entry of layer `chain_hex`, filled by `fill` first if missing. `fill` gets an empty
@@ -180,154 +139,52 @@ impl LayerStore {
     where
         E: std::error::Error + Send + Sync + 'static,
     {
-        if let Some(layer) = self.lookup(chain_hex, ownership)? {
-            return Ok((layer, true));
-        }
-        let layers = self.ensure_dir(LAYERS_DIR)?;
         let name = Self::name(chain_hex, ownership);
-        let _lock = self.lock(&format!("layer-{name}"))?;
-        if let Some(layer) = self.lookup(chain_hex, ownership)? {
-            return Ok((layer, true));
-        }
-        let write_err = |path: &Path| {
-            let path = path.to_path_buf();
-            move |source| LayersError::WriteEntry { path, source }
-        };
-        let tmp = tempfile::Builder::new()
-            .prefix(&format!("{TMP_PREFIX}{name}-"))
-            .tempdir_in(&layers)
-            .map_err(write_err(&layers))?;
-        let tree_path = tmp.path().join(TREE_DIR);
-        fs::create_dir(&tree_path).map_err(write_err(&tree_path))?;
-        let tree_fd = tree::open_dir_path(&tree_path).map_err(write_err(&tree_path))?;
-        let (entries, bytes) = fill(tree_fd.as_fd()).map_err(|e| LayersError::Fill {
-            chain_id: format!("sha256:{chain_hex}"),
-            source: Box::new(e),
+        let (record, hit) = self.store.get_or_fill(&name, |tmp| {
+            let tree_path = tmp.join(TREE_DIR);
+            fs::create_dir(&tree_path)?;
+            let tree_fd = tree::open_dir_path(&tree_path)?;
+            let (entries, bytes) = fill(tree_fd.as_fd())?;
+            Ok::<_, Box<dyn std::error::Error + Send + Sync>>(LayerRecord {
+                chain_id: format!("sha256:{chain_hex}"),
+                diff_id: diff_id.to_string(),
+                ownership,
+                entries,
+                bytes,
+                source: source.to_string(),
+            })
         })?;
-        drop(tree_fd);
-        let record = LayerRecord {
-            chain_id: format!("sha256:{chain_hex}"),
-            diff_id: diff_id.to_string(),
-            ownership,
-            entries,
-            bytes,
-            source: source.to_string(),
-        };
-        let meta_path = tmp.path().join(META_FILE);
-        let text = serde_json::to_vec_pretty(&record).map_err(io::Error::other);
-        text.and_then(|t| crate::sys::fs::write_atomic(&meta_path, &t, 0o644))
-            .map_err(write_err(&meta_path))?;
-        let final_dir = layers.join(&name);
-        let tmp_path = tmp.keep();
-        fs::rename(&tmp_path, &final_dir).map_err(|source| {
-            let _ = crate::image::remove_tree_any_owner(&tmp_path);
-            LayersError::WriteEntry {
-                path: final_dir.clone(),
-                source,
-            }
-        })?;
-        Ok((
-            Layer {
-                tree: final_dir.join(TREE_DIR),
-                dir: final_dir,
-                record,
-            },
-            false,
-        ))
+        Ok((layer(self.store.path(&name), record), hit))
     }
 
     /// Removes the complete layers whose `<chain hex>.<ownership>` name is not in `used`, and
     /// leftovers of interrupted fills nobody is writing; returns how many were removed. The
     /// caller holds the [`LayerStore::gc_lock`], so no image is being assembled meanwhile.
     pub fn remove_unused(&self, used: &HashSet<String>) -> Result<usize, LayersError> {
-        let layers = self.root.join(LAYERS_DIR);
-        let Ok(rd) = fs::read_dir(&layers) else {
-            return Ok(0);
-        };
-        let mut removed = 0;
-        for item in rd.flatten() {
-            let name = item.file_name().to_string_lossy().into_owned();
-            let doomed = match name.strip_prefix(TMP_PREFIX) {
-                Some(rest) => {
-                    let Some((layer, _)) = rest.rsplit_once('-') else {
-                        continue;
-                    };
-                    // A fill in progress holds its layer's lock; a temp dir whose lock is
-                    // free is the leftover of a fill that died (a new fill makes a new one).
-                    let lock = self.lock_path(&format!("layer-{layer}"))?;
-                    matches!(lockfile::try_lock_exclusive(&lock), Ok(Some(_)))
-                }
-                None => !used.contains(&name),
-            };
-            if doomed {
-                crate::image::remove_tree_any_owner(&item.path()).map_err(|source| {
-                    LayersError::Remove {
-                        path: item.path(),
-                        source,
-                    }
-                })?;
-                removed += 1;
-            }
-        }
-        Ok(removed)
+        Ok(self.store.remove_where(|dir| match dir {
+            Dir::Entry(name) => !used.contains(name),
+            Dir::Temp(name) => self.store.leftover(name),
+        })?)
     }
 
     /// The lock that image fills take while they use layers and `remove_unused` callers take
     /// to delete them.
     pub fn gc_lock(&self) -> Result<fs::File, LayersError> {
-        let path = self.lock_path("layers-gc")?;
-        lockfile::lock_exclusive(&path).map_err(|source| LayersError::Lock { path, source })
+        Ok(self.store.lock("gc")?)
     }
 
     /// The name a layer has in image entries' records (and in `remove_unused`'s `used`).
     pub fn entry_name(chain_hex: &str, ownership: Ownership) -> String {
         Self::name(chain_hex, ownership)
     }
-
-    fn ensure_dir(&self, name: &str) -> Result<PathBuf, LayersError> {
-        let path = self.root.join(name);
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&path)
-            .map_err(|source| LayersError::CreateDir {
-                path: path.clone(),
-                source,
-            })?;
-        Ok(path)
-    }
-
-    fn lock_path(&self, name: &str) -> Result<PathBuf, LayersError> {
-        Ok(self.ensure_dir(LOCKS_DIR)?.join(format!("{name}.lock")))
-    }
-
-    fn lock(&self, name: &str) -> Result<fs::File, LayersError> {
-        let path = self.lock_path(name)?;
-        lockfile::lock_exclusive(&path).map_err(|source| LayersError::Lock { path, source })
-    }
 }
 
-fn read_layer(dir: &Path) -> Result<Option<Layer>, LayersError> {
-    let meta_path = dir.join(META_FILE);
-    let text = match fs::read(&meta_path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(source) => {
-            return Err(LayersError::ReadEntry {
-                path: meta_path,
-                source,
-            });
-        }
-    };
-    let record = serde_json::from_slice(&text).map_err(|e| LayersError::ReadEntry {
-        path: meta_path.clone(),
-        source: io::Error::new(io::ErrorKind::InvalidData, e),
-    })?;
-    Ok(Some(Layer {
-        dir: dir.to_path_buf(),
+fn layer(dir: PathBuf, record: LayerRecord) -> Layer {
+    Layer {
         tree: dir.join(TREE_DIR),
+        dir,
         record,
-    }))
+    }
 }
 
 /// What [`assemble`] made.
@@ -484,21 +341,15 @@ impl Assembler<'_> {
                 true => Some(stat()?),
                 false => None,
             };
-            let ltype = Some(st.map_or(listed, |st| FileType::from_raw_mode(st.st_mode)));
-            if engine
-                && ltype == Some(FileType::CharacterDevice)
-                && st.is_some_and(|st| st.st_rdev == 0)
+            let ltype = st.map_or(listed, |st| FileType::from_raw_mode(st.st_mode));
+            if engine && ltype == FileType::CharacterDevice && st.is_some_and(|st| st.st_rdev == 0)
             {
                 // overlay2's whiteout.
                 self.new_whiteouts.push(child);
                 continue;
             }
-            let dtype = match fresh {
-                true => None,
-                false => tree::file_type_at(dest, &name).map_err(err(&child))?,
-            };
-            match (ltype, dtype) {
-                (Some(FileType::Directory), None) => {
+            match place(ltype, dest, &name, fresh).map_err(err(&child))? {
+                Place::NewDir => {
                     rustix::fs::mkdirat(dest, &name, Mode::from_raw_mode(0o700))
                         .map_err(|e| err(&child)(e.into()))?;
                     let l = tree::open_dir_at(layer, &name).map_err(err(&child))?;
@@ -508,7 +359,7 @@ impl Assembler<'_> {
                     self.out.entries += 1;
                     self.merge_dir(l.as_fd(), d.as_fd(), &child, engine, true)?;
                 }
-                (Some(FileType::Directory), Some(FileType::Directory)) => {
+                Place::MergeDir => {
                     if self.opaques.contains(&child) {
                         continue;
                     }
@@ -516,10 +367,9 @@ impl Assembler<'_> {
                     let d = tree::open_dir_at(dest, &name).map_err(err(&child))?;
                     self.merge_dir(l.as_fd(), d.as_fd(), &child, engine, false)?;
                 }
-                // An upper layer put something else here: it wins.
-                (_, Some(_)) | (None, None) => {}
+                Place::Taken => {}
                 #[cfg(target_os = "linux")]
-                (Some(_), None) if engine => {
+                Place::Leaf if engine => {
                     let st = match st {
                         Some(st) => st,
                         None => stat()?,
@@ -529,7 +379,7 @@ impl Assembler<'_> {
                         .map_err(|e| err(&child)(io::Error::other(e)))?;
                     self.out.entries += 1;
                 }
-                (Some(_), None) => {
+                Place::Leaf => {
                     rustix::fs::linkat(layer, &name, dest, &name, AtFlags::empty())
                         .map_err(|e| err(&child)(e.into()))?;
                     self.out.entries += 1;
@@ -737,13 +587,9 @@ impl LinkWalk<'_> {
                 ),
                 t => t,
             };
-            let dtype = match job.made {
-                true => None,
-                false => tree::file_type_at(dest.as_fd(), &name)?,
-            };
             let parents = || (layer.clone(), dest.clone());
-            match (ltype, dtype) {
-                (FileType::Directory, None) => {
+            match place(ltype, dest.as_fd(), &name, job.made)? {
+                Place::NewDir => {
                     rustix::fs::mkdirat(dest.as_fd(), &name, Mode::from_raw_mode(0o700))?;
                     counts.entries += 1;
                     children.push(LinkJob {
@@ -753,7 +599,7 @@ impl LinkWalk<'_> {
                         made: true,
                     });
                 }
-                (FileType::Directory, Some(FileType::Directory)) => {
+                Place::MergeDir => {
                     if !self.opaques.contains(&child) {
                         children.push(LinkJob {
                             parents: parents(),
@@ -763,9 +609,8 @@ impl LinkWalk<'_> {
                         });
                     }
                 }
-                // An upper layer put something here: it wins.
-                (_, Some(_)) => {}
-                (_, None) => {
+                Place::Taken => {}
+                Place::Leaf => {
                     rustix::fs::linkat(
                         layer.as_fd(),
                         &name,
@@ -783,6 +628,34 @@ impl LinkWalk<'_> {
         }
         Ok(children)
     }
+}
+
+/// Where an entry of a source directory goes in the result, by what the result already holds
+/// under its name.
+enum Place {
+    /// A directory the result lacks: made, then filled from this source.
+    NewDir,
+    /// A directory over one the result has (unless an upper source made that opaque).
+    MergeDir,
+    /// An upper source put something here: it wins.
+    Taken,
+    /// A non-directory the result lacks: linked or copied in.
+    Leaf,
+}
+
+/// Classifies an entry of type `ltype` named `name` against the result directory `dest`
+/// (`made`: just created, so it holds nothing yet and is not looked at).
+fn place(ltype: FileType, dest: BorrowedFd<'_>, name: &OsStr, made: bool) -> io::Result<Place> {
+    let dtype = match made {
+        true => None,
+        false => tree::file_type_at(dest, name)?,
+    };
+    Ok(match (ltype, dtype) {
+        (FileType::Directory, None) => Place::NewDir,
+        (FileType::Directory, Some(FileType::Directory)) => Place::MergeDir,
+        (_, Some(_)) => Place::Taken,
+        (_, None) => Place::Leaf,
+    })
 }
 
 /// A layer tree directory's metadata, to give the result's directory.

@@ -15,6 +15,8 @@
 //! - [`layers`]: one tree per layer keyed by chain ID, shared by the images that have it; an
 //!   image's rootfs is assembled from them by hard links. [`import`] fills a layer from the
 //!   engine's own layer directory when it is local and readable.
+//! - [`store`]: the fill-once protocol of both (a temp dir under the entry's lock, renamed into
+//!   place with its record).
 //! - [`rootless`]: the `userns` mode, the unpacker in a child inside a mapped user namespace.
 //! - [`clone`]: a bottle's own writable root without copying the image where the platform allows.
 
@@ -30,6 +32,7 @@ pub mod ownership;
 pub mod prepare;
 #[cfg(target_os = "linux")]
 pub mod rootless;
+pub mod store;
 pub mod tree;
 pub mod unpack;
 

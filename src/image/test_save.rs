@@ -143,50 +143,32 @@ impl Layer {
     }
 
     pub fn symlink(&mut self, path: &str, target: &str) -> &mut Self {
-        let a = Attrs::mode(0o777);
-        self.raw(
-            tar::EntryType::Symlink,
-            path.as_bytes(),
-            Some(target.as_bytes()),
-            &a,
-            b"",
-            (0, 0),
-        )
+        self.node(tar::EntryType::Symlink, path, Some(target), 0o777, (0, 0))
     }
 
     pub fn hardlink(&mut self, path: &str, target: &str) -> &mut Self {
-        let a = Attrs::mode(0o644);
-        self.raw(
-            tar::EntryType::Link,
-            path.as_bytes(),
-            Some(target.as_bytes()),
-            &a,
-            b"",
-            (0, 0),
-        )
+        self.node(tar::EntryType::Link, path, Some(target), 0o644, (0, 0))
     }
 
     pub fn fifo(&mut self, path: &str) -> &mut Self {
-        self.raw(
-            tar::EntryType::Fifo,
-            path.as_bytes(),
-            None,
-            &Attrs::mode(0o644),
-            b"",
-            (0, 0),
-        )
+        self.node(tar::EntryType::Fifo, path, None, 0o644, (0, 0))
     }
 
     pub fn char_dev(&mut self, path: &str, major: u32, minor: u32) -> &mut Self {
-        let a = Attrs::mode(0o666);
-        self.raw(
-            tar::EntryType::Char,
-            path.as_bytes(),
-            None,
-            &a,
-            b"",
-            (major, minor),
-        )
+        self.node(tar::EntryType::Char, path, None, 0o666, (major, minor))
+    }
+
+    /// An entry without data, owned by root: a link, a FIFO or a device.
+    fn node(
+        &mut self,
+        ty: tar::EntryType,
+        path: &str,
+        link: Option<&str>,
+        mode: u32,
+        dev: (u32, u32),
+    ) -> &mut Self {
+        let link = link.map(str::as_bytes);
+        self.raw(ty, path.as_bytes(), link, &Attrs::mode(mode), b"", dev)
     }
 
     pub fn whiteout(&mut self, dir: &str, name: &str) -> &mut Self {

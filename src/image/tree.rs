@@ -197,6 +197,17 @@ pub fn walk_create(
     Ok(cur)
 }
 
+/// Creates a new regular file `name` in `dirfd` for writing, mode 0600 until its metadata is
+/// set: never through a link, never over an existing entry.
+pub fn create_file(dirfd: BorrowedFd<'_>, name: &OsStr) -> io::Result<OwnedFd> {
+    Ok(rustix::fs::openat(
+        dirfd,
+        name,
+        OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::from_raw_mode(0o600),
+    )?)
+}
+
 /// The file type of `name` in `dirfd` without following it; `None` if absent.
 pub fn file_type_at(dirfd: BorrowedFd<'_>, name: &OsStr) -> io::Result<Option<FileType>> {
     match rustix::fs::statat(dirfd, name, AtFlags::SYMLINK_NOFOLLOW) {

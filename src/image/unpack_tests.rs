@@ -7,6 +7,8 @@ use std::fs;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
+use crate::output::error_chain as chain;
+
 use super::Ownership;
 use super::layer::LayerError;
 use super::layout::{LayoutError, sha256_digest};
@@ -58,17 +60,6 @@ fn unpack(layers: &[&Layer]) -> Run {
         panic!("unpack failed: {}", chain(e));
     }
     run
-}
-
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(x) = src {
-        s.push_str(": ");
-        s.push_str(&x.to_string());
-        src = x.source();
-    }
-    s
 }
 
 impl Run {

@@ -382,15 +382,10 @@ impl Queue {
 
     /// Creates the directory (private to the user) and its lock file, if they do not exist.
     pub fn create(&self) -> Result<(), QueueError> {
-        use std::os::unix::fs::DirBuilderExt;
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&self.dir)
-            .map_err(|source| QueueError::CreateDir {
-                path: self.dir.clone(),
-                source,
-            })?;
+        crate::sys::fs::create_private_dir(&self.dir).map_err(|source| QueueError::CreateDir {
+            path: self.dir.clone(),
+            source,
+        })?;
         drop(self.lock()?);
         Ok(())
     }

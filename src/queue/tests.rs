@@ -18,6 +18,12 @@ fn req(title: &str) -> NewRequest {
     NewRequest::new(title, "the details", Some("push")).unwrap()
 }
 
+/// A request submitted and decided at once.
+fn decided(q: &Queue, verdict: Verdict, by: &str, comment: Option<&str>) -> Record {
+    let r = q.submit(req("Push"), LIMITS, t0()).unwrap();
+    q.decide(&r.id, verdict, by, comment, t0()).unwrap()
+}
+
 fn queue() -> (tempfile::TempDir, Queue) {
     let dir = tempfile::tempdir().unwrap();
     let q = Queue::at(dir.path().join("queue"), "b");
@@ -99,10 +105,7 @@ fn a_request_is_pending_then_decided_once() {
 #[test]
 fn deny_records_who_when_and_why() {
     let (_d, q) = queue();
-    let r = q.submit(req("Drop table"), LIMITS, t0()).unwrap();
-    let d = q
-        .decide(&r.id, Verdict::Deny, "carol", Some("not in prod"), t0())
-        .unwrap();
+    let d = decided(&q, Verdict::Deny, "carol", Some("not in prod"));
     assert_eq!(d.state, State::Denied);
     assert_eq!(d.decision.unwrap().comment.as_deref(), Some("not in prod"));
 }
@@ -193,8 +196,7 @@ fn the_pending_cap_counts_only_what_still_waits() {
 fn writes_are_whole_private_and_leave_no_temporary_files() {
     use std::os::unix::fs::PermissionsExt;
     let (_d, q) = queue();
-    let r = q.submit(req("a"), LIMITS, t0()).unwrap();
-    q.decide(&r.id, Verdict::Approve, "x", None, t0()).unwrap();
+    decided(&q, Verdict::Approve, "x", None);
     q.notify("n", t0()).unwrap();
     let mut names: Vec<String> = fs::read_dir(q.dir())
         .unwrap()
@@ -309,10 +311,7 @@ fn new_requests_are_checked() {
 #[test]
 fn the_record_format_is_stable_json() {
     let (_d, q) = queue();
-    let r = q.submit(req("Push"), LIMITS, t0()).unwrap();
-    let r = q
-        .decide(&r.id, Verdict::Approve, "alice", Some("ok"), t0())
-        .unwrap();
+    let r = decided(&q, Verdict::Approve, "alice", Some("ok"));
     let v: serde_json::Value = serde_json::from_slice(&fs::read(q.path(&r.id)).unwrap()).unwrap();
     assert_eq!(v["format"], FORMAT);
     assert_eq!(v["id"], r.id.as_str());

@@ -1,5 +1,6 @@
-//! File-system calls whose names, types or existence differ between Linux and macOS, one
-//! function each, so the image modules above stay free of `cfg`.
+//! File-system helpers: the calls whose names, types or existence differ between Linux and
+//! macOS, one function each, so the image modules above stay free of `cfg`; and the few
+//! record-file steps every module does the same way (atomic writes, JSON records, private dirs).
 //!
 //! Only the Linux side is built and tested on this project's CI; the macOS side is type-checked
 //! there (`cargo check --target aarch64-apple-darwin`, see `scripts/test.sh`).
@@ -25,6 +26,28 @@ pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> io::Result<()> {
     tmp.as_file().sync_all()?;
     tmp.persist(path).map_err(|e| e.error)?;
     Ok(())
+}
+
+/// Reads the JSON record at `path`: `None` when there is no such file; one that does not parse
+/// as a `T` is an `InvalidData` error carrying why.
+pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> io::Result<Option<T>> {
+    match std::fs::read(path) {
+        Ok(text) => serde_json::from_slice(&text)
+            .map(Some)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Creates `path` and any missing parents, each new one private to the user (mode 0700); an
+/// existing directory is left as it is.
+pub fn create_private_dir(path: &Path) -> io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(path)
 }
 
 /// Whether one of `a` and `b` is inside the other (or they are the same), compared after

@@ -59,7 +59,7 @@ pub enum ChildError {
     Provision(#[from] crate::provision::ProvisionError),
     #[error("Could not load libkrunfw from {0}; check {var} or install libkrunfw", var = env_vars::KRBOTTLE_LIBKRUNFW)]
     LoadLibkrunfw(String, #[source] std::io::Error),
-    #[error("libkrun configuration failed")]
+    #[error("Configuring libkrun failed")]
     Configure(#[source] std::io::Error),
     #[error("Network probe failed")]
     Probe(#[source] std::io::Error),

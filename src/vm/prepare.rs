@@ -65,7 +65,7 @@ pub enum PrepareError {
     },
     #[error(transparent)]
     Endpoint(#[from] RelayError),
-    #[error("libkrunfw not found at {source_path} ({why}); {hint}", hint = LIBKRUNFW_HINT)]
+    #[error("No libkrunfw found at {source_path} ({why}); {hint}", hint = LIBKRUNFW_HINT)]
     Libkrunfw { source_path: String, why: String },
     #[error(
         "Cannot use /dev/kvm ({0}); enable KVM, or add yourself to the `kvm` group and log in again"

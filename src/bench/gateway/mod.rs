@@ -177,28 +177,19 @@ pub async fn run(args: &GatewayBench, reporter: &Reporter) -> anyhow::Result<Gat
     let n = args.requests;
     let window = args.window;
 
+    // The splice: the same TLS server straight and through the gateway's CONNECT tunnel.
+    let splice = [
+        direct_ip(port, SPLICE_HOST, &direct_tls),
+        via_gateway(SPLICE_HOST, &bottle_tls, false),
+    ];
     reporter.status(format!(
         "splice latency, new connections ({n} requests each)"
     ));
-    let splice_new_connection = latency_new_connections(
-        &[
-            direct_ip(port, SPLICE_HOST, &direct_tls),
-            via_gateway(SPLICE_HOST, &bottle_tls, false),
-        ],
-        n,
-    )
-    .await?;
+    let splice_new_connection = latency_new_connections(&splice, n).await?;
     reporter.status(format!(
         "splice latency, kept-alive tunnel ({n} requests each)"
     ));
-    let splice_kept_alive = latency_kept_alive(
-        &[
-            direct_ip(port, SPLICE_HOST, &direct_tls),
-            via_gateway(SPLICE_HOST, &bottle_tls, false),
-        ],
-        n,
-    )
-    .await?;
+    let splice_kept_alive = latency_kept_alive(&splice, n).await?;
 
     // mitmdump starts once (it takes seconds); the contenders then alternate within each round.
     let mitm = match find_mitmdump() {

@@ -163,10 +163,17 @@ pub fn scrub_response_head(secrets: &SecretSet, parts: &mut response::Parts) {
 mod tests {
     use super::*;
 
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(*k, HeaderValue::from_static(v));
+        }
+        h
+    }
+
     #[test]
     fn hop_headers_and_the_ones_connection_names_are_removed() {
-        let mut h = HeaderMap::new();
-        for (k, v) in [
+        let mut h = headers(&[
             ("connection", "keep-alive, X-Secret-Hop"),
             ("keep-alive", "timeout=5"),
             ("x-secret-hop", "1"),
@@ -174,9 +181,7 @@ mod tests {
             ("transfer-encoding", "chunked"),
             ("upgrade", "websocket"),
             ("accept", "*/*"),
-        ] {
-            h.insert(k, HeaderValue::from_static(v));
-        }
+        ]);
         strip_hop_headers(&mut h);
         let left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
         assert_eq!(left, vec!["accept"]);
@@ -208,16 +213,13 @@ mod tests {
         for (name, want) in cases {
             assert_eq!(is_credential_name(name.as_bytes()), *want, "{name}");
         }
-        let mut h = HeaderMap::new();
-        for (k, v) in [
+        let mut h = headers(&[
             ("authorization", "Bearer x"),
             ("x-goog-api-key", "k"),
             ("private-token", "t"),
             ("x-custom-account", "me"),
             ("accept", "*/*"),
-        ] {
-            h.append(k, HeaderValue::from_static(v));
-        }
+        ]);
         drop_credentials(&mut h, &["x-custom-account".to_string()]);
         let left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
         assert_eq!(left, vec!["accept"]);

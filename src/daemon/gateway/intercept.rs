@@ -24,10 +24,11 @@ use tokio::sync::Mutex;
 use super::headers::{drop_credential_params, drop_credentials};
 use super::idle::Activity;
 use super::log::{Action, codes};
-use super::refusal::{Ctx, Inflight, Refusal, error_chain};
+use super::refusal::{Ctx, Inflight, Refusal};
 use super::upstream::Sender;
 use super::{BoxError, ProxyBody, Shared, strip_hop_headers};
 use crate::net::host::{Host, parse_authority};
+use crate::output::error_chain;
 
 /// Serves one intercepted CONNECT tunnel for route `index`.
 pub(super) async fn serve(

@@ -77,39 +77,39 @@ pub type ProxyBody = http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>
 
 #[derive(Debug, thiserror::Error)]
 pub enum GatewayError {
-    #[error("invalid host in the gateway config")]
+    #[error("Invalid host in the gateway config")]
     ParseHost(#[source] HostError),
     #[error(
         "route {host}: the environment variable {env} is not set in the gateway's environment; pass it to the bundle"
     )]
     ReadToken { host: String, env: String },
-    #[error("route {host}: the value of {env} cannot be sent in a header")]
+    #[error("Route {host}: the value of {env} cannot be sent in a header")]
     TokenHeader { host: String, env: String },
-    #[error("cannot use the route tokens")]
+    #[error("Cannot use the route tokens")]
     Secrets(#[source] SecretError),
-    #[error("routes need the bottle CA: set `ca_cert` and `ca_key` in the gateway config")]
+    #[error("Routes need the bottle CA: set `ca_cert` and `ca_key` in the gateway config")]
     FindCa,
-    #[error("cannot load the bottle CA")]
+    #[error("Cannot load the bottle CA")]
     LoadCa(#[source] CaError),
-    #[error("cannot mint a certificate for route {host}")]
+    #[error("Cannot mint a certificate for route {host}")]
     MintLeaf {
         host: String,
         #[source]
         source: CaError,
     },
-    #[error("cannot build the TLS config for route {host}")]
+    #[error("Cannot build the TLS config for route {host}")]
     ServerTls {
         host: String,
         #[source]
         source: rustls::Error,
     },
-    #[error("cannot load upstream CA file {}", path.display())]
+    #[error("Cannot load upstream CA file {}", path.display())]
     LoadUpstreamCa {
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
-    #[error("cannot listen on {addr}")]
+    #[error("Cannot listen on {addr}")]
     Bind {
         addr: SocketAddr,
         #[source]
@@ -575,7 +575,7 @@ impl Shared {
             Err(e) => {
                 let mut d = ctx.decision(&self, Action::Fail);
                 d.reason_code = Some(codes::UPSTREAM_FAILED);
-                d.reason = Some(refusal::error_chain(&e));
+                d.reason = Some(crate::output::error_chain(&e));
                 return self.log.record(&d);
             }
         };

@@ -14,10 +14,11 @@ use hyper_util::rt::TokioIo;
 
 use super::idle::{Activity, IdleIo};
 use super::log::{Action, codes};
-use super::refusal::{Ctx, Inflight, Refusal, error_chain};
+use super::refusal::{Ctx, Inflight, Refusal};
 use super::{ProxyBody, Shared, strip_hop_headers, upstream};
 use crate::net::host::parse_authority;
 use crate::net::policy::{Access, Verdict};
+use crate::output::error_chain;
 
 impl Shared {
     /// Plain HTTP through the proxy (`GET http://host/path`): policy, scan, forward.

@@ -252,18 +252,6 @@ impl Shared {
     }
 }
 
-/// An error and its sources on one line (upstream failures are logged with their cause).
-pub(super) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
-}
-
 /// Logs a request that ends before it was answered: the client left, or nothing moved for the
 /// idle time. Disarmed once the request has its own line.
 pub(super) struct Inflight {
