@@ -100,20 +100,10 @@ pub enum ContainerError {
         #[source]
         source: bollard::errors::Error,
     },
-    #[error("Cannot create the bundle container {name}")]
-    CreateContainer {
-        name: String,
-        #[source]
-        source: bollard::errors::Error,
-    },
-    #[error("Cannot start the bundle container {name}")]
-    StartContainer {
-        name: String,
-        #[source]
-        source: bollard::errors::Error,
-    },
-    #[error("Cannot inspect the bundle container {name}")]
-    InspectContainer {
+    /// `step`: what the engine was asked to do (`create`, `start`, `inspect`).
+    #[error("Cannot {step} the bundle container {name}")]
+    Container {
+        step: &'static str,
         name: String,
         #[source]
         source: bollard::errors::Error,
@@ -556,27 +546,25 @@ async fn create_and_wait(
         name: Some(container.to_string()),
         ..Default::default()
     };
+    let engine_err = |step| {
+        move |source| ContainerError::Container {
+            step,
+            name: container.to_string(),
+            source,
+        }
+    };
     let created = docker
         .create_container(Some(options), body)
         .await
-        .map_err(|source| ContainerError::CreateContainer {
-            name: container.to_string(),
-            source,
-        })?;
+        .map_err(engine_err("create"))?;
     docker
         .start_container(container, None)
         .await
-        .map_err(|source| ContainerError::StartContainer {
-            name: container.to_string(),
-            source,
-        })?;
+        .map_err(engine_err("start"))?;
     let inspect = docker
         .inspect_container(container, None)
         .await
-        .map_err(|source| ContainerError::InspectContainer {
-            name: container.to_string(),
-            source,
-        })?;
+        .map_err(engine_err("inspect"))?;
     let ports = inspect
         .network_settings
         .and_then(|n| n.ports)

@@ -196,8 +196,8 @@ fn entry(dir: PathBuf, meta: EntryRecord) -> Entry {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::{fs, io};
     use std::sync::{Arc, Barrier};
+    use std::{fs, io};
 
     const ID: &str = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
 

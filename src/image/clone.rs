@@ -424,23 +424,17 @@ mod tests {
         fs::write(src.join("ro/f"), "x").unwrap();
         fs::set_permissions(src.join("ro"), fs::Permissions::from_mode(0o555)).unwrap();
         if can_chown() {
-            rustix::fs::chownat(
-                CWD,
-                src.join("usr/bin/su2"),
-                Some(rustix::fs::Uid::from_raw(0)),
-                Some(rustix::fs::Gid::from_raw(0)),
-                AtFlags::empty(),
-            )
-            .unwrap();
             fs::write(src.join("owned"), "by 1000").unwrap();
-            rustix::fs::chownat(
-                CWD,
-                src.join("owned"),
-                Some(rustix::fs::Uid::from_raw(1000)),
-                Some(rustix::fs::Gid::from_raw(1001)),
-                AtFlags::empty(),
-            )
-            .unwrap();
+            for (path, uid, gid) in [("usr/bin/su2", 0, 0), ("owned", 1000, 1001)] {
+                rustix::fs::chownat(
+                    CWD,
+                    src.join(path),
+                    Some(rustix::fs::Uid::from_raw(uid)),
+                    Some(rustix::fs::Gid::from_raw(gid)),
+                    AtFlags::empty(),
+                )
+                .unwrap();
+            }
         }
         rustix::fs::lsetxattr(
             src.join("usr/bin/su"),
