@@ -1,8 +1,8 @@
 //! `krbottle.toml`: the agents and bottles a project declares, parsed and validated once.
 //!
 //! Parsing keeps toml's byte spans so that every error names the file, the line and the key.
-//! The validated [`Manifest`] only holds canonical values: hosts through [`Host::parse`], rules
-//! through [`AllowRule::parse`] (`host[:port]`), names checked for use in Docker names and labels. Tokens are
+//! The validated [`Manifest`] only holds canonical values: hosts through `Host::parse`, rules
+//! through `AllowRule::parse` (`host[:port]`), names checked for use in Docker names and labels. Tokens are
 //! never in the manifest: a route names the host environment variable that holds its token.
 
 use std::collections::{BTreeMap, BTreeSet};

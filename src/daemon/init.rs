@@ -162,7 +162,7 @@ async fn tag_lines(daemon: &'static str, from: impl tokio::io::AsyncRead + Unpin
     }
 }
 
-/// Whether a bundle log line (as [`tag_lines`] wrote it) comes from `daemon`.
+/// Whether a bundle log line (as `tag_lines` wrote it) comes from `daemon`.
 pub fn line_is_from(line: &[u8], daemon: &str) -> bool {
     if line.starts_with(format!("[{daemon}] ").as_bytes()) {
         return true;

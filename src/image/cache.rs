@@ -138,7 +138,8 @@ impl Cache {
         E: std::error::Error + Send + Sync + 'static,
     {
         let name = key.name();
-        let (meta, hit) = self.store.get_or_fill(&name, |tmp| {
+        let label = format!("root of image {key}");
+        let (meta, hit) = self.store.get_or_fill(&name, &label, |tmp| {
             let (tags, summary) = fill(&tmp.join(ROOTFS_DIR))?;
             Ok::<_, E>(EntryRecord {
                 image_id: format!("sha256:{}", key.id_hex),

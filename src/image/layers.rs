@@ -140,7 +140,9 @@ impl LayerStore {
         E: std::error::Error + Send + Sync + 'static,
     {
         let name = Self::name(chain_hex, ownership);
-        let (record, hit) = self.store.get_or_fill(&name, |tmp| {
+        let short = &chain_hex[..chain_hex.len().min(12)];
+        let label = format!("layer sha256:{short} ({ownership})");
+        let (record, hit) = self.store.get_or_fill(&name, &label, |tmp| {
             let tree_path = tmp.join(TREE_DIR);
             fs::create_dir(&tree_path)?;
             let tree_fd = tree::open_dir_path(&tree_path)?;

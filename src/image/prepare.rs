@@ -516,7 +516,7 @@ fn archive_identity(path: &Path) -> Result<Identity, PrepareError> {
 /// Largest blob of a saved image read as a possible JSON document by [`archive_identity`].
 const JSON_LIMIT: u64 = 4 << 20;
 
-/// The label a Dockerfile build gets: the hash of its inputs ([`build_inputs`]).
+/// The label a Dockerfile build gets: the hash of its inputs (`build_inputs`).
 pub const BUILD_INPUTS_LABEL: &str = "dev.krbottle.build-inputs";
 
 /// Builds the image in `context` (a directory with a Dockerfile) and tags it; returns its ID.

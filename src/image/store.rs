@@ -54,7 +54,7 @@ pub enum StoreError {
         #[source]
         source: io::Error,
     },
-    #[error("Filling cache entry {entry} failed")]
+    #[error("Filling the cache's {entry} failed")]
     Fill {
         entry: String,
         #[source]
@@ -112,10 +112,11 @@ impl Store {
     /// The record of entry `name`, filling it first if needed. `fill` gets the temp dir of the
     /// entry (it exists and is empty) and puts the tree there; the record it returns is written
     /// beside the tree, then the whole dir is renamed into place. Returns the record and whether
-    /// the entry was there already.
+    /// the entry was there already. `label` names the entry in a fill's error.
     pub fn get_or_fill<R, E>(
         &self,
         name: &str,
+        label: &str,
         fill: impl FnOnce(&Path) -> Result<R, E>,
     ) -> Result<(R, bool), StoreError>
     where
@@ -143,7 +144,7 @@ impl Store {
             .tempdir_in(&self.dir)
             .map_err(write_err(&self.dir))?;
         let record = fill(tmp.path()).map_err(|e| StoreError::Fill {
-            entry: name.to_string(),
+            entry: label.to_string(),
             source: e.into(),
         })?;
         let record_path = tmp.path().join(self.record);
@@ -284,7 +285,7 @@ mod tests {
         let s = store(t.path());
         assert_eq!(s.read::<Rec>("a").unwrap(), None);
         let (rec, hit) = s
-            .get_or_fill("a", |dir| {
+            .get_or_fill("a", "a", |dir| {
                 fs::write(dir.join("tree"), "x")?;
                 Ok::<_, io::Error>(Rec { n: 1 })
             })
@@ -292,7 +293,7 @@ mod tests {
         assert_eq!((rec, hit), (Rec { n: 1 }, false));
         assert_eq!(fs::read_to_string(s.path("a").join("tree")).unwrap(), "x");
         let (rec, hit) = s
-            .get_or_fill("a", |_| -> Result<Rec, io::Error> {
+            .get_or_fill("a", "a", |_| -> Result<Rec, io::Error> {
                 panic!("filled twice")
             })
             .unwrap();
@@ -306,12 +307,13 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         let s = store(t.path());
         let err = s
-            .get_or_fill("a", |dir| -> Result<Rec, io::Error> {
+            .get_or_fill("a", "thing A", |dir| -> Result<Rec, io::Error> {
                 fs::write(dir.join("partial"), "x")?;
                 Err(io::Error::other("corrupt layer"))
             })
             .unwrap_err();
         assert!(matches!(err, StoreError::Fill { .. }), "{err}");
+        assert_eq!(err.to_string(), "Filling the cache's thing A failed");
         assert_eq!(fs::read_dir(s.dir()).unwrap().count(), 0);
     }
 
@@ -320,7 +322,7 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         let s = store(t.path());
         for name in ["keep", "drop"] {
-            s.get_or_fill(name, |_| Ok::<_, io::Error>(Rec { n: 0 }))
+            s.get_or_fill(name, name, |_| Ok::<_, io::Error>(Rec { n: 0 }))
                 .unwrap();
         }
         fs::create_dir_all(s.dir().join(".tmp-dead-x1/tree/ro")).unwrap();

@@ -119,7 +119,7 @@ pub async fn blocking<T: Send + 'static>(
         .unwrap_or_else(|e| Err(QueueError::Worker(e)))
 }
 
-/// A request id: [`ID_LEN`] characters of [`ID_ALPHABET`].
+/// A request id: `ID_LEN` characters of `ID_ALPHABET`.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub struct Id(String);
