@@ -88,11 +88,6 @@ impl Store {
         }
     }
 
-    /// The directory of the store's entries.
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-
     /// Where the complete entry `name` is (or would be).
     pub fn path(&self, name: &str) -> PathBuf {
         self.dir.join(name)
@@ -314,7 +309,7 @@ mod tests {
             .unwrap_err();
         assert!(matches!(err, StoreError::Fill { .. }), "{err}");
         assert_eq!(err.to_string(), "Filling the cache's thing A failed");
-        assert_eq!(fs::read_dir(s.dir()).unwrap().count(), 0);
+        assert_eq!(fs::read_dir(t.path().join("things")).unwrap().count(), 0);
     }
 
     #[test]
@@ -325,8 +320,8 @@ mod tests {
             s.get_or_fill(name, name, |_| Ok::<_, io::Error>(Rec { n: 0 }))
                 .unwrap();
         }
-        fs::create_dir_all(s.dir().join(".tmp-dead-x1/tree/ro")).unwrap();
-        fs::create_dir_all(s.dir().join(".tmp-live-x2")).unwrap();
+        fs::create_dir_all(t.path().join("things").join(".tmp-dead-x1/tree/ro")).unwrap();
+        fs::create_dir_all(t.path().join("things").join(".tmp-live-x2")).unwrap();
         let _live = s.lock("live").unwrap();
         let seen = std::sync::Mutex::new(Vec::new());
         let removed = s
@@ -339,7 +334,7 @@ mod tests {
             })
             .unwrap();
         assert_eq!(removed, 2);
-        let mut left: Vec<_> = fs::read_dir(s.dir())
+        let mut left: Vec<_> = fs::read_dir(t.path().join("things"))
             .unwrap()
             .map(|e| e.unwrap().file_name().into_string().unwrap())
             .collect();
