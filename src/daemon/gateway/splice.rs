@@ -54,31 +54,43 @@ where
     let (mut client_open, mut upstream_open) = (true, true);
     while client_open || upstream_open {
         tokio::select! {
-            r = client.read(&mut up_buf), if client_open => match r {
-                Ok(0) | Err(_) => {
-                    client_open = false;
-                    let _ = upstream.shutdown().await;
+            r = client.read(&mut up_buf), if client_open => {
+                if !forward(r, &up_buf, &mut upstream, &mut client_open, &mut counts.0).await {
+                    break;
                 }
-                Ok(n) => {
-                    if upstream.write_all(&up_buf[..n]).await.is_err() {
-                        break;
-                    }
-                    counts.0 += n as u64;
+            }
+            r = upstream.read(&mut down_buf), if upstream_open => {
+                if !forward(r, &down_buf, &mut client, &mut upstream_open, &mut counts.1).await {
+                    break;
                 }
-            },
-            r = upstream.read(&mut down_buf), if upstream_open => match r {
-                Ok(0) | Err(_) => {
-                    upstream_open = false;
-                    let _ = client.shutdown().await;
-                }
-                Ok(n) => {
-                    if client.write_all(&down_buf[..n]).await.is_err() {
-                        break;
-                    }
-                    counts.1 += n as u64;
-                }
-            },
+            }
             () = tokio::time::sleep(idle) => break,
+        }
+    }
+}
+
+/// One direction's step of [`pump`]: what a read from one side gave (`read`, into `buf`) goes
+/// to the other side (`to`). At the end of the reading side, `to` is shut down for writing and
+/// `open` cleared; otherwise the bytes are written and counted. `false`: `to` failed, stop.
+async fn forward<W: AsyncWrite + Unpin>(
+    read: std::io::Result<usize>,
+    buf: &[u8],
+    to: &mut W,
+    open: &mut bool,
+    count: &mut u64,
+) -> bool {
+    match read {
+        Ok(0) | Err(_) => {
+            *open = false;
+            let _ = to.shutdown().await;
+            true
+        }
+        Ok(n) => {
+            let sent = to.write_all(&buf[..n]).await.is_ok();
+            if sent {
+                *count += n as u64;
+            }
+            sent
         }
     }
 }
